@@ -1,0 +1,191 @@
+"""Build the SEG dataset with highdicom, and complete what highdicom 0.28 lacks for multi-frame sources without a
+Frame of Reference (ultrasound and angiography cine; highdicom issues #284, #200, #174).
+
+For those sources highdicom builds every module from a one-frame proxy of the real source (same UIDs, so every
+reference stays true); we then write the frames ourselves: one per (segment, non-empty source frame), each
+referencing its source frame with ReferencedFrameNumber, indexed by segment number and source frame number.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+
+from medannot.dicomseg import codes
+from medannot.imaging.source import SourceImage
+
+logger = logging.getLogger(__name__)
+
+_MULTIFRAME_ONLY = (
+    "NumberOfFrames", "FrameIncrementPointer", "FrameTime", "FrameTimeVector", "CineRate", "FrameDelay",
+    "ActualFrameDuration", "RecommendedDisplayFrameRate", "StartTrim", "StopTrim", "PreferredPlaybackSequencing",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+)
+
+
+def build_seg(
+    source: SourceImage,
+    pixel_array: np.ndarray,
+    segment_descriptions: Sequence[hd.seg.SegmentDescription],
+    *,
+    fractional: bool,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    software_version: str,
+    content_description: str,
+    content_label: str,
+    content_creator_name: str,
+    content_creator_identification: hd.ContentCreatorIdentificationCodeSequence,
+    contributing_equipment: Sequence[hd.ContributingEquipment],
+) -> hd.seg.Segmentation:
+    """Build a SEG for ``source``.
+
+    ``pixel_array`` is (frames, rows, cols) of segment numbers (BINARY) or (frames, rows, cols, segments) of
+    probabilities in [0, 1] (FRACTIONAL), frames in the order of the source's frames or sorted slices.
+    """
+    kwargs: dict[str, Any] = dict(
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=list(segment_descriptions),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer="MedAnnot",
+        manufacturer_model_name="MedAnnot",
+        software_versions=software_version,
+        device_serial_number="0",
+        content_description=content_description,
+        content_label=content_label,
+        content_creator_name=content_creator_name,
+        content_creator_identification=content_creator_identification,
+        contributing_equipment=list(contributing_equipment),
+        max_fractional_value=255,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+    )
+    if source.geometry is not None or not source.is_multiframe:
+        return hd.seg.Segmentation(source_images=source.datasets, pixel_array=pixel_array, **kwargs)
+    return _build_without_frame_of_reference(source, pixel_array, fractional, len(segment_descriptions), kwargs)
+
+
+def _proxy_of(ds: Dataset) -> Dataset:
+    proxy = Dataset()
+    for element in ds:
+        if element.keyword in _MULTIFRAME_ONLY or element.tag == Tag("PixelData"):
+            continue
+        proxy.add(copy.deepcopy(element))
+    proxy.file_meta = copy.deepcopy(ds.file_meta) if hasattr(ds, "file_meta") else Dataset()
+    # highdicom treats any instance of a multi-frame IOD as multi-frame and then reads its shared functional
+    # groups; an ultrasound cine has none, so give the proxy an empty one (removed again from the SEG).
+    proxy.NumberOfFrames = 1
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([Dataset()])
+    proxy.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    return proxy
+
+
+def _build_without_frame_of_reference(
+    source: SourceImage,
+    pixel_array: np.ndarray,
+    fractional: bool,
+    n_segments: int,
+    kwargs: dict[str, Any],
+) -> hd.seg.Segmentation:
+    src = source.first
+    n_frames, rows, cols = source.shape
+    # One proxy plane in which every segment is present, so highdicom writes every module and segment item.
+    if fractional:
+        dummy = np.zeros((1, rows, cols, n_segments), dtype=np.float32)
+        for s in range(n_segments):
+            dummy[0, 0, s] = 1.0
+    else:
+        dummy = np.zeros((1, rows, cols), dtype=np.uint16 if n_segments > 255 else np.uint8)
+        dummy[0, 0, :n_segments] = np.arange(1, n_segments + 1)
+    seg = hd.seg.Segmentation(source_images=[_proxy_of(src)], pixel_array=dummy, **kwargs)
+
+    template = copy.deepcopy(seg.PerFrameFunctionalGroupsSequence[0])
+    frames: list[np.ndarray] = []
+    items: list[Dataset] = []
+    for segment_number in range(1, n_segments + 1):
+        if fractional:
+            planes = pixel_array[..., segment_number - 1]
+            present = np.flatnonzero(planes.reshape(n_frames, -1).max(axis=1) > 0)
+        else:
+            planes = pixel_array == segment_number
+            present = np.flatnonzero(planes.reshape(n_frames, -1).any(axis=1))
+        for index in present:
+            frames.append(planes[index])
+            items.append(_frame_item(template, src, segment_number, int(index) + 1))
+    if not frames:
+        frames.append(np.zeros((rows, cols), dtype=bool))
+        items.append(_frame_item(template, src, 1, 1))
+
+    seg.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+    seg.NumberOfFrames = len(frames)
+    stack = np.stack(frames)
+    if fractional:
+        seg.PixelData = _pad(np.round(stack * 255).astype(np.uint8).tobytes())
+    else:
+        seg.PixelData = _pad(np.packbits(stack.astype(bool).ravel(), bitorder="little").tobytes())
+    organization_uid = hd.UID()
+    organization = Dataset()
+    organization.DimensionOrganizationUID = organization_uid
+    seg.DimensionOrganizationSequence = DicomSequence([organization])
+    seg.DimensionIndexSequence = _dimension_index(organization_uid)
+    # General Image: required (may be empty) when the image has no patient position and orientation.
+    seg.PatientOrientation = src.get("PatientOrientation", "")
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" in shared and not any(len(i) for i in shared.PixelMeasuresSequence):
+        del shared.PixelMeasuresSequence
+    for stale in ("DimensionOrganizationType",):
+        if stale in seg:
+            del seg[stale]
+    return seg
+
+
+def _frame_item(template: Dataset, src: Dataset, segment_number: int, frame_number: int) -> Dataset:
+    item = copy.deepcopy(template)
+    source_item = Dataset()
+    source_item.ReferencedSOPClassUID = src.SOPClassUID
+    source_item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    source_item.ReferencedFrameNumber = frame_number
+    source_item.PurposeOfReferenceCodeSequence = DicomSequence([hd.sr.CodedConcept.from_code(codes.SOURCE_FOR_PROCESSING)])
+    derivation = Dataset()
+    derivation.DerivationCodeSequence = DicomSequence([hd.sr.CodedConcept.from_code(codes.SEGMENTATION_DERIVATION)])
+    derivation.SourceImageSequence = DicomSequence([source_item])
+    item.DerivationImageSequence = DicomSequence([derivation])
+    content = Dataset()
+    content.DimensionIndexValues = [segment_number, frame_number]
+    content.TemporalPositionIndex = frame_number
+    item.FrameContentSequence = DicomSequence([content])
+    ident = Dataset()
+    ident.ReferencedSegmentNumber = segment_number
+    item.SegmentIdentificationSequence = DicomSequence([ident])
+    return item
+
+
+def _dimension_index(organization_uid: str) -> DicomSequence:
+    by_segment = Dataset()
+    by_segment.DimensionOrganizationUID = organization_uid
+    by_segment.DimensionIndexPointer = Tag("ReferencedSegmentNumber")
+    by_segment.FunctionalGroupPointer = Tag("SegmentIdentificationSequence")
+    by_segment.DimensionDescriptionLabel = "Segment Number"
+    by_frame = Dataset()
+    by_frame.DimensionOrganizationUID = organization_uid
+    by_frame.DimensionIndexPointer = Tag("TemporalPositionIndex")
+    by_frame.FunctionalGroupPointer = Tag("FrameContentSequence")
+    by_frame.DimensionDescriptionLabel = "Source Frame Number"
+    return DicomSequence([by_segment, by_frame])
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\x00" if len(data) % 2 else data
