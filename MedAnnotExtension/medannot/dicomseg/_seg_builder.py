@@ -158,6 +158,7 @@ def _frame_item(template: Dataset, src: Dataset, segment_number: int, frame_numb
     source_item.ReferencedSOPClassUID = src.SOPClassUID
     source_item.ReferencedSOPInstanceUID = src.SOPInstanceUID
     source_item.ReferencedFrameNumber = frame_number
+    source_item.SpatialLocationsPreserved = "YES"  # the SEG frame lies exactly on its source frame
     source_item.PurposeOfReferenceCodeSequence = DicomSequence([hd.sr.CodedConcept.from_code(codes.SOURCE_FOR_PROCESSING)])
     derivation = Dataset()
     derivation.DerivationCodeSequence = DicomSequence([hd.sr.CodedConcept.from_code(codes.SEGMENTATION_DERIVATION)])

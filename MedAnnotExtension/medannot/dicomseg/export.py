@@ -106,7 +106,7 @@ def export_segmentation(
     reader
         Who made the segmentation.
     output_dir
-        Folder to write ``<SOPInstanceUID>.seg.dcm`` and ``<SOPInstanceUID>.sr.dcm`` into.
+        Folder to write ``seg-<UID suffix>.dcm`` and ``sr-<UID suffix>.dcm`` into (never overwritten).
     segments
         Per-segment provenance by segment name or label value; segments not given are MANUAL without confidence.
     task_id
@@ -240,8 +240,8 @@ def export_segmentation(
         contributing_equipment=[equipment], software_version=software,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    seg_path = output_dir / f"{seg_uid}.seg.dcm"
-    sr_path = output_dir / f"{sr_uid}.sr.dcm"
+    seg_path = output_dir / f"seg-{seg_uid[-12:]}.dcm"
+    sr_path = output_dir / f"sr-{sr_uid[-12:]}.dcm"
     _write_together([(seg, seg_path), (sr, sr_path)])
     logger.info("wrote %s and %s", seg_path, sr_path)
     summary = [

@@ -204,7 +204,8 @@ def _reconstruct(seg: Dataset, source: SourceImage | None, grid: tuple[int, int,
                       else np.uint8)
     counts: dict[int, int] = {}
     for item, index, plane in zip(per_frame, indices, frames):
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ident = item if "SegmentIdentificationSequence" in item else shared
+        number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         mask = plane >= (0.5 * max_value) if fractional else plane.astype(bool)
         labels[index][mask] = label_of.get(number, number)
         counts[number] = counts.get(number, 0) + int(np.count_nonzero(mask))

@@ -1,0 +1,230 @@
+"""The ``medannot`` command line.
+
+Exit codes: 0 success, 1 a user error (one line on stderr saying what and where), 2 wrong usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import medannot
+from medannot.errors import MedAnnotError
+
+logger = logging.getLogger(__name__)
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+class MedAnnotGroup(click.Group):
+    """A click group that turns MedAnnot errors into one line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MedAnnotError as exc:
+            click.echo(f"medannot: error: {exc}", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("medannot: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback reaches a user
+            if os.environ.get("MEDANNOT_DEBUG"):
+                raise
+            click.echo(f"medannot: internal error: {type(exc).__name__}: {exc} "
+                       "(set MEDANNOT_DEBUG=1 for the traceback and report it)", err=True)
+            sys.exit(1)
+
+
+def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"{value!r} must be SEGMENT=VALUE", param_hint=option)
+        key, _, rest = value.partition("=")
+        pairs.append((key.strip(), rest.strip()))
+    return pairs
+
+
+@click.group(cls=MedAnnotGroup, context_settings=CONTEXT)
+@click.version_option(medannot.__version__, prog_name="medannot")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """MedAnnot: expert medical-image annotation with provenance that holds up in a regulatory submission."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------- guideline
+@main.group(cls=MedAnnotGroup, context_settings=CONTEXT)
+def guideline() -> None:
+    """Guidelines: the versioned rules of an annotation project."""
+
+
+@guideline.command("validate", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(path_type=Path))
+def guideline_validate(file: Path) -> None:
+    """Check a guideline YAML FILE against the schema (exit 0 valid, 1 invalid)."""
+    from medannot.guideline import load_guideline
+
+    g = load_guideline(file)
+    click.echo(f"{file}: valid guideline {g.id} {g.version} ({len(g.segments)} segments, sha256 {g.sha256})")
+
+
+# ---------------------------------------------------------------- seg
+@main.group(cls=MedAnnotGroup, context_settings=CONTEXT)
+def seg() -> None:
+    """DICOM-SEG + SR: export with provenance, read back, validate."""
+
+
+@seg.command("export", context_settings=CONTEXT)
+@click.option("--source", required=True, type=click.Path(path_type=Path),
+              help="Folder with one DICOM series, or one multi-frame DICOM file.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Label map (NIfTI/NRRD/MHA) on the source grid; for a 2D+t cine frames x rows x cols.")
+@click.option("--probability", "probabilities", multiple=True, metavar="SEGMENT=PATH",
+              help="Probability map in [0,1] for a segment; writes a FRACTIONAL SEG instead of --labels.")
+@click.option("--guideline", "guideline_path", required=True, type=click.Path(path_type=Path),
+              help="Guideline YAML the segmentation follows.")
+@click.option("--reader-name", required=True, help='Reader as a DICOM person name, "Last^First".')
+@click.option("--reader-id", required=True, help="Reader's identifier in the lab (1-16 characters).")
+@click.option("--reader-role", default="Annotator", show_default=True, help="Reader's role, e.g. Radiologist.")
+@click.option("--institution", default=None, help="Reader's institution.")
+@click.option("--confidence", multiple=True, metavar="SEGMENT=0-100",
+              help="Reader's confidence for a segment (name or label value). Repeatable.")
+@click.option("--algorithm", multiple=True, metavar="SEGMENT=TYPE[:NAME[:VERSION]]",
+              help="How a segment was made: MANUAL, SEMIAUTOMATIC or AUTOMATIC, with algorithm name and version.")
+@click.option("--task-id", default=None, help="Task-queue task this result answers.")
+@click.option("--replaces", type=click.Path(path_type=Path), default=None,
+              help="Earlier SEG this one corrects (it is referenced, never overwritten).")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder to write the SEG and SR into.")
+def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...], guideline_path: Path,
+               reader_name: str, reader_id: str, reader_role: str, institution: str | None,
+               confidence: tuple[str, ...], algorithm: tuple[str, ...], task_id: str | None,
+               replaces: Path | None, output: Path) -> None:
+    """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
+    from dataclasses import replace
+
+    from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation, parse_algorithm
+    from medannot.errors import ProvenanceError
+    from medannot.guideline import load_guideline
+    from medannot.imaging import load_source, read_label_map, read_probability_map
+
+    if (labels is None) == (not probabilities):
+        raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
+    g = load_guideline(guideline_path)
+    reader = ReaderInfo(name=reader_name, reader_id=reader_id, role=reader_role, institution=institution)
+    provenance: dict[int, SegmentProvenance] = {}
+    for key, spec_text in _pairs(algorithm, "--algorithm"):
+        provenance[g.segment(key).label] = parse_algorithm(spec_text)
+    for key, value in _pairs(confidence, "--confidence"):
+        label = g.segment(key).label
+        try:
+            number = int(value)
+        except ValueError:
+            raise ProvenanceError(f"--confidence {key}={value}: confidence must be a whole number 0-100") from None
+        provenance[label] = replace(provenance.get(label, SegmentProvenance()), confidence=number)
+    src = load_source(source)
+    array = geometry = None
+    maps = None
+    if labels is not None:
+        array, geometry = read_label_map(labels)
+    else:
+        maps = {}
+        for key, path in _pairs(probabilities, "--probability"):
+            maps[key], geometry = read_probability_map(Path(path))
+    result = export_segmentation(
+        src, array, geometry, g, reader, output,
+        segments=provenance, task_id=task_id, probabilities=maps, replaces=replaces,
+        labels_name=str(labels or "probability maps"),
+    )
+    click.echo(str(result.seg_path))
+    click.echo(str(result.sr_path))
+
+
+@seg.command("read", context_settings=CONTEXT)
+@click.argument("seg_file", metavar="SEG.dcm", type=click.Path(path_type=Path))
+@click.option("--labels-out", type=click.Path(path_type=Path), help="Write the label map (NIfTI/NRRD/MHA) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the provenance summary as JSON.")
+@click.option("--sr", "sr_file", type=click.Path(path_type=Path), help="Companion SR (default: found next to the SEG).")
+@click.option("--source", type=click.Path(path_type=Path), help="Source series, to read onto its exact grid.")
+def seg_read(seg_file: Path, labels_out: Path | None, as_json: bool, sr_file: Path | None,
+             source: Path | None) -> None:
+    """Read a DICOM-SEG (and its SR): who made it, how, how sure, under which guideline."""
+    from medannot.dicomseg import read_segmentation
+    from medannot.imaging import load_source, write_label_map
+
+    record = read_segmentation(seg_file, sr_file, load_source(source) if source else None)
+    if labels_out:
+        write_label_map(record.labels, record.geometry, labels_out)
+    if as_json:
+        click.echo(json.dumps(record.summary, indent=2))
+        return
+    _print_summary(record.summary, record.sr_path)
+    if labels_out:
+        click.echo(f"label map: {labels_out}")
+
+
+def _print_summary(summary: dict[str, Any], sr_path: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    g = summary["guideline"]
+    console.print(f"reader      {summary['reader_name']} ({summary['reader_id']})")
+    console.print(f"finished    {summary['content_datetime']}")
+    console.print(f"guideline   {g['id']} {g['version']} sha256 {g['sha256']}")
+    console.print(f"task        {summary['task_id'] or '-'}")
+    console.print(f"source      series {summary['source']['series_uid']}")
+    console.print(f"SR          {sr_path or 'not found (confidence and timing unknown)'}")
+    table = Table("#", "label", "segment", "how", "algorithm", "confidence", "voxels")
+    for s in summary["segments"]:
+        table.add_row(str(s["number"]), str(s["label"]), s["name"], s["algorithm_type"], s["algorithm_name"] or "",
+                      "" if s["confidence"] is None else f"{s['confidence']}%", str(s["voxels"]))
+    console.print(table)
+
+
+@seg.command("validate", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--no-dciodvfy", is_flag=True, help="Skip dciodvfy even if installed.")
+def seg_validate(files: tuple[Path, ...], no_dciodvfy: bool) -> None:
+    """Validate SEG and SR FILES with dciodvfy (when installed) and MedAnnot's consistency checks.
+
+    Exit 1 on any error.
+    """
+    from medannot.dicomseg.validate import dciodvfy_path, validate_files
+
+    findings = validate_files(list(files), use_dciodvfy=not no_dciodvfy)
+    for finding in findings:
+        click.echo(str(finding))
+    errors = [f for f in findings if f.severity == "error"]
+    checker = "dciodvfy + medannot" if dciodvfy_path() and not no_dciodvfy else "medannot (dciodvfy not installed)"
+    click.echo(f"{len(files)} file(s) checked by {checker}: {len(errors)} error(s), "
+               f"{len(findings) - len(errors)} warning(s)")
+    if errors:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- demo
+@main.command("demo", context_settings=CONTEXT)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("medannot-demo"), show_default=True,
+              help="Folder for everything the demo makes.")
+def demo(output: Path) -> None:
+    """Run the main job end to end on generated data and print where everything is."""
+    from medannot.demo import run_demo
+
+    run_demo(output)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

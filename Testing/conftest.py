@@ -1,0 +1,42 @@
+"""Shared fixtures: small generated images and guidelines (no patient data, nothing downloaded)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MedAnnotExtension"))
+
+from medannot.demo_data import cine_phantom, ct_geometry, ct_phantom, make_ct_series, make_us_cine  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+CT_SHAPE = (12, 48, 40)
+
+
+@pytest.fixture(scope="session")
+def liver_guideline_path() -> Path:
+    return ROOT / "MedAnnotExtension" / "medannot" / "data" / "liver-ct.yaml"
+
+
+@pytest.fixture(scope="session")
+def echo_guideline_path() -> Path:
+    return ROOT / "MedAnnotExtension" / "medannot" / "data" / "echo-lv.yaml"
+
+
+@pytest.fixture(scope="session")
+def ct_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 12-slice CT series with its label map (1 liver, 2 lesion) and geometry."""
+    folder = make_ct_series(tmp_path_factory.mktemp("ct") / "series", CT_SHAPE)
+    _, labels = ct_phantom(CT_SHAPE)
+    return {"folder": folder, "labels": labels, "geometry": ct_geometry(CT_SHAPE), "shape": CT_SHAPE}
+
+
+@pytest.fixture(scope="session")
+def us_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 24-frame ultrasound cine without Frame of Reference, with its label map (1 cavity, 2 wall)."""
+    path = make_us_cine(tmp_path_factory.mktemp("us") / "cine.dcm")
+    _, labels = cine_phantom()
+    return {"path": path, "labels": labels}

@@ -1,0 +1,98 @@
+"""The `medannot` command as scripts use it: export, read --json, validate, demo, --help everywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medannot.imaging import write_label_map
+
+
+def medannot(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command", [[], ["seg"], ["seg", "export"], ["seg", "read"], ["seg", "validate"],
+                                     ["guideline"], ["guideline", "validate"], ["demo"]])
+def test_every_command_has_help(command):
+    proc = medannot(*command, "--help")
+    assert proc.returncode == 0 and "Usage:" in proc.stdout
+
+
+def test_export_read_validate_from_the_command_line(ct_case, liver_guideline_path, tmp_path):
+    labels = write_label_map(ct_case["labels"], ct_case["geometry"], tmp_path / "labels.nii.gz")
+    proc = medannot("seg", "export", "--source", ct_case["folder"], "--labels", labels, "--guideline",
+                    liver_guideline_path, "--reader-name", "Roe^Rich", "--reader-id", "rroe", "--reader-role",
+                    "Radiologist", "--institution", "Uni Hospital", "--confidence", "Liver=80", "--confidence",
+                    "2=40", "--algorithm", "Lesion=SEMIAUTOMATIC:Grow from seeds:5.12", "--task-id", "T7",
+                    "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    seg_path, sr_path = proc.stdout.split()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [seg_path.split("/")[-1], sr_path.split("/")[-1]])
+
+    read = medannot("seg", "read", seg_path, "--json", "--labels-out", tmp_path / "back.nrrd")
+    assert read.returncode == 0, read.stderr
+    summary = json.loads(read.stdout)
+    assert set(summary) == {"reader_name", "reader_id", "content_datetime", "task_id", "guideline", "source",
+                            "segments"}
+    assert (summary["reader_name"], summary["reader_id"], summary["task_id"]) == ("Roe^Rich", "rroe", "T7")
+    assert set(summary["guideline"]) == {"id", "version", "sha256"} and len(summary["guideline"]["sha256"]) == 64
+    assert set(summary["source"]) == {"study_uid", "series_uid"}
+    lesion = summary["segments"][1]
+    assert set(lesion) == {"number", "label", "name", "algorithm_type", "algorithm_name", "confidence", "voxels",
+                           "tracking_uid"}
+    assert (lesion["name"], lesion["algorithm_type"], lesion["algorithm_name"], lesion["confidence"]) == (
+        "Lesion", "SEMIAUTOMATIC", "Grow from seeds", 40)
+    back = sitk.ReadImage(str(tmp_path / "back.nrrd"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), ct_case["labels"])
+    np.testing.assert_allclose(back.GetOrigin(), ct_case["geometry"].origin)
+
+    human = medannot("seg", "read", seg_path)
+    assert human.returncode == 0 and "Roe^Rich" in human.stdout and "Grow from seeds" in human.stdout
+
+    valid = medannot("seg", "validate", seg_path, sr_path)
+    assert valid.returncode == 0, valid.stdout
+    assert "0 error(s)" in valid.stdout
+
+
+def test_validate_fails_on_a_broken_seg(ct_case, liver_guideline_path, tmp_path):
+    import pydicom
+
+    labels = write_label_map(ct_case["labels"], ct_case["geometry"], tmp_path / "labels.nii.gz")
+    proc = medannot("seg", "export", "--source", ct_case["folder"], "--labels", labels, "--guideline",
+                    liver_guideline_path, "--reader-name", "Roe^Rich", "--reader-id", "rroe", "--output", tmp_path)
+    seg_path = proc.stdout.split()[0]
+    ds = pydicom.dcmread(seg_path)
+    del ds.SegmentSequence[1].SegmentAlgorithmType
+    ds.NumberOfFrames = int(ds.NumberOfFrames) + 3
+    broken = tmp_path / "broken.dcm"
+    ds.save_as(broken)
+    result = medannot("seg", "validate", broken)
+    assert result.returncode == 1
+    assert "no SegmentAlgorithmType" in result.stdout and "NumberOfFrames" in result.stdout
+
+
+def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
+    out = tmp_path / "demo"
+    proc = medannot("demo", "--output", out)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "0 error(s)" in proc.stdout and "LV cavity" in proc.stdout
+    segs = sorted(out.glob("results/*/seg-*.dcm"))
+    srs = sorted(out.glob("results/*/sr-*.dcm"))
+    assert len(segs) == 2 and len(srs) == 2
+    for path in segs:
+        assert str(path) in proc.stdout
+    again = medannot("demo", "--output", out)  # re-running replaces its own folder
+    assert again.returncode == 0
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    refused = medannot("demo", "--output", foreign)
+    assert refused.returncode == 1 and (foreign / "keep.txt").exists()

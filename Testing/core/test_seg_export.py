@@ -1,0 +1,138 @@
+"""DICOM-SEG + SR export: round trips for CT and ultrasound cine, provenance, corrections."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation, read_segmentation
+from medannot.dicomseg.validate import validate_files
+from medannot.guideline import load_guideline
+from medannot.imaging import load_source
+
+READER = ReaderInfo(name="Doe^Jane", reader_id="jdoe", role="Radiologist", institution="General Hospital")
+
+
+def export_ct(ct_case: dict, guideline_path: Path, out: Path, **kwargs: object):
+    return export_segmentation(load_source(ct_case["folder"]), ct_case["labels"], ct_case["geometry"],
+                               load_guideline(guideline_path), READER, out, **kwargs)
+
+
+def test_ct_label_map_round_trips_voxel_for_voxel_with_geometry(ct_case, liver_guideline_path, tmp_path):
+    result = export_ct(ct_case, liver_guideline_path, tmp_path)
+    record = read_segmentation(result.seg_path)
+    np.testing.assert_array_equal(record.labels, ct_case["labels"])
+    assert record.geometry is not None and not ct_case["geometry"].mismatches(record.geometry)
+    assert [s["voxels"] for s in record.summary["segments"]] == [
+        int((ct_case["labels"] == 1).sum()), int((ct_case["labels"] == 2).sum())]
+
+
+def test_export_writes_exactly_one_seg_and_one_sr(ct_case, liver_guideline_path, tmp_path):
+    result = export_ct(ct_case, liver_guideline_path, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([result.seg_path.name, result.sr_path.name])
+    assert pydicom.dcmread(result.seg_path).Modality == "SEG"
+    assert pydicom.dcmread(result.sr_path).Modality == "SR"
+
+
+def test_provenance_is_recorded_in_seg_and_sr(ct_case, liver_guideline_path, tmp_path):
+    when = datetime(2026, 3, 4, 10, 20, 30, tzinfo=timezone.utc)
+    g = load_guideline(liver_guideline_path)
+    result = export_ct(
+        ct_case, liver_guideline_path, tmp_path, task_id="task-42", content_datetime=when,
+        segments={"Liver": SegmentProvenance(confidence=90),
+                  2: SegmentProvenance("SEMIAUTOMATIC", "Fill between slices", "5.12", confidence=55,
+                                       keyframes=(2, 6), interpolated_frames=(3, 4, 5))},
+    )
+    seg = pydicom.dcmread(result.seg_path)
+    assert str(seg.ContentCreatorName) == "Doe^Jane"
+    assert seg.ContentCreatorIdentificationCodeSequence[0].PersonIdentificationCodeSequence[0].CodeValue == "jdoe"
+    assert seg.ContentDate == "20260304" and seg.ContentTime.startswith("102030")
+    assert [s.SegmentAlgorithmType for s in seg.SegmentSequence] == ["MANUAL", "SEMIAUTOMATIC"]
+    assert seg.SegmentSequence[1].SegmentAlgorithmName == "Fill between slices"
+    assert all(str(s.ContentCreatorName) == "Doe^Jane" for s in seg.SegmentSequence)
+    ours = [e for e in seg.ContributingEquipmentSequence if e.Manufacturer == "MedAnnot"]
+    assert ours and ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert ours[0].SoftwareVersions.startswith("medannot ")
+    assert g.sha256 in seg.DerivationDescription and "task-42" in seg.ContentDescription
+
+    summary = read_segmentation(result.seg_path).summary
+    assert summary["reader_name"] == "Doe^Jane" and summary["reader_id"] == "jdoe"
+    assert summary["task_id"] == "task-42"
+    assert summary["guideline"] == {"id": "liver-ct", "version": "1.0.0", "sha256": g.sha256}
+    assert summary["content_datetime"].startswith("2026-03-04T10:20:30")
+    assert [s["confidence"] for s in summary["segments"]] == [90, 55]
+    assert summary["segments"][1]["algorithm_name"] == "Fill between slices"
+    tracking = [str(s.TrackingUID) for s in seg.SegmentSequence]
+    assert [s["tracking_uid"] for s in summary["segments"]] == tracking
+
+    sr = hd.sr.srread(result.sr_path)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [str(grp.tracking_uid) for grp in groups] == tracking
+    text = str(pydicom.dcmread(result.sr_path))
+    assert "3,4,5" in text and "2,6" in text  # interpolated frames and keyframes listed in the SR
+
+
+def test_us_cine_without_frame_of_reference_round_trips_and_references_source_frames(
+        us_case, echo_guideline_path, tmp_path):
+    source = load_source(us_case["path"])
+    assert source.geometry is None and source.is_multiframe
+    result = export_segmentation(source, us_case["labels"], None, load_guideline(echo_guideline_path), READER,
+                                 tmp_path)
+    seg = pydicom.dcmread(result.seg_path)
+    assert "FrameOfReferenceUID" not in seg
+    present = [(s, f) for s in (1, 2) for f in range(us_case["labels"].shape[0])
+               if (us_case["labels"][f] == s).any()]
+    assert int(seg.NumberOfFrames) == len(present)
+    refs = [(int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+             int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber))
+            for item in seg.PerFrameFunctionalGroupsSequence]
+    assert refs == [(s, f + 1) for s, f in present]
+    assert all(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+               == source.first.SOPInstanceUID for item in seg.PerFrameFunctionalGroupsSequence)
+    record = read_segmentation(result.seg_path)
+    np.testing.assert_array_equal(record.labels, us_case["labels"])
+    assert not [f for f in validate_files([result.seg_path, result.sr_path]) if f.severity == "error"]
+
+
+def test_fractional_probability_maps_round_trip_at_half(ct_case, liver_guideline_path, tmp_path):
+    labels = ct_case["labels"]
+    rng = np.random.default_rng(3)
+    liver = np.clip((labels >= 1) * 0.8 + rng.uniform(0, 0.15, labels.shape), 0, 1).astype(np.float32)
+    result = export_segmentation(load_source(ct_case["folder"]), None, ct_case["geometry"],
+                                 load_guideline(liver_guideline_path), READER, tmp_path,
+                                 probabilities={"Liver": liver})
+    seg = pydicom.dcmread(result.seg_path)
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
+    record = read_segmentation(result.seg_path)
+    np.testing.assert_array_equal(record.labels == 1, liver >= 0.5)
+
+
+def test_fractional_us_cine_without_frame_of_reference(us_case, echo_guideline_path, tmp_path):
+    cavity = (us_case["labels"] == 1).astype(np.float32) * 0.9
+    wall = (us_case["labels"] == 2).astype(np.float32) * 0.7
+    result = export_segmentation(load_source(us_case["path"]), None, None, load_guideline(echo_guideline_path),
+                                 READER, tmp_path, probabilities={"LV cavity": cavity, "LV wall": wall})
+    record = read_segmentation(result.seg_path)
+    np.testing.assert_array_equal(record.labels, us_case["labels"])
+    assert not [f for f in validate_files([result.seg_path, result.sr_path]) if f.severity == "error"]
+
+
+def test_a_correction_is_a_new_instance_that_references_the_one_it_replaces(ct_case, liver_guideline_path,
+                                                                           tmp_path):
+    first = export_ct(ct_case, liver_guideline_path, tmp_path)
+    corrected_labels = ct_case["labels"].copy()
+    corrected_labels[corrected_labels == 2] = 1
+    second = export_segmentation(load_source(ct_case["folder"]), corrected_labels, ct_case["geometry"],
+                                 load_guideline(liver_guideline_path), READER, tmp_path, replaces=first.seg_path)
+    assert first.seg_path.exists() and first.sr_path.exists()
+    assert second.seg_sop_instance_uid != first.seg_sop_instance_uid
+    new_sr = pydicom.dcmread(second.sr_path)
+    predecessors = [i.ReferencedSOPInstanceUID for s in new_sr.PredecessorDocumentsSequence
+                    for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence]
+    assert predecessors == [first.sr_sop_instance_uid]
+    assert first.seg_sop_instance_uid in pydicom.dcmread(second.seg_path).DerivationDescription
