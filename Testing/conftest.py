@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,3 +41,7 @@ def us_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = make_us_cine(tmp_path_factory.mktemp("us") / "cine.dcm")
     _, labels = cine_phantom()
     return {"path": path, "labels": labels}
+
+# CLI tests run `python -m medannot.cli` from this checkout, whatever copy pip installed.
+CLI_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(ROOT / "MedAnnotExtension"), *filter(None, [os.environ.get("PYTHONPATH")])])}

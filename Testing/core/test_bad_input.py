@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+
+from conftest import CLI_ENV
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from medannot.imaging import Geometry, write_label_map
 
 def medannot(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
+                          env=CLI_ENV,
                           timeout=120)
 
 

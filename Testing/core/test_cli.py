@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from conftest import CLI_ENV
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,6 +17,7 @@ from medannot.imaging import write_label_map
 
 def medannot(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
+                          env=CLI_ENV,
                           timeout=300)
 
 
