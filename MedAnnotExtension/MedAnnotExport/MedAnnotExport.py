@@ -1,0 +1,231 @@
+"""MedAnnot Export: write a segmentation as DICOM-SEG + SR with the reader's provenance.
+
+The module's work is done by :class:`MedAnnotExportLib.logic.MedAnnotExportLogic`, which needs no Qt; this file holds
+the Slicer module, its parameter node, its GUI and its self-test.
+"""
+
+import importlib.resources
+import pathlib
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+import MedAnnotLib
+from MedAnnotExportLib.logic import MedAnnotExportLogic
+
+NOT_RATED = -1  # confidence spin box value meaning "the reader gave no rating"
+
+
+#
+# MedAnnotExport
+#
+
+
+class MedAnnotExport(ScriptedLoadableModule):
+    """Module metadata."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAnnot Export")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "DICOM"]
+        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.helpText = _(
+            "Export a segmentation drawn on a DICOM volume as DICOM-SEG with a companion SR that records who drew "
+            "each segment, how, how sure they are, and which guideline version they followed."
+        )
+        self.parent.acknowledgementText = _("Built on highdicom, pydicom and 3D Slicer.")
+
+
+#
+# MedAnnotExportParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedAnnotExportParameterNode:
+    """What an export needs; bound to the GUI through the widgets' SlicerParameterName.
+
+    segmentationNode - the segmentation to export, segments named after the guideline's.
+    referenceVolumeNode - the DICOM volume it was drawn on.
+    guidelinePath - the guideline YAML file.
+    readerName, readerId, readerRole, institution - who drew it.
+    outputDir - where the SEG and SR files go.
+    """
+
+    segmentationNode: vtkMRMLSegmentationNode
+    referenceVolumeNode: vtkMRMLScalarVolumeNode
+    guidelinePath: pathlib.Path
+    readerName: str
+    readerId: str
+    readerRole: str = "Annotator"
+    institution: str
+    outputDir: pathlib.Path
+
+
+#
+# MedAnnotExportWidget
+#
+
+
+class MedAnnotExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """GUI only: every action calls :class:`MedAnnotExportLogic`."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnnotExport.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MedAnnotExportLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.guidelinePathLineEdit.connect("currentPathChanged(QString)", self.onGuidelineChanged)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(MedAnnotExportParameterNode(self.logic.getParameterNode()))
+        if not self._parameterNode.segmentationNode:
+            self._parameterNode.segmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        if not self._parameterNode.referenceVolumeNode:
+            self._parameterNode.referenceVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanExport)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanExport)
+            self._checkCanExport()
+
+    def _checkCanExport(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        ready = bool(node and node.segmentationNode and node.referenceVolumeNode and node.guidelinePath.is_file()
+                     and node.readerName and node.readerId and str(node.outputDir) not in ("", "."))
+        self.ui.exportButton.enabled = ready
+        self.ui.exportButton.toolTip = (
+            _("Write the segmentation as DICOM-SEG with a companion SR holding the provenance.") if ready
+            else _("Select a segmentation, its DICOM image, a guideline, your name and id, and an output folder."))
+
+    def onGuidelineChanged(self, path) -> None:
+        """Show one confidence spin box per guideline segment."""
+        table = self.ui.confidenceTableWidget
+        table.setRowCount(0)
+        if not path or not pathlib.Path(path).is_file():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to read the guideline."), waitCursor=True):
+            names = self.logic.segmentNames(path)
+            table.setRowCount(len(names))
+            for row, name in enumerate(names):
+                table.setItem(row, 0, qt.QTableWidgetItem(name))
+                spinBox = qt.QSpinBox()
+                spinBox.setRange(NOT_RATED, 100)
+                spinBox.setSpecialValueText(_("not rated"))
+                spinBox.setSuffix(" %")
+                spinBox.setValue(NOT_RATED)
+                table.setCellWidget(row, 1, spinBox)
+
+    def confidences(self) -> dict:
+        """The ratings in the confidence table, by segment name; unrated segments are left out."""
+        table = self.ui.confidenceTableWidget
+        ratings = {}
+        for row in range(table.rowCount):
+            value = table.cellWidget(row, 1).value
+            if value != NOT_RATED:
+                ratings[table.item(row, 0).text()] = int(value)
+        return ratings
+
+    def onExportButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the segmentation."), waitCursor=True):
+            result = self.logic.exportFromParameterNode(self._parameterNode, self.confidences())
+            self.ui.statusLabel.text = _("Written:\n{seg}\n{sr}").format(seg=result.seg_path, sr=result.sr_path)
+
+
+#
+# MedAnnotExportTest
+#
+
+
+class MedAnnotExportTest(ScriptedLoadableModuleTest):
+    """Self-test in a running Slicer: a series imported into the DICOM database, exported and read back."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ExportedSegMatchesSegmentationVoxelForVoxel()
+
+    def test_ExportedSegMatchesSegmentationVoxelForVoxel(self):
+        from DICOMLib import DICOMUtils
+
+        self.delayDisplay("Starting the test")
+        logic = MedAnnotExportLogic()
+        logic.ensureDependencies()
+        from medannot.demo_data import ct_phantom, make_ct_series
+        from medannot.dicomseg import read_segmentation
+
+        workDir = pathlib.Path(slicer.util.tempDirectory())
+        shape = (8, 32, 32)
+        hu, labels = ct_phantom(shape)
+        seriesFolder = make_ct_series(workDir / "ct", shape=shape, hu=hu)
+        guidelinePath = pathlib.Path(str(importlib.resources.files("medannot").joinpath("data/liver-ct.yaml")))
+        guideline = logic.loadGuideline(guidelinePath)
+
+        with DICOMUtils.TemporaryDICOMDatabase() as database:
+            DICOMUtils.importDicom(str(seriesFolder), database)
+            seriesUid = database.seriesForStudy(database.studiesForPatient(database.patients()[0])[0])[0]
+            volumeNode = slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([seriesUid])[0])
+            geometry = MedAnnotLib.geometryFromVolumeNode(volumeNode)
+            segmentationNode = MedAnnotLib.addSegmentationNodeFromLabelMap(labels, geometry, guideline, "Drawn")
+            result = logic.exportSegmentation(segmentationNode, volumeNode, guidelinePath, readerName="Test^Reader",
+                                              readerId="reader1", outputDir=workDir / "out",
+                                              confidences={"Liver": 90, "Lesion": 60})
+
+        record = read_segmentation(result.seg_path)
+        drawn = MedAnnotLib.labelMapFromSegmentationNode(segmentationNode, volumeNode, guideline)
+        self.assertTrue(np.array_equal(record.labels, drawn))
+        self.assertEqual(geometry.mismatches(record.geometry), [])
+        self.delayDisplay("Test passed")

@@ -1,0 +1,5 @@
+"""Parts of the MedAnnotExport module that need no Qt: the logic, importable by scripts, modules and tests."""
+
+from MedAnnotExportLib.logic import MedAnnotExportLogic
+
+__all__ = ["MedAnnotExportLogic"]

@@ -1,0 +1,161 @@
+"""MedAnnotExport logic: write a segmentation node as DICOM-SEG + SR with provenance, without any GUI.
+
+Kept out of MedAnnotExport.py so that it imports without Qt: scripts, other modules and the tests that run on the
+slicer-core wheel (real MRML, no Qt) use this very class, which is also the one the module's widget runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import MedAnnotLib
+from medannot.errors import GuidelineError, SourceImageError
+
+try:
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # the slicer-core wheel has MRML but not Slicer's Qt-based scripted-module classes
+    ScriptedLoadableModuleLogic = object
+
+if TYPE_CHECKING:
+    from medannot.dicomseg import ExportResult
+    from medannot.guideline import Guideline
+
+logger = logging.getLogger(__name__)
+
+REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+
+
+class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
+    """Export a segmentation drawn on a DICOM volume as DICOM-SEG + companion SR with the reader's provenance.
+
+    The widget calls :meth:`exportFromParameterNode`; scripts can call :meth:`exportSegmentation` directly.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def ensureDependencies(self) -> None:
+        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot Export")
+
+    def loadGuideline(self, guidelinePath) -> Guideline:
+        """Read and validate a guideline YAML file.
+
+        Raises
+        ------
+        medannot.errors.GuidelineError
+            If the file is missing or invalid; the message names the file and the problem.
+        """
+        self.ensureDependencies()
+        from medannot.guideline import load_guideline
+
+        if not guidelinePath or not Path(guidelinePath).is_file():
+            raise GuidelineError(f"Choose a guideline file (.yaml); '{guidelinePath or ''}' is not a file.")
+        return load_guideline(guidelinePath)
+
+    def segmentNames(self, guidelinePath) -> list[str]:
+        """Names of the guideline's segments, in guideline order (one confidence rating each)."""
+        return [spec.name for spec in self.loadGuideline(guidelinePath).segments]
+
+    def exportFromParameterNode(self, parameterNode, confidences: dict[str, int] | None = None) -> ExportResult:
+        """Export using the inputs held by a ``MedAnnotExportParameterNode`` (or any object with its fields)."""
+        return self.exportSegmentation(
+            segmentationNode=parameterNode.segmentationNode,
+            referenceVolumeNode=parameterNode.referenceVolumeNode,
+            guidelinePath=parameterNode.guidelinePath,
+            readerName=parameterNode.readerName,
+            readerId=parameterNode.readerId,
+            readerRole=parameterNode.readerRole,
+            institution=parameterNode.institution,
+            outputDir=parameterNode.outputDir,
+            confidences=confidences,
+        )
+
+    def exportSegmentation(self, segmentationNode, referenceVolumeNode, guidelinePath, readerName: str,
+                           readerId: str, outputDir, readerRole: str = "Annotator", institution: str = "",
+                           confidences: dict[str, int] | None = None, taskId: str | None = None,
+                           dicomDatabase=None) -> ExportResult:
+        """Write the segmentation as DICOM-SEG + SR referencing the DICOM series the reference volume shows.
+
+        Parameters
+        ----------
+        segmentationNode : vtkMRMLSegmentationNode
+            Segments named after the guideline's segments.
+        referenceVolumeNode : vtkMRMLScalarVolumeNode
+            The volume the segmentation was drawn on, loaded from Slicer's DICOM database.
+        guidelinePath : str or pathlib.Path
+            The guideline YAML file the reader followed.
+        readerName, readerId, readerRole, institution : str
+            Who drew it: DICOM person name ``Last^First``, lab id, role, institution (may be empty).
+        outputDir : str or pathlib.Path
+            Folder for the SEG and SR files; created if needed.
+        confidences : dict of str to int, optional
+            Reader's confidence (0-100) per segment name.
+        taskId : str, optional
+            Task-server task the result belongs to.
+        dicomDatabase : ctkDICOMDatabase, optional
+            Defaults to ``slicer.dicomDatabase``.
+
+        Returns
+        -------
+        medannot.dicomseg.ExportResult
+            With ``seg_path`` and ``sr_path``.
+
+        Raises
+        ------
+        ValueError
+            If an input is not selected.
+        medannot.errors.MedAnnotError
+            For any problem a user can fix: unknown or overlapping segments, a volume not loaded from DICOM,
+            a transformed volume, invalid reader details, a segmentation that does not fit its source.
+        """
+        if segmentationNode is None:
+            raise ValueError("Select the segmentation to export.")
+        if referenceVolumeNode is None:
+            raise ValueError("Select the volume the segmentation was drawn on.")
+        if not outputDir or str(outputDir) in ("", "."):
+            raise ValueError("Choose an output folder for the DICOM-SEG and SR files.")
+        guideline = self.loadGuideline(guidelinePath)
+        from medannot.dicomseg import ReaderInfo, export_segmentation
+        from medannot.imaging import load_source
+
+        reader = ReaderInfo(name=readerName, reader_id=readerId, role=readerRole or "Annotator",
+                            institution=institution or None)
+        if MedAnnotLib.hasParentTransform(referenceVolumeNode):
+            raise SourceImageError(
+                f"Volume '{referenceVolumeNode.GetName()}' is under a transform, so it no longer lies where its DICOM "
+                "images are; remove the transform (or export from the untransformed volume)."
+            )
+        labels = MedAnnotLib.labelMapFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline)
+        geometry = MedAnnotLib.geometryFromVolumeNode(referenceVolumeNode)
+        segments = self._segmentProvenance(labels, guideline, confidences or {})
+        with MedAnnotLib.sourcePathOfVolume(referenceVolumeNode, dicomDatabase) as sourcePath:
+            source = load_source(sourcePath)
+            outputDir = Path(outputDir)
+            outputDir.mkdir(parents=True, exist_ok=True)
+            result = export_segmentation(source=source, labels=labels, labels_geometry=geometry,
+                                         guideline=guideline, reader=reader, output_dir=outputDir,
+                                         segments=segments, task_id=taskId)
+        logger.info("Exported '%s' to %s and %s", segmentationNode.GetName(), result.seg_path, result.sr_path)
+        return result
+
+    @staticmethod
+    def _segmentProvenance(labels, guideline: Guideline, confidences: dict[str, int]) -> dict:
+        """Provenance for each guideline segment that holds voxels: drawn by hand, with the given confidence.
+
+        Segments the guideline created but the reader left empty get none (an empty optional segment is not
+        exported; an empty required one is refused by the core with its own message).
+        """
+        import numpy as np
+
+        from medannot.dicomseg import SegmentProvenance
+
+        present = {int(v) for v in np.flatnonzero(np.bincount(labels.ravel().astype(np.int64)))}
+        ratings = {name.strip().lower(): value for name, value in confidences.items()}
+        return {
+            spec.name: SegmentProvenance(algorithm_type="MANUAL", confidence=ratings.get(spec.name.lower()))
+            for spec in guideline.segments
+            if spec.label in present
+        }

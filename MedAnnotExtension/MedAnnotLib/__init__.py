@@ -1,0 +1,42 @@
+"""Slicer glue shared by the MedAnnot modules: MRML nodes <-> numpy arrays and LPS geometry, DICOM sources,
+and installing the packages MedAnnot needs on first use.
+
+Importing this package installs nothing and needs only what Slicer ships (numpy, SimpleITK, pydicom, VTK, MRML).
+"""
+
+from MedAnnotLib.dependencies import ensureRequirements, missingRequirements
+from MedAnnotLib.dicomsource import dicomFilesOfVolume, dicomInstanceUidsOfVolume, sourcePathOfVolume
+from MedAnnotLib.mrml import (
+    addVolumeNodeFromArray,
+    arrayAndGeometryFromVolumeNode,
+    geometryFromVolumeNode,
+    hasParentTransform,
+    ijkToRasMatrixFromGeometry,
+    updateVolumeNodeFromArray,
+)
+from MedAnnotLib.segmentations import (
+    addSegmentationNodeFromGuideline,
+    addSegmentationNodeFromLabelMap,
+    labelMapFromSegmentationNode,
+    terminologyEntryFromSegmentSpec,
+    updateSegmentationFromLabelMap,
+)
+
+__all__ = [
+    "addSegmentationNodeFromGuideline",
+    "addSegmentationNodeFromLabelMap",
+    "addVolumeNodeFromArray",
+    "arrayAndGeometryFromVolumeNode",
+    "dicomFilesOfVolume",
+    "dicomInstanceUidsOfVolume",
+    "ensureRequirements",
+    "geometryFromVolumeNode",
+    "hasParentTransform",
+    "ijkToRasMatrixFromGeometry",
+    "labelMapFromSegmentationNode",
+    "missingRequirements",
+    "sourcePathOfVolume",
+    "terminologyEntryFromSegmentSpec",
+    "updateSegmentationFromLabelMap",
+    "updateVolumeNodeFromArray",
+]
