@@ -42,6 +42,3 @@ def us_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _, labels = cine_phantom()
     return {"path": path, "labels": labels}
 
-# CLI tests run `python -m medannot.cli` from this checkout, whatever copy pip installed.
-CLI_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
-    [str(ROOT / "MedAnnotExtension"), *filter(None, [os.environ.get("PYTHONPATH")])])}

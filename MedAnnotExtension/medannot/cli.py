@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,34 +14,9 @@ from typing import Any
 import click
 
 import medannot
-from medannot.errors import MedAnnotError
+from medannot.cli_common import CONTEXT, MedAnnotGroup
 
 logger = logging.getLogger(__name__)
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
-
-
-class MedAnnotGroup(click.Group):
-    """A click group that turns MedAnnot errors into one line and exit code 1, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MedAnnotError as exc:
-            click.echo(f"medannot: error: {exc}", err=True)
-            sys.exit(1)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            click.echo("medannot: interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback reaches a user
-            if os.environ.get("MEDANNOT_DEBUG"):
-                raise
-            click.echo(f"medannot: internal error: {type(exc).__name__}: {exc} "
-                       "(set MEDANNOT_DEBUG=1 for the traceback and report it)", err=True)
-            sys.exit(1)
-
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     pairs = []
@@ -225,6 +199,16 @@ def demo(output: Path) -> None:
 
     run_demo(output)
 
+
+def _register_extra_commands() -> None:
+    from medannot.client.cli import client_group
+    from medannot.server.cli import admin, audit, serve
+
+    for command in (serve, admin, audit, client_group):
+        main.add_command(command)
+
+
+_register_extra_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

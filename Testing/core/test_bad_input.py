@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import CLI_ENV
+from medannot_testing import CLI_ENV
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import CLI_ENV
+from medannot_testing import CLI_ENV
 
 import numpy as np
 import pytest

@@ -23,7 +23,7 @@ from medannot.dicomseg import codes
 from medannot.dicomseg._seg_builder import build_seg
 from medannot.dicomseg._sr_builder import SrSegment, build_sr
 from medannot.dicomseg.provenance import ReaderInfo, SegmentProvenance
-from medannot.dicomseg.reader import find_companion_sr, referenced_instance_uids
+from medannot.dicomseg.reader import referenced_instance_uids
 from medannot.errors import DicomSegError, GeometryMismatchError, LabelMapError, SegmentContentError
 from medannot.guideline import Guideline, SegmentSpec
 from medannot.imaging.geometry import Geometry

@@ -265,10 +265,7 @@ def read_segmentation(seg_path: str | Path, sr_path: str | Path | None = None,
     sr_file = Path(sr_path) if sr_path else find_companion_sr(seg_path, str(seg.SOPInstanceUID))
     sr = read_dicom(sr_file, "SR") if sr_file else None
     parsed = parse_sr(sr) if sr is not None else None
-    groups = parsed["groups"] if parsed else {}
-    label_of = {int(s.SegmentNumber): int(groups.get(int(s.SegmentNumber), {}).get(_key(codes.LABEL_VALUE))
-                                          or int(s.SegmentNumber))
-                for s in seg.SegmentSequence}
+    label_of = _label_values(seg, parsed)
     labels, geometry, counts = _reconstruct(seg, source, _grid_from_sr(parsed), label_of)
     return SegmentationRecord(seg_path, seg, sr_file, sr, labels, geometry,
                               _summary(seg, parsed, label_of, counts))
@@ -327,3 +324,17 @@ def _iso(dicom_dt: str) -> str | None:
     d = dicom_dt
     frac = d[15:] if len(d) > 14 and d[14] == "." else ""
     return f"{d[0:4]}-{d[4:6]}-{d[6:8]}T{d[8:10]}:{d[10:12]}:{d[12:14]}" + (f".{frac}" if frac else "")
+
+
+def provenance_summary(seg: Dataset, sr: Dataset | None = None) -> dict[str, Any]:
+    """The provenance summary of a SEG (and its SR) without decoding pixels (``voxels`` are 0)."""
+    parsed = parse_sr(sr) if sr is not None else None
+    return _summary(seg, parsed, _label_values(seg, parsed), {})
+
+
+def _label_values(seg: Dataset, parsed: dict[str, Any] | None) -> dict[int, int]:
+    """Segment number -> guideline label value (from the SR; the segment number when there is no SR)."""
+    groups = parsed["groups"] if parsed else {}
+    return {int(s.SegmentNumber): int(groups.get(int(s.SegmentNumber), {}).get(_key(codes.LABEL_VALUE))
+                                      or int(s.SegmentNumber))
+            for s in seg.SegmentSequence}

@@ -1,0 +1,230 @@
+"""``medannot client``: log in to the lab's task server, claim cases, keep leases, submit through the outbox."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from medannot.cli_common import CONTEXT, MedAnnotGroup
+
+if TYPE_CHECKING:
+    from medannot.client.api import TaskServerClient
+
+LOGIN_HINT = "medannot client login --server URL --username NAME"
+
+lease_option = click.option("--lease-token", required=True, help="The lease token from `medannot client next`.")
+outbox_option = click.option("--outbox", "outbox_dir", type=click.Path(path_type=Path), envvar="MEDANNOT_OUTBOX",
+                             default=None, help="Outbox folder [default: $MEDANNOT_OUTBOX or ~/.medannot/outbox].")
+
+
+@click.group("client", cls=MedAnnotGroup, context_settings=CONTEXT)
+def client_group() -> None:
+    """The lab's task server: log in, claim the next case, keep the lease, submit (kept in an outbox until sent).
+
+    The login is kept in ~/.medannot/session.json (token, server and expiry only; MEDANNOT_HOME moves the folder).
+    """
+
+
+def _client(allow_expired: bool = False) -> TaskServerClient:
+    from medannot.client.api import TaskServerClient, load_session
+    from medannot.client.errors import AuthenticationError
+
+    session = load_session()
+    if session is None:
+        raise AuthenticationError(f"not logged in to a task server: run `{LOGIN_HINT}` first")
+    if session.expired and not allow_expired:
+        raise AuthenticationError(f"your login to {session.server_url} expired at {session.expires_at}: run "
+                                  f"`medannot client login --server {session.server_url} --username NAME` again",
+                                  server_url=session.server_url)
+    return TaskServerClient.from_session(session)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@client_group.command("login", context_settings=CONTEXT)
+@click.option("--server", required=True, envvar="MEDANNOT_SERVER",
+              help="Task server address, https://host[:port] [env: MEDANNOT_SERVER].")
+@click.option("--username", required=True, help="Your user name on the task server.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+def login(server: str, username: str, password_stdin: bool) -> None:
+    """Log in and keep the session token (never the password) for the other commands."""
+    from medannot.client.api import TaskServerClient, save_session
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    if not password:
+        raise click.UsageError("the password is empty")
+    with TaskServerClient(server) as client:
+        session = client.login(username, password)
+    del password
+    path = save_session(session)
+    until = f"until {session.expires_at}" if session.expires_at else "until the server ends the session"
+    click.echo(f"logged in to {session.server_url} as {username} {until} (session in {path})")
+
+
+@client_group.command("logout", context_settings=CONTEXT)
+def logout() -> None:
+    """Revoke the session token on the server and forget it here."""
+    from medannot.client.api import TaskServerClient, clear_session, load_session
+    from medannot.client.errors import ServerUnreachableError
+
+    session = load_session()
+    if session is None:
+        click.echo("not logged in")
+        return
+    try:
+        with TaskServerClient.from_session(session) as client:
+            client.logout()
+    except ServerUnreachableError as exc:
+        click.echo(f"medannot: warning: {exc}; the token is forgotten here but stays valid on the server until "
+                   f"{session.expires_at or 'it expires'}", err=True)
+    clear_session()
+    click.echo(f"logged out of {session.server_url}")
+
+
+@client_group.command("projects", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the server's project list as JSON.")
+def projects(as_json: bool) -> None:
+    """List your projects with their guideline and progress."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client() as client:
+        found = client.projects()
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("id", "name", "guideline", "readers/case", "cases", "submitted")
+    for p in found:
+        guideline = f"{p.get('guideline_id', '')} {p.get('guideline_version', '')}".strip()
+        table.add_row(str(p["id"]), str(p.get("name", "")), guideline, str(p.get("readers_per_case", "")),
+                      str(p.get("cases", "")), f"{p.get('tasks_submitted', '?')}/{p.get('tasks_total', '?')}")
+    Console(soft_wrap=True).print(table)
+
+
+@client_group.command("next", context_settings=CONTEXT)
+@click.argument("project_id")
+@click.option("--download", "download_dir", type=click.Path(path_type=Path), default=None,
+              help="Also download the case's DICOM files into this folder.")
+def next_task(project_id: str, download_dir: Path | None) -> None:
+    """Claim the next task of PROJECT_ID and print it as JSON (nothing on stdout when none is left)."""
+    from medannot.client.errors import TaskServerError
+
+    with _client() as client:
+        task = client.claim(project_id)
+        if task is None:
+            click.echo(f"no task left for you in project {project_id}", err=True)
+            return
+        data = dict(task.raw)
+        if download_dir is not None:
+            try:
+                data["instances_dir"] = str(client.download_instances(task.task_id, task.lease_token, download_dir))
+            except TaskServerError as exc:
+                raise type(exc)(f"{exc}; task {task.task_id} stays claimed: download again later or give it back "
+                                f"with `medannot client release {task.task_id} --lease-token {task.lease_token}`",
+                                server_url=exc.server_url, status_code=exc.status_code, detail=exc.detail) from None
+    _print_json(data)
+
+
+@client_group.command("heartbeat", context_settings=CONTEXT)
+@click.argument("task_id")
+@lease_option
+def heartbeat(task_id: str, lease_token: str) -> None:
+    """Extend the lease on TASK_ID; prints the new expiry."""
+    with _client() as client:
+        click.echo(client.heartbeat(task_id, lease_token))
+
+
+@client_group.command("release", context_settings=CONTEXT)
+@click.argument("task_id")
+@lease_option
+def release(task_id: str, lease_token: str) -> None:
+    """Give TASK_ID back so another reader can take it."""
+    with _client() as client:
+        client.release(task_id, lease_token)
+    click.echo(f"released task {task_id}")
+
+
+@client_group.command("submit", context_settings=CONTEXT)
+@click.argument("task_id")
+@lease_option
+@click.option("--seg", "seg_path", required=True, type=click.Path(path_type=Path), help="The DICOM-SEG file.")
+@click.option("--sr", "sr_path", required=True, type=click.Path(path_type=Path), help="Its companion SR file.")
+@outbox_option
+def submit(task_id: str, lease_token: str, seg_path: Path, sr_path: Path, outbox_dir: Path | None) -> None:
+    """Submit the SEG and SR answering TASK_ID through the outbox; prints the submission id.
+
+    When the server cannot be reached the files wait in the outbox ("queued in outbox"); send them later with
+    `medannot client outbox --flush`.
+    """
+    from medannot.client.errors import ServerRejectedError
+    from medannot.client.outbox import Outbox
+
+    with _client(allow_expired=True) as client:
+        result = Outbox(outbox_dir).submit(client, task_id, lease_token, seg_path, sr_path)
+    if result.status == "sent":
+        click.echo(str(result.submission_id))
+    elif result.status == "queued":
+        click.echo(f"queued in outbox: {result.path} ({result.detail}); send it later with "
+                   "`medannot client outbox --flush`")
+    else:
+        raise ServerRejectedError(f"the server rejected task {task_id}'s submission: {result.detail}; the files "
+                                  f"are kept in {result.path}")
+
+
+@client_group.command("outbox", context_settings=CONTEXT)
+@click.option("--flush", is_flag=True, help="Deliver the pending items now (exit 1 if any stay queued or are "
+              "rejected).")
+@click.option("--json", "as_json", is_flag=True, help="Print the items as JSON.")
+@outbox_option
+def outbox(flush: bool, as_json: bool, outbox_dir: Path | None) -> None:
+    """List the outbox: submits pending, sent and rejected; --flush delivers the pending ones."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medannot.client.errors import OutboxError
+    from medannot.client.outbox import Outbox
+
+    box = Outbox(outbox_dir)
+    if flush:
+        if not box.pending():
+            click.echo("nothing pending")
+            return
+        with _client(allow_expired=True) as client:
+            results = box.flush(client)
+        if as_json:
+            _print_json([{"item_id": r.item_id, "task_id": r.task_id, "status": r.status, "path": str(r.path),
+                          "submission_id": r.submission_id, "detail": r.detail} for r in results])
+        else:
+            for r in results:
+                click.echo(f"{r.status:8} task {r.task_id}  {r.item_id}  "
+                           f"{r.submission_id if r.status == 'sent' else r.detail}")
+        unsent = [r for r in results if r.status != "sent"]
+        if unsent:
+            raise OutboxError(f"{len(results) - len(unsent)} of {len(results)} outbox item(s) sent; "
+                              f"{sum(r.status == 'queued' for r in unsent)} still queued, "
+                              f"{sum(r.status == 'rejected' for r in unsent)} rejected (see {box.folder})")
+        return
+    items = box.items()
+    if as_json:
+        _print_json([{"item_id": i.item_id, "state": i.state, "path": str(i.path),
+                      **{k: v for k, v in i.manifest.items() if k != "lease_token"}} for i in items])
+        return
+    if not items:
+        click.echo(f"the outbox {box.folder} is empty")
+        return
+    table = Table("state", "item", "task", "created", "attempts", "submission / last error")
+    for i in items:
+        m = i.manifest
+        outcome = m.get("submission_id") if i.state == "sent" else m.get("detail") or m.get("last_error") or ""
+        table.add_row(i.state, i.item_id, str(m.get("task_id")), str(m.get("created", ""))[:19],
+                      str(m.get("attempts", 0)), str(outcome))
+    Console(soft_wrap=True).print(table)

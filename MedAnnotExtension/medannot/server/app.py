@@ -1,0 +1,186 @@
+"""The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``. Routes stay thin: the work is in the modules."""
+
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Request, Response, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+
+import medannot
+from medannot.errors import MedAnnotError
+from medannot.server import projects as project_service
+from medannot.server import queue, security, submissions
+from medannot.server.audit import audit_entries
+from medannot.server.config import ServerSettings
+from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
+from medannot.server.models import Case, Project, Task, User
+from medannot.server.storage import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class LoginRequest(BaseModel):
+    username: str
+    password: str
+
+
+class LoginResponse(BaseModel):
+    access_token: str
+    expires_at: str
+    token_type: str = "bearer"
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the application for a database and data folder (migrating the schema first)."""
+    engine = make_engine(settings.db_url)
+    upgrade_database(engine)
+    factory = session_factory(engine)
+    store = ObjectStore(settings.data_dir)
+    bearer = HTTPBearer(auto_error=False)
+    app = FastAPI(title="MedAnnot task server", version=medannot.__version__,
+                  description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
+    app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
+
+    def db() -> Iterator[Session]:
+        # the transaction (BEGIN IMMEDIATE on SQLite) starts at the first query, after authentication
+        with transaction(factory) as session:
+            yield session
+
+    def current_user(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+        # its own short transaction: on SQLite a request must never wait for its own second connection
+        user = None
+        if credentials:
+            with transaction(factory) as session:
+                user = security.resolve_token(session, credentials.credentials)
+        if user is None:
+            raise HTTPException(401, "not logged in, or the session expired: log in again",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return user
+
+    def role(*allowed: str):  # type: ignore[no-untyped-def]
+        def check(user: Annotated[User, Depends(current_user)]) -> User:  # noqa: B008
+            if user.role not in allowed:
+                raise HTTPException(403, f"role {user.role} may not do this (needs {' or '.join(allowed)})")
+            return user
+        return check
+
+    Annotator = Annotated[User, Depends(role("annotator"))]
+    AnyUser = Annotated[User, Depends(current_user)]
+    Admin = Annotated[User, Depends(role("admin"))]
+    DB = Annotated[Session, Depends(db)]
+    api = APIRouter(prefix="/api/v1")
+
+    @app.exception_handler(MedAnnotError)
+    async def medannot_error(_request: Request, exc: MedAnnotError) -> JSONResponse:
+        status = {queue.LeaseError: 409, queue.TaskNotFound: 404, submissions.SubmissionRejected: 422,
+                  project_service.ProjectError: 404}.get(type(exc), 400)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
+    def login(body: LoginRequest) -> LoginResponse:
+        with transaction(factory) as session:  # committed on failure too: failed logins are audited
+            issued = security.login(session, body.username, body.password)
+        if issued is None:
+            raise HTTPException(401, "invalid user name or password")
+        return LoginResponse(access_token=issued.token, expires_at=iso(issued.expires_at) or "")
+
+    @api.post("/auth/logout", status_code=204, tags=["auth"])
+    def logout(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], session: DB,
+               _user: AnyUser) -> Response:
+        assert credentials is not None
+        security.logout(session, credentials.credentials)
+        return Response(status_code=204)
+
+    @api.get("/projects", tags=["projects"])
+    def list_projects(session: DB, _user: AnyUser) -> list[dict[str, object]]:
+        return [project_service.project_summary(session, p) for p in session.scalars(select(Project).order_by(Project.id))]
+
+    @api.get("/projects/{project_id}/guideline", response_class=PlainTextResponse, tags=["projects"])
+    def project_guideline(project_id: int, session: DB, _user: AnyUser) -> PlainTextResponse:
+        project = project_service.get_project(session, project_id)
+        version = project_service.current_version(session, project)
+        assert version is not None
+        return PlainTextResponse(version.yaml_text, media_type="text/yaml",
+                                 headers={"X-Guideline-Version": version.version, "X-Guideline-Sha256": version.sha256})
+
+    def task_body(task: Task, case: Case, project: Project, session: Session) -> dict[str, object]:
+        version = project_service.current_version(session, project)
+        return {"task_id": task.id, "case_id": case.case_key, "project_id": project.id, "slot": task.slot,
+                "lease_token": task.lease_token, "lease_expires_at": iso(task.lease_expires_at),
+                "study_uid": case.study_uid, "series_uid": case.series_uid,
+                "guideline_id": project.guideline_id, "guideline_version": version.version if version else None,
+                "guideline_sha256": version.sha256 if version else None}
+
+    @api.post("/projects/{project_id}/claim", tags=["tasks"], responses={204: {"description": "nothing left"}})
+    def claim(project_id: int, session: DB, user: Annotator) -> Response:
+        project = project_service.get_project(session, project_id)
+        claimed = queue.claim_next_task(session, user, project.id, settings.lease_seconds)
+        if claimed is None:
+            return Response(status_code=204)
+        return JSONResponse(task_body(claimed.task, claimed.case, project, session))
+
+    LeaseToken = Annotated[str | None, Header(alias="X-Lease-Token")]
+
+    @api.post("/tasks/{task_id}/heartbeat", tags=["tasks"])
+    def heartbeat(task_id: int, session: DB, user: Annotator, lease: LeaseToken = None) -> dict[str, object]:
+        task = queue.heartbeat(session, user, task_id, lease, settings.lease_seconds)
+        return {"task_id": task.id, "lease_expires_at": iso(task.lease_expires_at)}
+
+    @api.post("/tasks/{task_id}/release", status_code=204, tags=["tasks"])
+    def release(task_id: int, session: DB, user: Annotator, lease: LeaseToken = None) -> Response:
+        queue.release(session, user, task_id, lease)
+        return Response(status_code=204)
+
+    @api.post("/tasks/{task_id}/submit", status_code=201, tags=["tasks"])
+    def submit(task_id: int, user: Annotator, seg: Annotated[UploadFile, File()], sr: Annotated[UploadFile, File()],
+               lease: LeaseToken = None,
+               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
+        result = submissions.submit(factory, store, user.id, task_id, lease, idempotency_key or "",
+                                    seg.file.read(), sr.file.read())
+        body = {"submission_id": result.submission.id, "task_id": result.submission.task_id,
+                "seg_sha256": result.submission.seg_sha256, "sr_sha256": result.submission.sr_sha256,
+                "replaces": result.submission.replaces_id, "replayed": result.replayed}
+        return JSONResponse(body, status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
+
+    @api.get("/tasks/{task_id}/instances", tags=["tasks"], response_class=FileResponse)
+    def instances(task_id: int, user: Annotator, lease: LeaseToken = None) -> FileResponse:
+        from medannot.server import pacs
+
+        with transaction(factory) as session:
+            task = queue.held_lease(session, user, task_id, lease)
+            case = session.get(Case, task.case_id)
+            assert case is not None
+            source_text = case.source
+            name = case.case_key
+        workdir = Path(tempfile.mkdtemp(prefix="medannot-instances-"))
+        files = pacs.fetch_series(pacs.parse_source(source_text), workdir / "files", pacs.DicomWebSettings.from_env())
+        archive = pacs.zip_series(files, workdir / "instances.zip")
+        import shutil
+
+        return FileResponse(archive, media_type="application/zip", filename=f"{name}.zip",
+                            background=BackgroundTask(shutil.rmtree, workdir, True))
+
+    @api.get("/audit", tags=["admin"])
+    def audit(session: DB, _user: Admin, after: int = 0, limit: int = 500) -> list[dict[str, object]]:
+        return [e.__dict__ for e in audit_entries(session) if e.seq > after][:limit]
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": medannot.__version__}
+
+    app.include_router(api)
+    return app

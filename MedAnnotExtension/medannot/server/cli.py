@@ -1,0 +1,160 @@
+"""``medannot serve``, ``medannot admin ...`` and ``medannot audit verify``: commands that work on the database."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from medannot.cli_common import CONTEXT, MedAnnotGroup
+
+DB_OPTION = click.option("--db", envvar="MEDANNOT_DB", default=None,
+                         help="Database URL (default: SQLite file in $MEDANNOT_HOME/server; env MEDANNOT_DB). "
+                              "PostgreSQL: postgresql://user@host:5432/db")
+DATA_OPTION = click.option("--data-dir", envvar="MEDANNOT_DATA", default=None, type=click.Path(path_type=Path),
+                           help="Folder for stored results (default: data/ next to the SQLite file).")
+
+
+def _factory(db: str | None, data_dir: Path | None = None):  # type: ignore[no-untyped-def]
+    from medannot.server.config import resolve_settings
+    from medannot.server.db import make_engine, session_factory, upgrade_database
+
+    settings = resolve_settings(db, data_dir)
+    engine = make_engine(settings.db_url)
+    upgrade_database(engine)
+    return session_factory(engine)
+
+
+@click.command("serve", context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (put TLS in front).")
+@click.option("--port", default=8765, show_default=True, type=int)
+@DB_OPTION
+@DATA_OPTION
+@click.option("--lease-minutes", default=None, type=float, help="Lease length (default 30; env MEDANNOT_LEASE_SECONDS).")
+@click.option("--workers", default=1, show_default=True, type=int, help="Worker processes (use PostgreSQL for >1).")
+def serve(host: str, port: int, db: str | None, data_dir: Path | None, lease_minutes: float | None,
+          workers: int) -> None:
+    """Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."""
+    import os
+
+    import uvicorn
+
+    from medannot.server.config import resolve_settings
+
+    settings = resolve_settings(db, data_dir, int(lease_minutes * 60) if lease_minutes else None)
+    if workers > 1 and settings.is_sqlite:
+        raise click.UsageError("several workers need PostgreSQL (--db postgresql://...); SQLite serves one process")
+    os.environ["MEDANNOT_DB"] = settings.db_url
+    os.environ["MEDANNOT_DATA"] = str(settings.data_dir)
+    os.environ["MEDANNOT_LEASE_SECONDS"] = str(settings.lease_seconds)
+    from medannot.server.app import create_app
+
+    create_app(settings)  # migrate and fail fast with a clear message before binding the port
+    click.echo(f"MedAnnot server on http://{host}:{port} (docs /docs), database "
+               f"{settings.db_url.split('@')[-1]}, data {settings.data_dir}", err=True)
+    uvicorn.run("medannot.server.asgi:app", host=host, port=port, workers=workers, log_level="warning")
+
+
+@click.group("admin", cls=MedAnnotGroup, context_settings=CONTEXT)
+def admin() -> None:
+    """Administer users, projects and cases directly on the database."""
+
+
+@admin.group("user", cls=MedAnnotGroup, context_settings=CONTEXT)
+def admin_user() -> None:
+    """Users and roles."""
+
+
+@admin_user.command("add", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "annotator", "reviewer"]))
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else prompt).")
+@DB_OPTION
+def user_add(name: str, role: str, password_stdin: bool, db: str | None) -> None:
+    """Add user NAME with a role; the password (at least 12 characters) is stored as an argon2id hash."""
+    from medannot.server.db import transaction
+    from medannot.server.security import create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with transaction(_factory(db)) as session:
+        user = create_user(session, name, role, password, actor="cli")
+        click.echo(f"user {user.username} ({user.role}) added as id {user.id}")
+
+
+@admin.group("project", cls=MedAnnotGroup, context_settings=CONTEXT)
+def admin_project() -> None:
+    """Projects and their guideline versions."""
+
+
+@admin_project.command("create", context_settings=CONTEXT)
+@click.option("--guideline", required=True, type=click.Path(path_type=Path), help="Guideline YAML.")
+@click.option("--name", default=None, help="Project name (default: the guideline's title).")
+@DB_OPTION
+def project_create(guideline: Path, name: str | None, db: str | None) -> None:
+    """Create a project from a guideline; prints the new project id alone on the last line."""
+    from medannot.server.db import transaction
+    from medannot.server.projects import create_project
+
+    with transaction(_factory(db)) as session:
+        project = create_project(session, guideline, name, actor="cli")
+        project_id = project.id
+    click.echo(f"project '{project.name}' created with guideline {project.guideline_id}")
+    click.echo(str(project_id))
+
+
+@admin_project.command("guideline", context_settings=CONTEXT)
+@click.argument("project_id", type=int)
+@click.option("--guideline", required=True, type=click.Path(path_type=Path), help="New version of the guideline.")
+@DB_OPTION
+def project_guideline(project_id: int, guideline: Path, db: str | None) -> None:
+    """Add a new guideline version to PROJECT_ID (earlier versions are kept)."""
+    from medannot.server.db import transaction
+    from medannot.server.projects import add_guideline_version
+
+    with transaction(_factory(db)) as session:
+        version = add_guideline_version(session, project_id, guideline, actor="cli")
+        click.echo(f"project {project_id} now follows {version.guideline_id} {version.version}")
+
+
+@admin.group("cases", cls=MedAnnotGroup, context_settings=CONTEXT)
+def admin_cases() -> None:
+    """Cases of a project."""
+
+
+@admin_cases.command("import", context_settings=CONTEXT)
+@click.argument("project_id", type=int)
+@click.argument("manifest", type=click.Path(path_type=Path))
+@DB_OPTION
+def cases_import(project_id: int, manifest: Path, db: str | None) -> None:
+    """Import cases from MANIFEST.csv (columns case_id,source); all or nothing."""
+    from medannot.server.db import transaction
+    from medannot.server.projects import import_cases
+
+    with transaction(_factory(db)) as session:
+        cases = import_cases(session, project_id, manifest, actor="cli")
+        click.echo(f"{len(cases)} case(s) imported into project {project_id}")
+
+
+@click.group("audit", cls=MedAnnotGroup, context_settings=CONTEXT)
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify", context_settings=CONTEXT)
+@DB_OPTION
+def audit_verify(db: str | None) -> None:
+    """Check the audit hash chain: exit 0 when intact, 1 naming the first bad record."""
+    from medannot.audit import verify_chain
+    from medannot.server.audit import audit_entries
+    from medannot.server.db import transaction
+
+    with transaction(_factory(db)) as session:
+        count, problem = verify_chain(audit_entries(session))
+    if problem is not None:
+        click.echo(f"medannot: error: audit trail broken at {problem} ({count} records read)", err=True)
+        sys.exit(1)
+    click.echo(f"audit trail intact: {count} records, hash chain verified")

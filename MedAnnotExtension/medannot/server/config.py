@@ -1,0 +1,52 @@
+"""Where the server keeps its database and data: ``--db``, else ``MEDANNOT_DB``, else an SQLite file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+DEFAULT_LEASE_SECONDS = 30 * 60
+IDLE_TOKEN_SECONDS = 30 * 60
+ABSOLUTE_TOKEN_SECONDS = 12 * 60 * 60
+
+
+def medannot_home() -> Path:
+    """``MEDANNOT_HOME`` or ``~/.medannot``."""
+    return Path(os.environ.get("MEDANNOT_HOME") or Path.home() / ".medannot")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Database URL, data folder for stored results and lease length."""
+
+    db_url: str
+    data_dir: Path
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+
+def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
+                     lease_seconds: int | None = None) -> ServerSettings:
+    """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``), then defaults.
+
+    The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
+    """
+    url = db or os.environ.get("MEDANNOT_DB") or f"sqlite:///{medannot_home() / 'server' / 'medannot.db'}"
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if data_dir is None and os.environ.get("MEDANNOT_DATA"):
+        data_dir = os.environ["MEDANNOT_DATA"]
+    if data_dir is None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+            data_dir = Path(parsed.database).resolve().parent / "data"
+        else:
+            data_dir = medannot_home() / "server-data"
+    lease = lease_seconds or int(os.environ.get("MEDANNOT_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease)

@@ -1,0 +1,147 @@
+"""Projects made from guidelines (every version kept) and cases imported from a manifest."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from medannot.errors import MedAnnotError
+from medannot.guideline import Guideline, load_guideline, parse_guideline
+from medannot.server.audit import append_audit
+from medannot.server.models import TASK_SUBMITTED, Case, GuidelineVersion, Project, Task, utcnow
+
+
+class ProjectError(MedAnnotError):
+    """A project, guideline version or case import cannot be done as asked."""
+
+
+def create_project(session: Session, guideline_path: str | Path, name: str | None = None,
+                   actor: str | None = None) -> Project:
+    """Create a project from a guideline file; its version becomes the project's first guideline version."""
+    guideline = load_guideline(guideline_path)
+    project = Project(name=name or guideline.title, guideline_id=guideline.id,
+                      readers_per_case=guideline.readers_per_case, created_at=utcnow())
+    session.add(project)
+    session.flush()
+    _add_version(session, project, guideline, Path(guideline_path).read_text(encoding="utf-8"), actor)
+    append_audit(session, actor, "project.create", f"project:{project.id}", None,
+                 {"name": project.name, "guideline": guideline.id, "version": guideline.version})
+    return project
+
+
+def add_guideline_version(session: Session, project_id: int, guideline_path: str | Path,
+                          actor: str | None = None) -> GuidelineVersion:
+    """Add a new guideline version to a project (old versions are kept; results name the version they followed)."""
+    project = get_project(session, project_id)
+    guideline = load_guideline(guideline_path)
+    if guideline.id != project.guideline_id:
+        raise ProjectError(f"{guideline_path}: guideline id {guideline.id!r} differs from the project's "
+                           f"{project.guideline_id!r}; make a new project for a different guideline")
+    existing = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project.id,
+                                                             GuidelineVersion.version == guideline.version))
+    if existing is not None:
+        raise ProjectError(f"{guideline_path}: project {project.id} already has version {guideline.version}; "
+                           "bump the version to change the guideline")
+    return _add_version(session, project, guideline, Path(guideline_path).read_text(encoding="utf-8"), actor)
+
+
+def _add_version(session: Session, project: Project, guideline: Guideline, text: str,
+                 actor: str | None) -> GuidelineVersion:
+    old = current_version(session, project)
+    version = GuidelineVersion(project_id=project.id, guideline_id=guideline.id, version=guideline.version,
+                               sha256=guideline.sha256, yaml_text=text, created_at=utcnow())
+    session.add(version)
+    session.flush()
+    project.current_guideline_version_id = version.id
+    project.readers_per_case = guideline.readers_per_case
+    append_audit(session, actor, "guideline.version", f"project:{project.id}",
+                 {"version": old.version} if old else None,
+                 {"guideline": guideline.id, "version": guideline.version, "sha256": guideline.sha256})
+    return version
+
+
+def get_project(session: Session, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise ProjectError(f"no project {project_id}; list them with 'medannot client projects'")
+    return project
+
+
+def current_version(session: Session, project: Project) -> GuidelineVersion | None:
+    if project.current_guideline_version_id is None:
+        return None
+    return session.get(GuidelineVersion, project.current_guideline_version_id)
+
+
+def current_guideline(session: Session, project: Project) -> Guideline:
+    version = current_version(session, project)
+    assert version is not None
+    return parse_guideline(version.yaml_text.encode("utf-8"), origin=f"project {project.id} guideline")
+
+
+def import_cases(session: Session, project_id: int, manifest: str | Path, actor: str | None = None) -> list[Case]:
+    """Import cases from a CSV manifest with columns ``case_id,source``; all or nothing.
+
+    Each case gets ``readers_per_case`` task slots. A source is a local series folder or multi-frame file, or a
+    DICOMweb series URL ``.../studies/{uid}/series/{uid}``.
+    """
+    from medannot.server.pacs import parse_source, series_uid_of
+
+    project = get_project(session, project_id)
+    manifest = Path(manifest)
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ProjectError(f"{manifest}: cannot read manifest ({exc.strerror or exc})") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or not {"case_id", "source"} <= {f.strip() for f in reader.fieldnames}:
+        raise ProjectError(f"{manifest}: header must have the columns case_id,source (found {reader.fieldnames})")
+    known = set(session.scalars(select(Case.case_key).where(Case.project_id == project.id)))
+    cases: list[Case] = []
+    for line, row in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        key, source_text = row.get("case_id", ""), row.get("source", "")
+        if not key or not source_text:
+            raise ProjectError(f"{manifest}:{line}: case_id and source must both be filled in")
+        if key in known:
+            raise ProjectError(f"{manifest}:{line}: case {key!r} is already in project {project.id}")
+        known.add(key)
+        source = parse_source(source_text)
+        if source.kind == "local" and not Path(source_text).is_absolute():
+            source = parse_source(str((manifest.parent / source_text).resolve()))
+            source_text = str(source.path)
+        try:
+            study_uid, series_uid = series_uid_of(source)
+        except MedAnnotError as exc:
+            raise ProjectError(f"{manifest}:{line}: case {key!r}: {exc}") from exc
+        case = Case(project_id=project.id, case_key=key, source=source_text, study_uid=study_uid,
+                    series_uid=series_uid)
+        session.add(case)
+        session.flush()
+        for slot in range(1, project.readers_per_case + 1):
+            session.add(Task(project_id=project.id, case_id=case.id, slot=slot, status="open"))
+        append_audit(session, actor, "case.import", f"case:{case.id}", None,
+                     {"project": project.id, "case_id": key, "series_uid": series_uid, "slots": project.readers_per_case})
+        cases.append(case)
+    if not cases:
+        raise ProjectError(f"{manifest}: no cases in the manifest")
+    return cases
+
+
+def project_summary(session: Session, project: Project) -> dict[str, object]:
+    version = current_version(session, project)
+    counts = dict(session.execute(select(Task.status, func.count()).where(Task.project_id == project.id)
+                                  .group_by(Task.status)).all())
+    return {
+        "id": project.id, "name": project.name, "guideline_id": project.guideline_id,
+        "guideline_version": version.version if version else None,
+        "guideline_sha256": version.sha256 if version else None,
+        "readers_per_case": project.readers_per_case,
+        "cases": session.scalar(select(func.count()).select_from(Case).where(Case.project_id == project.id)),
+        "tasks_total": sum(counts.values()), "tasks_submitted": counts.get(TASK_SUBMITTED, 0),
+        "tasks_leased": counts.get("leased", 0), "tasks_open": counts.get("open", 0),
+    }

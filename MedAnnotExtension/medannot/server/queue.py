@@ -1,0 +1,119 @@
+"""The task queue: claim a slot under a lease, keep it alive, give it back, submit a result.
+
+A reader never gets two slots of one case and holds at most one lease per project. Expired leases go back to the
+queue (audited) before every claim. PostgreSQL claimers skip each other's locked rows (FOR UPDATE SKIP LOCKED);
+SQLite write transactions are serialised (BEGIN IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.orm import Session, aliased
+
+from medannot.errors import MedAnnotError
+from medannot.server.audit import append_audit
+from medannot.server.models import TASK_LEASED, TASK_OPEN, TASK_SUBMITTED, Case, Task, User, utcnow
+
+
+class LeaseError(MedAnnotError):
+    """The lease is not (or no longer) held by the caller: stale token, expired, or someone else's task."""
+
+
+class TaskNotFound(MedAnnotError):
+    """No such task."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    task: Task
+    case: Case
+
+
+def expire_leases(session: Session, project_id: int, now: datetime) -> int:
+    """Put every expired lease of a project back in the queue, one audit record each."""
+    expired = session.execute(
+        update(Task)
+        .where(Task.project_id == project_id, Task.status == TASK_LEASED, Task.lease_expires_at < now)
+        .values(status=TASK_OPEN, reader_id=None, lease_token=None, lease_expires_at=None)
+        .returning(Task.id, Task.reader_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for row in expired:
+        append_audit(session, None, "lease.expire", f"task:{row.id}", {"status": TASK_LEASED}, {"status": TASK_OPEN},
+                     "lease expired")
+    return len(expired)
+
+
+def claim_next_task(session: Session, user: User, project_id: int, lease_seconds: int) -> Claim | None:
+    """Give ``user`` a leased slot in the project: their current one if they hold one, else the next free slot
+    of a case they have not read. Returns None when nothing is left for them."""
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # one claim at a time per reader, so two parallel requests of one reader cannot take two slots
+        session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    expire_leases(session, project_id, now)
+    held = session.scalar(select(Task).where(Task.project_id == project_id, Task.status == TASK_LEASED,
+                                             Task.reader_id == user.id).limit(1))
+    if held is not None:
+        return Claim(held, session.get(Case, held.case_id))  # type: ignore[arg-type]
+    other = aliased(Task)
+    already_read = exists().where(and_(other.case_id == Task.case_id, other.reader_id == user.id))
+    query = (select(Task).where(Task.project_id == project_id, Task.status == TASK_OPEN, ~already_read)
+             .order_by(Task.case_id, Task.slot).limit(1))
+    if dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Task)
+    task = session.scalar(query)
+    if task is None:
+        return None
+    task.status = TASK_LEASED
+    task.reader_id = user.id
+    task.lease_token = secrets.token_urlsafe(24)
+    task.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    task.claimed_at = now
+    append_audit(session, user.username, "task.claim", f"task:{task.id}", {"status": TASK_OPEN},
+                 {"status": TASK_LEASED, "reader": user.username, "lease_expires_at": task.lease_expires_at})
+    return Claim(task, session.get(Case, task.case_id))  # type: ignore[arg-type]
+
+
+def _task(session: Session, task_id: int, lock: bool = True) -> Task:
+    query = select(Task).where(Task.id == task_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    task = session.scalar(query)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id}")
+    return task
+
+
+def held_lease(session: Session, user: User, task_id: int, lease_token: str | None,
+               allow_submitted: bool = False) -> Task:
+    """The task, if ``user`` holds its lease with this token and it has not expired."""
+    task = _task(session, task_id)
+    now = utcnow()
+    if not lease_token or task.reader_id != user.id or not secrets.compare_digest(task.lease_token or "", lease_token):
+        raise LeaseError(f"task {task_id}: this lease token is not (or no longer) valid; claim the task again")
+    if task.status == TASK_SUBMITTED and allow_submitted:
+        return task
+    if task.status != TASK_LEASED or task.lease_expires_at is None or task.lease_expires_at <= now:
+        raise LeaseError(f"task {task_id}: the lease expired; claim again (your drawing is kept locally)")
+    return task
+
+
+def heartbeat(session: Session, user: User, task_id: int, lease_token: str | None, lease_seconds: int) -> Task:
+    """Extend a held lease by the lease length."""
+    task = held_lease(session, user, task_id, lease_token)
+    task.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    return task
+
+
+def release(session: Session, user: User, task_id: int, lease_token: str | None, reason: str | None = None) -> None:
+    """Give a leased slot back to the queue (audited)."""
+    task = held_lease(session, user, task_id, lease_token)
+    task.status, task.reader_id, task.lease_token, task.lease_expires_at = TASK_OPEN, None, None, None
+    append_audit(session, user.username, "task.release", f"task:{task.id}", {"status": TASK_LEASED},
+                 {"status": TASK_OPEN}, reason)

@@ -1,0 +1,233 @@
+"""The task server on SQLite and PostgreSQL: login, roles, claims and leases, idempotent submit, audit trail."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from harness import PASSWORD, Lab, db_url, make_lab, medannot  # noqa: F401
+from sqlalchemy import create_engine, text
+
+from medannot.server.app import create_app
+from medannot.server.config import resolve_settings
+
+
+def client_for(lab: Lab, tmp_path: Path, lease_seconds: int = 1800) -> TestClient:
+    return TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data", lease_seconds)))
+
+
+def auth(client: TestClient, user: str, password: str = PASSWORD) -> dict[str, str]:
+    response = client.post("/api/v1/auth/login", json={"username": user, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def submit(client: TestClient, headers: dict[str, str], task: dict, seg: Path, sr: Path, key: str):  # type: ignore[no-untyped-def]
+    return client.post(f"/api/v1/tasks/{task['task_id']}/submit",
+                       headers={**headers, "X-Lease-Token": task["lease_token"], "Idempotency-Key": key},
+                       files={"seg": seg.read_bytes(), "sr": sr.read_bytes()})
+
+
+@pytest.fixture
+def lab(db_url: str, tmp_path: Path) -> Lab:  # noqa: F811
+    return make_lab(db_url, tmp_path / "lab", extra_users={"rev": "reviewer"})
+
+
+def test_login_gives_the_same_401_for_unknown_user_and_wrong_password_and_throttles(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    unknown = client.post("/api/v1/auth/login", json={"username": "nobody", "password": PASSWORD})
+    wrong = client.post("/api/v1/auth/login", json={"username": "r1", "password": "wrong password!"})
+    assert unknown.status_code == wrong.status_code == 401
+    assert unknown.json() == wrong.json()
+    for _ in range(5):
+        client.post("/api/v1/auth/login", json={"username": "r2", "password": "still the wrong one"})
+    locked = client.post("/api/v1/auth/login", json={"username": "r2", "password": PASSWORD})
+    assert locked.status_code == 401 and locked.json() == wrong.json()  # throttled, even with the right password
+    ok = client.post("/api/v1/auth/login", json={"username": "r1", "password": PASSWORD})
+    assert ok.status_code == 200 and ok.json()["expires_at"].endswith("Z")
+
+
+def test_admin_commands_set_up_a_lab_from_the_command_line(db_url, tmp_path):  # noqa: F811
+    lab = make_lab(db_url, tmp_path / "cli-lab", cases=2, via_cli=True)
+    client = client_for(lab, tmp_path)
+    projects = client.get("/api/v1/projects", headers=auth(client, "r1")).json()
+    assert [(p["id"], p["cases"], p["tasks_total"], p["guideline_version"]) for p in projects] == [
+        (lab.project_id, 2, 4, "1.0.0")]
+    duplicate = medannot("admin", "cases", "import", lab.project_id, lab.root / "manifest.csv", db=db_url)
+    assert duplicate.returncode == 1 and "manifest.csv:2" in duplicate.stderr and "already" in duplicate.stderr
+
+
+def test_short_passwords_are_refused(lab):
+    proc = medannot("admin", "user", "add", "shorty", "--role", "annotator", "--password-stdin",
+                    stdin="elevenchars\n", db=lab.db_url)
+    assert proc.returncode == 1 and "at least 12 characters" in proc.stderr
+
+
+def test_token_is_unusable_after_logout(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    headers = auth(client, "r1")
+    assert client.get("/api/v1/projects", headers=headers).status_code == 200
+    assert client.post("/api/v1/auth/logout", headers=headers).status_code == 204
+    assert client.get("/api/v1/projects", headers=headers).status_code == 401
+    assert client.get("/api/v1/projects").status_code == 401
+
+
+@pytest.mark.parametrize(("role_user", "expected"), [
+    ("admin", {"projects": 200, "claim": 403, "audit": 200}),
+    ("r1", {"projects": 200, "claim": 200, "audit": 403}),
+    ("rev", {"projects": 200, "claim": 403, "audit": 403}),
+    (None, {"projects": 401, "claim": 401, "audit": 401}),
+])
+def test_role_by_endpoint_access_matrix(lab, tmp_path, role_user, expected):
+    client = client_for(lab, tmp_path)
+    headers = auth(client, role_user) if role_user else {}
+    got = {
+        "projects": client.get("/api/v1/projects", headers=headers).status_code,
+        "claim": client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=headers).status_code,
+        "audit": client.get("/api/v1/audit", headers=headers).status_code,
+    }
+    assert got == expected
+
+
+def test_claims_give_each_reader_one_slot_per_case_and_return_the_held_lease(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    r1, r2 = auth(client, "r1"), auth(client, "r2")
+    first = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    assert again["task_id"] == first["task_id"] and again["lease_token"] == first["lease_token"]
+    assert first["case_id"] == "case-001" and first["guideline_id"] == "liver-ct"
+    other = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r2).json()
+    assert other["case_id"] == "case-001" and other["task_id"] != first["task_id"]  # second slot, other reader
+
+    seen: dict[str, list[str]] = {"r1": [], "r2": []}
+    for name, headers in (("r1", r1), ("r2", r2)):
+        while True:
+            task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=headers)
+            if task.status_code == 204:
+                break
+            body = task.json()
+            seen[name].append(body["case_id"])
+            seg, sr = lab.export_for(body["case_id"], tmp_path / name / body["case_id"])
+            assert submit(client, headers, body, seg, sr, str(uuid.uuid4())).status_code == 201
+    assert sorted(seen["r1"]) == sorted(seen["r2"]) == ["case-001", "case-002", "case-003"]
+    projects = client.get("/api/v1/projects", headers=r1).json()
+    assert projects[0]["tasks_submitted"] == projects[0]["tasks_total"] == 6
+
+
+def test_expired_lease_returns_the_slot_and_the_stale_token_is_refused(lab, tmp_path):
+    client = client_for(lab, tmp_path, lease_seconds=1)
+    r1, r2 = auth(client, "r1"), auth(client, "r2")
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    beat = client.post(f"/api/v1/tasks/{task['task_id']}/heartbeat", headers={**r1, "X-Lease-Token": task["lease_token"]})
+    assert beat.status_code == 200
+    time.sleep(1.5)
+    stale = client.post(f"/api/v1/tasks/{task['task_id']}/heartbeat", headers={**r1, "X-Lease-Token": task["lease_token"]})
+    assert stale.status_code == 409 and "expired" in stale.json()["detail"]
+    # r2 already... takes case-001's first free slot: the expired one is back in the queue
+    taken = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r2).json()
+    assert taken["task_id"] == task["task_id"]
+    seg, sr = lab.export_for(task["case_id"], tmp_path / "late")
+    late = submit(client, r1, task, seg, sr, "late-key")
+    assert late.status_code == 409
+    wrong_token = client.post(f"/api/v1/tasks/{taken['task_id']}/release", headers={**r2, "X-Lease-Token": "forged"})
+    assert wrong_token.status_code == 409
+    audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
+    assert any(r["action"] == "lease.expire" and r["entity"] == f"task:{task['task_id']}" for r in audit)
+
+
+def test_submit_is_idempotent_and_stored_content_addressed(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    r1 = auth(client, "r1")
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    seg, sr = lab.export_for(task["case_id"], tmp_path / "out")
+    first = submit(client, r1, task, seg, sr, "key-1")
+    replay = submit(client, r1, task, seg, sr, "key-1")
+    assert first.status_code == replay.status_code == 201
+    assert replay.json()["submission_id"] == first.json()["submission_id"] and replay.json()["replayed"] is True
+    import hashlib
+
+    digest = hashlib.sha256(seg.read_bytes()).hexdigest()
+    stored = tmp_path / "data" / "objects" / digest[:2] / digest
+    assert stored.read_bytes() == seg.read_bytes()
+    engine = create_engine(lab.db_url.replace("sqlite:///", "sqlite:///"))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM submissions")).scalar() == 1
+    # a correction is a new submission that points at the first; nothing is overwritten
+    seg2, sr2 = lab.export_for(task["case_id"], tmp_path / "out2")
+    correction = submit(client, r1, task, seg2, sr2, "key-2")
+    assert correction.status_code == 201 and correction.json()["replaces"] == first.json()["submission_id"]
+    assert stored.exists()
+
+
+def test_submit_checks_series_and_guideline(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    r1 = auth(client, "r1")
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    other_case = "case-002" if task["case_id"] != "case-002" else "case-003"
+    seg, sr = lab.export_for(other_case, tmp_path / "wrong-series")
+    wrong = submit(client, r1, task, seg, sr, "k1")
+    assert wrong.status_code == 422 and "series" in wrong.json()["detail"]
+    changed = tmp_path / "g2.yaml"
+    from harness import GUIDELINE
+
+    changed.write_text(GUIDELINE.read_text().replace('version: "1.0.0"', 'version: "9.9.9"'))
+    seg, sr = lab.export_for(task["case_id"], tmp_path / "wrong-guideline", guideline=changed)
+    wrong = submit(client, r1, task, seg, sr, "k2")
+    assert wrong.status_code == 422 and "9.9.9" in wrong.json()["detail"]
+    assert submit(client, r1, task, seg, sr, "").status_code in (400, 422)
+
+
+def _tamper(db: str, sql: str) -> None:
+    engine = create_engine(db, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":  # a DBA going around the append-only trigger
+            connection.execute(text("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only"))
+        connection.execute(text(sql))
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_records ENABLE TRIGGER audit_records_append_only"))
+    engine.dispose()
+
+
+def test_audit_chain_catches_an_edited_and_a_deleted_record(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    auth(client, "r1")
+    client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r2"))
+    ok = medannot("audit", "verify", db=lab.db_url)
+    assert ok.returncode == 0 and "intact" in ok.stdout
+    _tamper(lab.db_url, "UPDATE audit_records SET \"user\" = 'mallory' WHERE seq = 3")
+    edited = medannot("audit", "verify", db=lab.db_url)
+    assert edited.returncode == 1 and "audit record 3" in edited.stderr and "changed" in edited.stderr
+    _tamper(lab.db_url, "DELETE FROM audit_records WHERE seq = 3")
+    deleted = medannot("audit", "verify", db=lab.db_url)
+    assert deleted.returncode == 1 and "audit record 3" in deleted.stderr and "missing" in deleted.stderr
+
+
+def test_audit_rows_cannot_be_updated_or_deleted_by_the_server_role_on_postgresql(lab):
+    engine = create_engine(lab.db_url)
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no roles")
+    from sqlalchemy.exc import DBAPIError
+
+    for sql in ("UPDATE audit_records SET reason = 'x'", "DELETE FROM audit_records"):
+        with engine.connect() as connection, pytest.raises(DBAPIError, match="append-only"):
+            connection.execute(text(sql))
+    engine.dispose()
+
+
+def test_every_state_change_is_in_the_audit_trail(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    r1 = auth(client, "r1")
+    client.post("/api/v1/auth/login", json={"username": "r1", "password": "not the password"})
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    client.post(f"/api/v1/tasks/{task['task_id']}/release", headers={**r1, "X-Lease-Token": task["lease_token"]})
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    seg, sr = lab.export_for(task["case_id"], tmp_path / "o")
+    submit(client, r1, task, seg, sr, "k")
+    client.post("/api/v1/auth/logout", headers=r1)
+    actions = [r["action"] for r in client.get("/api/v1/audit", headers=auth(client, "admin")).json()]
+    for action in ("user.create", "project.create", "guideline.version", "case.import", "login.ok", "login.failed",
+                   "task.claim", "task.release", "task.submit", "logout"):
+        assert action in actions, action
