@@ -140,15 +140,17 @@ def free_port() -> int:
 class ServerProcess:
     """A real `medannot serve` process on a loopback port."""
 
-    def __init__(self, db_url: str, data_dir: Path, lease_seconds: int = 1800, port: int | None = None) -> None:
+    def __init__(self, db_url: str, data_dir: Path, lease_seconds: int = 1800, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.db_url, self.data_dir, self.lease_seconds = db_url, data_dir, lease_seconds
+        self.env = {**CLI_ENV, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
 
     def start(self) -> ServerProcess:
-        env = dict(CLI_ENV)
+        env = dict(self.env)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

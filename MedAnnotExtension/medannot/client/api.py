@@ -213,7 +213,8 @@ class TaskServerClient:
         data = self._json(response, "the submit")
         if not isinstance(data, dict) or data.get("submission_id") is None:
             raise self._unexpected("the submit", "no submission_id")
-        return Submission(submission_id=data["submission_id"], replayed=response.status_code == 200, raw=data)
+        replayed = bool(data.get("replayed")) or response.headers.get("Idempotent-Replayed") == "true"
+        return Submission(submission_id=data["submission_id"], replayed=replayed, raw=data)
 
     def download_instances(self, task_id: int | str, lease_token: str, dest_dir: str | os.PathLike[str]) -> Path:
         """Download the task's source DICOM files and unpack them into ``dest_dir``; returns ``dest_dir``."""

@@ -86,8 +86,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(MedAnnotError)
     async def medannot_error(_request: Request, exc: MedAnnotError) -> JSONResponse:
+        from medannot.errors import SourceImageError
+
         status = {queue.LeaseError: 409, queue.TaskNotFound: 404, submissions.SubmissionRejected: 422,
-                  project_service.ProjectError: 404}.get(type(exc), 400)
+                  project_service.ProjectError: 404, SourceImageError: 502}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])

@@ -1,0 +1,430 @@
+"""MedAnnot logic: the annotator's worklist on a task server (log in, claim a case, load it, submit), without GUI.
+
+Kept out of MedAnnot.py so that it imports without Qt: scripts and the tests that run on the slicer-core wheel
+(real MRML, no Qt) use this very class, which is also the one the module's widget runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import MedAnnotLib
+from MedAnnotExportLib.logic import MedAnnotExportLogic
+from MedAnnotWorklistLib.caseimages import CachedInstances, loadCaseVolume
+from medannot.client import Outbox, TaskServerClient
+from medannot.client.api import medannot_home
+from medannot.client.errors import (
+    AuthenticationError,
+    LeaseLostError,
+    OutboxError,
+    ServerRejectedError,
+    TaskServerError,
+)
+from medannot.errors import GuidelineError, MedAnnotError
+
+try:
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # the slicer-core wheel has MRML but not Slicer's Qt-based scripted-module classes
+    ScriptedLoadableModuleLogic = object
+
+if TYPE_CHECKING:
+    from medannot.client import DeliveryResult, Task
+    from medannot.guideline import Guideline
+
+logger = logging.getLogger(__name__)
+
+REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+
+# The server's lease lasts 30 minutes by default; beating well within it survives a missed beat or two.
+HEARTBEAT_INTERVAL_SECONDS = 180
+
+
+@dataclass
+class CaseSession:
+    """A claimed case open in the scene: the lease that makes it ours and the nodes showing it.
+
+    ``cacheDir`` holds the downloaded images (``images/``), the project's guideline and the exported result;
+    it is removed when the case is submitted or released.
+    """
+
+    serverUrl: str
+    projectId: int | str
+    taskId: int | str
+    caseId: str
+    leaseToken: str = field(repr=False)
+    leaseExpiresAt: str
+    volumeNode: Any
+    segmentationNode: Any
+    guidelinePath: Path
+    guideline: Guideline = field(repr=False)
+    cacheDir: Path
+    seriesUid: str
+    instances: CachedInstances = field(repr=False)
+
+    @property
+    def segmentNames(self) -> list[str]:
+        """The guideline's segment names, in order: one confidence rating each."""
+        return [spec.name for spec in self.guideline.segments]
+
+
+@dataclass(frozen=True)
+class ProjectProgress:
+    """One row of the worklist: a project, how far it is, and the case this reader has open in it."""
+
+    projectId: int | str
+    name: str
+    guideline: str
+    cases: int
+    tasksSubmitted: int
+    tasksTotal: int
+    myCase: str = ""
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    """How many submits wait in the local outbox, were delivered, or were refused by the server."""
+
+    pending: int
+    sent: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class CaseSubmitResult:
+    """What became of a submit: ``sent`` (stored by the server) or ``queued`` (waiting in the outbox)."""
+
+    status: str
+    taskId: int | str
+    caseId: str
+    submissionId: int | str | None
+    detail: str | None
+    segPath: Path
+    srPath: Path
+
+
+class MedAnnotLogic(ScriptedLoadableModuleLogic):
+    """The annotator's worklist: log in, see projects, claim and load the next case, submit or release it.
+
+    One case is open at a time (:attr:`session`). Submits go through a local :class:`medannot.client.Outbox`, so a
+    result made while the server is unreachable waits on disk and is delivered by :meth:`flushOutbox`.
+
+    Parameters
+    ----------
+    outboxFolder : str or pathlib.Path, optional
+        Defaults to ``MEDANNOT_OUTBOX`` or ``~/.medannot/outbox``.
+    cacheFolder : str or pathlib.Path, optional
+        Where cases are downloaded when :meth:`nextCase` gets no folder; defaults to ``~/.medannot/cases``.
+    """
+
+    def __init__(self, outboxFolder=None, cacheFolder=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.outbox = Outbox(outboxFolder)
+        self.cacheFolder = Path(cacheFolder) if cacheFolder else medannot_home() / "cases"
+        self.session: CaseSession | None = None
+        self._client: TaskServerClient | None = None
+        self._username = ""
+
+    def ensureDependencies(self) -> None:
+        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot")
+
+    # ------------------------------------------------------------ login
+    @property
+    def isLoggedIn(self) -> bool:
+        return self._client is not None and bool(self._client.token)
+
+    @property
+    def serverUrl(self) -> str:
+        return self._client.base_url if self._client is not None else ""
+
+    @property
+    def username(self) -> str:
+        return self._username if self.isLoggedIn else ""
+
+    def login(self, serverUrl: str, username: str, password: str) -> None:
+        """Log in to a task server. The password goes to the server and is not kept anywhere.
+
+        Raises
+        ------
+        ValueError
+            If the address or username is empty.
+        medannot.client.ServerAddressError, ServerUnreachableError, AuthenticationError
+            For a malformed address, a server that does not answer, or a wrong username or password.
+        """
+        if not serverUrl or not serverUrl.strip():
+            raise ValueError("Enter the task server's address, for example https://annot.lab.example.")
+        if not username or not username.strip():
+            raise ValueError("Enter your username on the task server.")
+        client = TaskServerClient(serverUrl)
+        if self.session is not None and self.session.serverUrl != client.base_url:
+            client.close()
+            raise MedAnnotError(
+                f"Case {self.session.caseId} from {self.session.serverUrl} is open; submit or release it before "
+                f"logging in to {client.base_url}."
+            )
+        try:
+            client.login(username.strip(), password)
+        except BaseException:
+            client.close()
+            raise
+        if self._client is not None:
+            self._client.close()
+        self._client, self._username = client, username.strip()
+        logger.info("Logged in to %s as %s", client.base_url, self._username)
+
+    def logout(self) -> None:
+        """Revoke the login on the server. An open case stays in the scene; its result can still be submitted
+        (it waits in the outbox until the next login)."""
+        if self._client is None:
+            return
+        try:
+            self._client.logout()
+        except TaskServerError as error:  # unreachable: forget the token here anyway, it expires on its own
+            logger.warning("Logout could not reach %s: %s", self._client.base_url, error)
+            self._client.token = None
+        self._username = ""
+
+    # ------------------------------------------------------------ worklist
+    def projects(self) -> list[ProjectProgress]:
+        """The projects on the server with their progress, and the case this reader has open in each."""
+        with self._loginChecked() as client:
+            found = client.projects()
+        rows = []
+        for project in found:
+            myCase = ""
+            if self.session is not None and str(self.session.projectId) == str(project["id"]):
+                myCase = f"{self.session.caseId} (task {self.session.taskId})"
+            guideline = f"{project.get('guideline_id') or ''} {project.get('guideline_version') or ''}".strip()
+            rows.append(ProjectProgress(
+                projectId=project["id"], name=str(project.get("name") or project["id"]), guideline=guideline,
+                cases=int(project.get("cases") or 0), tasksSubmitted=int(project.get("tasks_submitted") or 0),
+                tasksTotal=int(project.get("tasks_total") or 0), myCase=myCase))
+        return rows
+
+    def nextCase(self, projectId, cacheDir=None) -> CaseSession | None:
+        """Claim the next case of a project and open it: images as a volume, an empty segmentation per guideline.
+
+        Results still waiting in the outbox are delivered first, so the server does not hand back a case whose
+        result it has not received yet.
+
+        Parameters
+        ----------
+        projectId : int or str
+            The project to work on.
+        cacheDir : str or pathlib.Path, optional
+            Folder for downloaded cases; defaults to :attr:`cacheFolder`. Each case gets its own subfolder.
+
+        Returns
+        -------
+        CaseSession or None
+            The open case (also kept as :attr:`session`), or None when the project has nothing left for this reader.
+
+        Raises
+        ------
+        medannot.errors.MedAnnotError
+            A case is already open, not logged in, the server fails, or the case's images or guideline are unusable
+            (the claim is then given back).
+        """
+        if self.session is not None:
+            raise MedAnnotError(
+                f"Case {self.session.caseId} (task {self.session.taskId}) is still open; submit or release it first.")
+        self.ensureDependencies()
+        if self.outbox.pending():
+            self.flushOutbox()
+        with self._loginChecked() as client:
+            task = client.claim(projectId)
+            if task is None:
+                return None
+            waiting = [item for item in self.outbox.pending()
+                       if str(item.task_id) == str(task.task_id) and item.manifest.get("server_url") == client.base_url]
+            if waiting:
+                raise OutboxError(
+                    f"Your result for case {task.case_id} (task {task.task_id}) is still waiting in the outbox "
+                    f"({waiting[0].manifest.get('last_error') or 'not delivered yet'}); press Retry now in the Outbox "
+                    "section before taking the next case."
+                )
+            caseDir = Path(cacheDir or self.cacheFolder) / f"{_slug(client.base_url)}-task-{task.task_id}"
+            try:
+                self.session = self._openCase(client, task, projectId, caseDir)
+            except BaseException as error:
+                self._giveBack(client, task, caseDir, error)
+                raise
+        logger.info("Opened case %s (task %s)", self.session.caseId, self.session.taskId)
+        return self.session
+
+    def heartbeat(self, session: CaseSession | None = None) -> str:
+        """Extend the lease on the open case; returns (and records) the new expiry.
+
+        Raises
+        ------
+        medannot.client.LeaseLostError
+            If the lease expired or went to someone else; the case stays in the scene so nothing is lost.
+        """
+        session = self._openSession(session)
+        with self._loginChecked() as client:
+            session.leaseExpiresAt = client.heartbeat(session.taskId, session.leaseToken)
+        return session.leaseExpiresAt
+
+    def release(self, session: CaseSession | None = None) -> None:
+        """Give the open case back to the queue and remove it from the scene (the drawing is discarded).
+
+        A lease that already expired counts as given back. If the server cannot be reached the case stays open.
+        """
+        session = self._openSession(session)
+        with self._loginChecked() as client:
+            try:
+                client.release(session.taskId, session.leaseToken)
+            except LeaseLostError as error:
+                logger.info("Task %s was no longer ours: %s", session.taskId, error)
+        self._closeCase(session)
+        logger.info("Released case %s (task %s)", session.caseId, session.taskId)
+
+    def submit(self, session: CaseSession | None, readerName: str, readerId: str, readerRole: str = "Annotator",
+               institution: str = "", confidences: dict[str, int] | None = None) -> CaseSubmitResult:
+        """Export the case's segmentation as DICOM-SEG + SR and send it to the server through the outbox.
+
+        Returns
+        -------
+        CaseSubmitResult
+            ``sent`` when the server stored it, ``queued`` when it could not be reached (or the login expired):
+            the result then waits in the outbox for :meth:`flushOutbox`. Either way the case leaves the scene.
+
+        Raises
+        ------
+        medannot.errors.MedAnnotError
+            The export fails (unknown or overlapping segments, missing reader details, an empty required segment),
+            or the server refuses the result; the case then stays in the scene.
+        """
+        session = self._openSession(session)
+        exported = MedAnnotExportLogic().exportSegmentation(
+            segmentationNode=session.segmentationNode, referenceVolumeNode=session.volumeNode,
+            guidelinePath=session.guidelinePath, readerName=readerName, readerId=readerId, readerRole=readerRole,
+            institution=institution, outputDir=session.cacheDir / "result", confidences=confidences,
+            taskId=str(session.taskId), dicomDatabase=session.instances)
+        with self._clientFor(session.serverUrl) as client:
+            delivery = self.outbox.submit(client, session.taskId, session.leaseToken, exported.seg_path,
+                                          exported.sr_path)
+        if delivery.status == "rejected":
+            raise ServerRejectedError(
+                f"The task server refused the result for case {session.caseId} (task {session.taskId}): "
+                f"{delivery.detail}. The case stays open; a copy of the result is kept in {delivery.path}.",
+                server_url=session.serverUrl, detail=delivery.detail)
+        item = next(i for i in self.outbox.items() if i.item_id == delivery.item_id)
+        self._closeCase(session)
+        logger.info("Case %s (task %s): %s", session.caseId, session.taskId, delivery.status)
+        return CaseSubmitResult(status=delivery.status, taskId=session.taskId, caseId=session.caseId,
+                                submissionId=delivery.submission_id, detail=delivery.detail, segPath=item.seg_path,
+                                srPath=item.sr_path)
+
+    # ------------------------------------------------------------ outbox
+    def outboxStatus(self) -> OutboxStatus:
+        return OutboxStatus(pending=len(self.outbox.pending()), sent=len(self.outbox.sent()),
+                            rejected=len(self.outbox.rejected()))
+
+    def flushOutbox(self) -> list[DeliveryResult]:
+        """Deliver the results waiting in the outbox to the server logged in to; returns one result per item."""
+        with self._loginChecked() as client:
+            return self.outbox.flush(client)
+
+    # ------------------------------------------------------------ internals
+    def _openCase(self, client: TaskServerClient, task: Task, projectId, caseDir: Path) -> CaseSession:
+        from medannot.guideline import load_guideline
+
+        shutil.rmtree(caseDir, ignore_errors=True)  # a copy left by an earlier claim of this task
+        caseDir.mkdir(parents=True)
+        client.download_instances(task.task_id, task.lease_token, caseDir / "images")
+        guidelinePath = caseDir / "guideline.yaml"
+        # Bytes, not text: the guideline's sha256 (recorded in the SEG, checked by the server) is over the bytes.
+        guidelinePath.write_bytes(client.guideline(task.project_id).encode("utf-8"))
+        guideline = load_guideline(guidelinePath)
+        expected = task.raw.get("guideline_sha256")
+        if expected and guideline.sha256 != expected:
+            raise GuidelineError(
+                f"The guideline the server sent ({guideline.reference}) is not the one task {task.task_id} was "
+                f"claimed under (sha256 {str(expected)[:12]}); the project's guideline changed meanwhile. Press "
+                "Next case again."
+            )
+        volumeNode, source, instances = loadCaseVolume(caseDir / "images", name=str(task.case_id))
+        segmentationNode = None
+        try:
+            expectedSeries = task.raw.get("series_uid")
+            if expectedSeries and source.series_uid != expectedSeries:
+                raise MedAnnotError(
+                    f"The server sent series {source.series_uid} for case {task.case_id}, but the case is series "
+                    f"{expectedSeries}; tell the server's administrator."
+                )
+            segmentationNode = MedAnnotLib.addSegmentationNodeFromGuideline(
+                guideline, name=f"{task.case_id} segmentation", referenceVolumeNode=volumeNode)
+        except BaseException:
+            _removeNodes(volumeNode, segmentationNode)
+            raise
+        return CaseSession(
+            serverUrl=client.base_url, projectId=task.project_id if task.project_id is not None else projectId,
+            taskId=task.task_id, caseId=str(task.case_id), leaseToken=task.lease_token,
+            leaseExpiresAt=task.lease_expires_at, volumeNode=volumeNode, segmentationNode=segmentationNode,
+            guidelinePath=guidelinePath, guideline=guideline, cacheDir=caseDir, seriesUid=source.series_uid,
+            instances=instances)
+
+    def _giveBack(self, client: TaskServerClient, task: Task, caseDir: Path, error: BaseException) -> None:
+        """After a case failed to open: release its lease so the slot is not stuck, and drop its files."""
+        shutil.rmtree(caseDir, ignore_errors=True)
+        try:
+            client.release(task.task_id, task.lease_token)
+        except TaskServerError as releaseError:
+            logger.warning("Could not give task %s back after %s: %s", task.task_id, error, releaseError)
+        else:
+            logger.info("Gave task %s back: its case could not be opened (%s)", task.task_id, error)
+
+    def _closeCase(self, session: CaseSession) -> None:
+        _removeNodes(session.volumeNode, session.segmentationNode)
+        shutil.rmtree(session.cacheDir, ignore_errors=True)
+        if self.session is session:
+            self.session = None
+
+    def _openSession(self, session: CaseSession | None) -> CaseSession:
+        session = session or self.session
+        if session is None:
+            raise MedAnnotError("No case is open; press Next case to claim one.")
+        return session
+
+    @contextlib.contextmanager
+    def _clientFor(self, serverUrl: str) -> Iterator[TaskServerClient]:
+        """The logged-in client if it is for ``serverUrl``; else one without a login, whose submits the outbox
+        keeps until the reader logs in there again."""
+        if self.isLoggedIn and self.serverUrl == serverUrl:
+            yield self._client
+            return
+        with TaskServerClient(serverUrl) as client:
+            yield client
+
+    @contextlib.contextmanager
+    def _loginChecked(self) -> Iterator[TaskServerClient]:
+        """The logged-in client; a refused or missing login becomes a message about logging in here, in Slicer."""
+        if not self.isLoggedIn:
+            raise AuthenticationError("Log in to the task server first.", server_url=self.serverUrl)
+        try:
+            yield self._client
+        except AuthenticationError as error:
+            raise AuthenticationError(
+                f"The task server at {self.serverUrl} no longer accepts your login ({error.detail or 'expired'}); "
+                "log in again.", server_url=self.serverUrl, status_code=error.status_code, detail=error.detail,
+            ) from None
+
+
+def _removeNodes(*nodes) -> None:
+    for node in nodes:
+        scene = node.GetScene() if node is not None else None
+        if scene is not None and scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+
+
+def _slug(serverUrl: str) -> str:
+    """A folder-name-safe form of a server address, so tasks of two servers never share a cache folder."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", serverUrl.split("://", 1)[-1]).strip("_")
