@@ -37,6 +37,44 @@ def _bundled_guideline(name: str, output: Path) -> Path:
     return target
 
 
+def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
+    """Start a local server, set up a lab, and let two readers work through the queue."""
+    try:
+        from medannot.demo_server import read_cases, set_up_lab, start_local_server, verify_audit
+    except ImportError as exc:
+        console.print(f"Task server part skipped: {exc.name} is not installed (pip install 'medannot[server]')")
+        return {}
+
+    root = output / "server"
+    with console.status("Task server: users, project, cases ...") as status:
+        project_id, passwords = set_up_lab(root, _bundled_guideline("liver-ct.yaml", output))
+        server = start_local_server(root)
+        try:
+            status.update(f"Task server at {server.url}: two readers claim, segment, export and submit ...")
+            rows = []
+            for seed, reader in enumerate(("reader1", "reader2")):
+                rows += read_cases(server.url, project_id, reader, passwords[reader], output / "readers" / reader,
+                                   seed)
+        finally:
+            server.stop()
+        count, problem = verify_audit(root)
+    table = Table(title=f"Task server (SQLite, {server.url}): project {project_id}, 2 readers per case",
+                  title_justify="left")
+    for column in ("reader", "task", "case", "submit", "submission"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["reader"]), str(row["task"]), str(row["case"]), str(row["status"]),
+                      str(row["submission"]))
+    console.print(table)
+    console.print(f"  audit trail: {count} records, " + ("hash chain intact" if problem is None else problem))
+    if problem is not None or any(row["status"] != "sent" for row in rows):
+        raise MedAnnotError("the task-server part of the demo did not complete; see above")
+    console.print(f"  log in yourself: medannot serve --db sqlite:///{root / 'medannot.db'} "
+                  f"(users reader1 / reader2, passwords in {root / 'passwords.txt'})", soft_wrap=True)
+    (root / "passwords.txt").write_text("".join(f"{k} {v}\n" for k, v in passwords.items()))
+    return {"server db": root / "medannot.db", "results": root / "data"}
+
+
 def run_demo(output: Path) -> dict[str, Path]:
     """Generate a CT series and an ultrasound cine, export SEG + SR with provenance for both, validate, read back.
 
@@ -109,6 +147,7 @@ def run_demo(output: Path) -> dict[str, Path]:
     console.print(f"Validation ({checker}): {len(errors)} error(s), {len(findings) - len(errors)} warning(s)")
     for finding in findings:
         console.print(f"  {finding}")
+    made.update(_task_server_part(output, console))
     console.print("\nWhere everything is:")
     for name, path in made.items():
         console.print(f"  {name:10s} {path}", soft_wrap=True)

@@ -71,9 +71,15 @@ def _check_geometry(source: SourceImage, shape: tuple[int, ...], geometry: Geome
 
 
 def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
-    flat = labels.ravel()
-    counts = np.bincount(flat if flat.dtype.kind == "u" or flat.min() >= 0 else flat.astype(np.int64))
-    return {int(v): int(c) for v, c in enumerate(counts) if c and v}
+    """Voxels per label value, counted a few slices at a time so no int64 copy of the whole map is made."""
+    if labels.size and labels.min() < 0:
+        raise LabelMapError(f"label map holds negative value {int(labels.min())}")
+    total = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int64)
+    step = max(1, (1 << 22) // max(1, labels[0].size))
+    for start in range(0, labels.shape[0], step):
+        chunk = np.bincount(labels[start:start + step].ravel(), minlength=total.size)
+        total += chunk
+    return {int(v): int(c) for v, c in enumerate(total) if c and v}
 
 
 def export_segmentation(
@@ -172,10 +178,13 @@ def export_segmentation(
             raise SegmentContentError(f"{labels_name}: required segment(s) {', '.join(missing)} are empty; "
                                       "draw them or mark them not required in the guideline")
         included = [s for s in guideline.segments if s.label in counts]
-        lut = np.zeros(max(max(counts), 1) + 1, dtype=np.uint16 if len(included) > 255 else np.uint8)
-        for number, spec in enumerate(included, start=1):
-            lut[spec.label] = number
-        pixel_array = lut[labels]
+        if [s.label for s in included] == list(range(1, len(included) + 1)) and labels.dtype.kind == "u":
+            pixel_array = labels  # label values already are the segment numbers 1..N: no copy
+        else:
+            lut = np.zeros(max(max(counts), 1) + 1, dtype=np.uint16 if len(included) > 255 else np.uint8)
+            for number, spec in enumerate(included, start=1):
+                lut[spec.label] = number
+            pixel_array = lut[labels]
     unknown_prov = sorted(set(provenance) - {s.label for s in included})
     if unknown_prov:
         names = ", ".join(guideline.segment(v).name for v in unknown_prov)
