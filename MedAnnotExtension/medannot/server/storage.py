@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -23,12 +24,17 @@ class ObjectStore:
         if target.exists():
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        # a unique temporary name per call: two requests storing the same bytes at once must not share one
+        fd, tmp = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)  # same content under the same name: whichever rename wins is right
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return digest
 
     def get(self, sha256: str) -> bytes:
