@@ -231,3 +231,43 @@ def test_every_state_change_is_in_the_audit_trail(lab, tmp_path):
     for action in ("user.create", "project.create", "guideline.version", "case.import", "login.ok", "login.failed",
                    "task.claim", "task.release", "task.submit", "logout"):
         assert action in actions, action
+
+
+def test_parallel_wrong_passwords_all_count_towards_the_lock(lab, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medannot.server.db import make_engine, session_factory
+    from medannot.server.security import login
+
+    factory = session_factory(make_engine(lab.db_url))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: login(factory, "r2", f"wrong guess {i:04d}"), range(16)))
+    assert results == [None] * 16
+    engine = create_engine(lab.db_url)
+    with engine.connect() as connection:
+        failed, locked = connection.execute(
+            text("SELECT failed_logins, locked_until FROM users WHERE username = 'r2'")).one()
+    engine.dispose()
+    assert failed >= 5 and locked is not None  # five failures lock it; later guesses meet the lock
+    assert login(factory, "r2", PASSWORD) is None  # locked: the right password is refused too
+
+
+def test_an_idempotency_key_belongs_to_one_task_and_malformed_uploads_are_422(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    r1 = auth(client, "r1")
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    seg, sr = lab.export_for(task["case_id"], tmp_path / "a")
+    assert submit(client, r1, task, seg, sr, "same-key").status_code == 201
+    second = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
+    seg2, sr2 = lab.export_for(second["case_id"], tmp_path / "b")
+    reused = submit(client, r1, second, seg2, sr2, "same-key")
+    assert reused.status_code == 409 and "already used for task" in reused.json()["detail"]
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom file")
+    assert submit(client, r1, second, junk, sr2, "k-junk").status_code == 422
+    assert submit(client, r1, second, sr2, seg2, "k-swapped").status_code == 422  # SEG and SR swapped
+    beat = client.post(f"/api/v1/tasks/{second['task_id']}/heartbeat",
+                       headers={**r1, "X-Lease-Token": second["lease_token"]})
+    assert beat.status_code == 200
+    audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
+    assert any(r["action"] == "lease.extend" and r["entity"] == f"task:{second['task_id']}" for r in audit)

@@ -81,7 +81,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     Annotator = Annotated[User, Depends(role("annotator"))]
     AnyUser = Annotated[User, Depends(current_user)]
     Admin = Annotated[User, Depends(role("admin"))]
-    DB = Annotated[Session, Depends(db)]
+    # scope="function": commit before the response is sent, so a client never sees a success that was not stored
+    DB = Annotated[Session, Depends(db, scope="function")]
     api = APIRouter(prefix="/api/v1")
 
     @app.exception_handler(MedAnnotError)
@@ -89,13 +90,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         from medannot.errors import SourceImageError
 
         status = {queue.LeaseError: 409, queue.TaskNotFound: 404, submissions.SubmissionRejected: 422,
+                  submissions.SubmissionConflict: 409,
                   project_service.ProjectError: 404, SourceImageError: 502}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
     def login(body: LoginRequest) -> LoginResponse:
-        with transaction(factory) as session:  # committed on failure too: failed logins are audited
-            issued = security.login(session, body.username, body.password)
+        issued = security.login(factory, body.username, body.password)  # failures are audited and committed
         if issued is None:
             raise HTTPException(401, "invalid user name or password")
         return LoginResponse(access_token=issued.token, expires_at=iso(issued.expires_at) or "")
@@ -140,6 +141,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @api.post("/tasks/{task_id}/heartbeat", tags=["tasks"])
     def heartbeat(task_id: int, session: DB, user: Annotator, lease: LeaseToken = None) -> dict[str, object]:
         task = queue.heartbeat(session, user, task_id, lease, settings.lease_seconds)
+        session.flush()
         return {"task_id": task.id, "lease_expires_at": iso(task.lease_expires_at)}
 
     @api.post("/tasks/{task_id}/release", status_code=204, tags=["tasks"])

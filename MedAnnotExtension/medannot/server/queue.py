@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from medannot.errors import MedAnnotError
@@ -34,17 +34,17 @@ class Claim:
 
 
 def expire_leases(session: Session, project_id: int, now: datetime) -> int:
-    """Put every expired lease of a project back in the queue, one audit record each."""
-    expired = session.execute(
-        update(Task)
-        .where(Task.project_id == project_id, Task.status == TASK_LEASED, Task.lease_expires_at < now)
-        .values(status=TASK_OPEN, reader_id=None, lease_token=None, lease_expires_at=None)
-        .returning(Task.id, Task.reader_id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    for row in expired:
-        append_audit(session, None, "lease.expire", f"task:{row.id}", {"status": TASK_LEASED}, {"status": TASK_OPEN},
-                     "lease expired")
+    """Put every expired lease of a project back in the queue, one audit record each (naming whose it was)."""
+    query = select(Task).where(Task.project_id == project_id, Task.status == TASK_LEASED, Task.lease_expires_at < now)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    expired = session.scalars(query).all()
+    for task in expired:
+        holder = session.get(User, task.reader_id) if task.reader_id else None
+        append_audit(session, None, "lease.expire", f"task:{task.id}",
+                     {"status": TASK_LEASED, "reader": holder.username if holder else None,
+                      "lease_expires_at": task.lease_expires_at}, {"status": TASK_OPEN}, "lease expired")
+        task.status, task.reader_id, task.lease_token, task.lease_expires_at = TASK_OPEN, None, None, None
     return len(expired)
 
 
@@ -107,7 +107,10 @@ def held_lease(session: Session, user: User, task_id: int, lease_token: str | No
 def heartbeat(session: Session, user: User, task_id: int, lease_token: str | None, lease_seconds: int) -> Task:
     """Extend a held lease by the lease length."""
     task = held_lease(session, user, task_id, lease_token)
+    old = task.lease_expires_at
     task.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    append_audit(session, user.username, "lease.extend", f"task:{task.id}", {"lease_expires_at": old},
+                 {"lease_expires_at": task.lease_expires_at})
     return task
 
 

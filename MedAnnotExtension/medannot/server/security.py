@@ -10,11 +10,12 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.errors import MedAnnotError
 from medannot.server.audit import append_audit
 from medannot.server.config import ABSOLUTE_TOKEN_SECONDS, IDLE_TOKEN_SECONDS
+from medannot.server.db import transaction
 from medannot.server.models import ROLES, AuthToken, User, utcnow
 
 MIN_PASSWORD_LENGTH = 12
@@ -67,43 +68,46 @@ def token_expiry(record: AuthToken) -> datetime:
                record.created_at + timedelta(seconds=ABSOLUTE_TOKEN_SECONDS))
 
 
-def login(session: Session, username: str, password: str) -> IssuedToken | None:
+def login(factory: sessionmaker[Session], username: str, password: str) -> IssuedToken | None:
     """Check a password and issue a bearer token.
 
-    Returns None on any failure (unknown user, wrong password, throttled account: deliberately not told apart);
-    failures are audited in the caller's transaction, which should be committed either way.
+    Returns None on any failure (unknown user, wrong password, throttled account: deliberately not told apart,
+    and each takes one argon2 verification). The slow password check runs outside any transaction, so it never
+    holds SQLite's write lock; the counters are then updated under a row lock, so parallel guesses all count.
     """
-    now = utcnow()
-    user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        try:
-            _hasher.verify(_DUMMY_HASH, password)  # same work as a real check: no user enumeration by timing
-        except VerificationError:
-            pass
-        append_audit(session, None, "login.failed", f"user:{username[:64]}", None, None, "unknown user")
-        return None
-    if user.locked_until is not None and user.locked_until > now:
-        append_audit(session, user.username, "login.failed", f"user:{username}", None, None, "throttled")
-        return None
+    with transaction(factory) as session:
+        found = session.execute(select(User.id, User.password_hash).where(User.username == username)).first()
     try:
-        _hasher.verify(user.password_hash, password)
+        password_ok = _hasher.verify(found.password_hash if found else _DUMMY_HASH, password) and found is not None
     except (VerificationError, InvalidHashError):
-        user.failed_logins += 1
-        if user.failed_logins >= FREE_FAILURES:
-            seconds = min(MAX_LOCK_SECONDS, 2 ** (user.failed_logins - FREE_FAILURES) * 30)
-            user.locked_until = now + timedelta(seconds=seconds)
-        append_audit(session, user.username, "login.failed", f"user:{username}", None,
-                     {"failed_logins": user.failed_logins}, "wrong password")
-        return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.locked_until = None
-    token = secrets.token_urlsafe(32)
-    record = AuthToken(token_hash=_token_hash(token), user_id=user.id, created_at=now, last_used_at=now)
-    session.add(record)
-    append_audit(session, user.username, "login.ok", f"user:{username}")
-    return IssuedToken(token, token_expiry(record))
+        password_ok = False
+    with transaction(factory) as session:
+        now = utcnow()
+        if found is None:
+            append_audit(session, None, "login.failed", f"user:{username[:64]}", None, None, "unknown user")
+            return None
+        user = session.scalar(select(User).where(User.id == found.id).with_for_update())
+        assert user is not None
+        if user.locked_until is not None and user.locked_until > now:
+            append_audit(session, user.username, "login.failed", f"user:{username}", None, None, "throttled")
+            return None
+        if not password_ok:
+            user.failed_logins += 1
+            if user.failed_logins >= FREE_FAILURES:
+                seconds = min(MAX_LOCK_SECONDS, 2 ** (user.failed_logins - FREE_FAILURES) * 30)
+                user.locked_until = now + timedelta(seconds=seconds)
+            append_audit(session, user.username, "login.failed", f"user:{username}", None,
+                         {"failed_logins": user.failed_logins}, "wrong password")
+            return None
+        if _hasher.check_needs_rehash(user.password_hash):
+            user.password_hash = _hasher.hash(password)
+        user.failed_logins = 0
+        user.locked_until = None
+        token = secrets.token_urlsafe(32)
+        record = AuthToken(token_hash=_token_hash(token), user_id=user.id, created_at=now, last_used_at=now)
+        session.add(record)
+        append_audit(session, user.username, "login.ok", f"user:{username}")
+        return IssuedToken(token, token_expiry(record))
 
 
 def resolve_token(session: Session, token: str) -> User | None:

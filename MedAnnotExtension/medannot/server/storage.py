@@ -32,6 +32,11 @@ class ObjectStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)  # same content under the same name: whichever rename wins is right
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the rename survives a power cut before the database commit does
+            finally:
+                os.close(directory)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

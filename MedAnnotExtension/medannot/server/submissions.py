@@ -26,66 +26,101 @@ class SubmissionRejected(MedAnnotError):
     """The uploaded SEG/SR does not belong to this task (series, guideline) or is not a SEG + SR."""
 
 
+class SubmissionConflict(MedAnnotError):
+    """The Idempotency-Key was already used for a different task."""
+
+
 @dataclass(frozen=True)
 class SubmitResult:
     submission: Submission
     replayed: bool
 
 
-def _existing(session: Session, user: User, key: str) -> Submission | None:
+def _existing(session: Session, user: User, key: str, task_id: int) -> Submission | None:
     record = session.scalar(select(IdempotencyKey).where(IdempotencyKey.user_id == user.id,
                                                          IdempotencyKey.key == key))
-    return session.get(Submission, record.submission_id) if record else None
+    if record is None:
+        return None
+    if record.task_id != task_id:
+        raise SubmissionConflict(f"Idempotency-Key {key!r} was already used for task {record.task_id}; "
+                                 "use a new key for each submit")
+    return session.get(Submission, record.submission_id)
 
 
-def _check_content(session: Session, task: Task, seg_bytes: bytes, sr_bytes: bytes) -> tuple[dict, str]:
+@dataclass(frozen=True)
+class ParsedUpload:
+    """What the server needs to know of an uploaded SEG + SR, read before any transaction is opened."""
+
+    series_uids: set[str]
+    seg_uid: str
+    guideline: dict[str, str | None]
+
+
+def parse_upload(seg_bytes: bytes, sr_bytes: bytes) -> ParsedUpload:
+    """Read the uploaded SEG and SR; anything unreadable or malformed is the uploader's problem (422)."""
     try:
-        seg = dcmread(io.BytesIO(seg_bytes))
+        seg = dcmread(io.BytesIO(seg_bytes), stop_before_pixels=True)
         sr = dcmread(io.BytesIO(sr_bytes))
-    except Exception as exc:  # noqa: BLE001 - anything unreadable is the uploader's problem
-        raise SubmissionRejected(f"the upload is not readable DICOM ({exc})") from exc
-    if seg.get("Modality") != "SEG" or "SegmentSequence" not in seg:
-        raise SubmissionRejected(f"file 'seg' is not a DICOM-SEG (Modality {seg.get('Modality')})")
-    if sr.get("Modality") != "SR":
-        raise SubmissionRejected(f"file 'sr' is not a DICOM SR (Modality {sr.get('Modality')})")
+        if seg.get("Modality") != "SEG" or "SegmentSequence" not in seg:
+            raise SubmissionRejected(f"file 'seg' is not a DICOM-SEG (Modality {seg.get('Modality')})")
+        if sr.get("Modality") != "SR":
+            raise SubmissionRejected(f"file 'sr' is not a DICOM SR (Modality {sr.get('Modality')})")
+        series = {str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])}
+        summary = provenance_summary(seg, sr)
+        return ParsedUpload(series, str(seg.SOPInstanceUID), summary["guideline"])
+    except SubmissionRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed upload must give 422, never 500
+        raise SubmissionRejected(f"the upload is not a readable SEG + SR pair ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_content(session: Session, task: Task, upload: ParsedUpload) -> None:
     case = session.get(Case, task.case_id)
     assert case is not None
-    series = {str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])}
-    if case.series_uid not in series:
-        raise SubmissionRejected(f"the SEG references series {sorted(series) or 'none'}, not case "
+    if case.series_uid not in upload.series_uids:
+        raise SubmissionRejected(f"the SEG references series {sorted(upload.series_uids) or 'none'}, not case "
                                  f"{case.case_key}'s series {case.series_uid}; export it from this task's images")
-    summary = provenance_summary(seg, sr)
     versions = {v.version: v for v in session.scalars(
         select(GuidelineVersion).where(GuidelineVersion.project_id == task.project_id))}
-    g = summary["guideline"]
+    g = upload.guideline
     project_guideline = next(iter(versions.values())).guideline_id if versions else None
     if g["id"] != project_guideline or g["version"] not in versions:
         raise SubmissionRejected(f"the SEG follows guideline {g['id']} {g['version']}, but this project uses "
                                  f"{project_guideline} versions {', '.join(sorted(versions))}")
-    if g["sha256"] and g["sha256"] != versions[g["version"]].sha256:
-        raise SubmissionRejected(f"guideline {g['id']} {g['version']} in the SEG has sha256 {g['sha256'][:12]}..., "
+    if g["sha256"] and g["sha256"] != versions[str(g["version"])].sha256:
+        raise SubmissionRejected(f"guideline {g['id']} {g['version']} in the SEG has sha256 {str(g['sha256'])[:12]}..., "
                                  "not the project's text of that version; export with the project's guideline")
-    return summary, str(seg.SOPInstanceUID)
 
 
 def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, task_id: int, lease_token: str | None,
            idempotency_key: str, seg_bytes: bytes, sr_bytes: bytes) -> SubmitResult:
-    """Store a submission exactly once per (user, Idempotency-Key)."""
+    """Store a submission exactly once per (user, Idempotency-Key).
+
+    Parsing and writing the files happen before the transaction (the files are content-addressed, so a write
+    without a commit leaves only an unreferenced object); the transaction holds just the checks and the rows.
+    """
     if not idempotency_key or len(idempotency_key) > 128:
         raise SubmissionRejected("an Idempotency-Key header (1-128 characters) is required for submit")
     with transaction(factory) as session:
         user = session.get(User, user_id)
         assert user is not None
-        previous = _existing(session, user, idempotency_key)
+        previous = _existing(session, user, idempotency_key, task_id)
         if previous is not None:
             return SubmitResult(previous, True)
+    upload = parse_upload(seg_bytes, sr_bytes)
+    seg_sha, sr_sha = store.put(seg_bytes), store.put(sr_bytes)
+    with transaction(factory) as session:
+        user = session.get(User, user_id)
+        assert user is not None
         task = held_lease(session, user, task_id, lease_token, allow_submitted=True)
-        summary, seg_uid = _check_content(session, task, seg_bytes, sr_bytes)
-        seg_sha, sr_sha = store.put(seg_bytes), store.put(sr_bytes)
+        previous = _existing(session, user, idempotency_key, task_id)  # a replay that raced us to the row lock
+        if previous is not None:
+            return SubmitResult(previous, True)
+        _check_content(session, task, upload)
         replaces = session.scalar(select(Submission).where(Submission.task_id == task.id)
                                   .order_by(Submission.id.desc()).limit(1))
         submission = Submission(task_id=task.id, user_id=user.id, seg_sha256=seg_sha, sr_sha256=sr_sha,
-                                seg_sop_uid=seg_uid, guideline_version=summary["guideline"]["version"],
+                                seg_sop_uid=upload.seg_uid, guideline_version=str(upload.guideline["version"]),
                                 replaces_id=replaces.id if replaces else None, created_at=utcnow())
         session.add(submission)
         session.flush()
@@ -99,12 +134,12 @@ def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, tas
             session.flush()
         except IntegrityError:
             session.rollback()
-            previous = _existing(session, user, idempotency_key)
+            previous = _existing(session, user, idempotency_key, task_id)
             if previous is None:
                 raise
             return SubmitResult(previous, True)
         append_audit(session, user.username, "task.submit" if replaces is None else "task.correct",
                      f"task:{task.id}", {"status": old_status},
                      {"status": TASK_SUBMITTED, "submission": submission.id, "seg_sha256": seg_sha,
-                      "sr_sha256": sr_sha, "seg_uid": seg_uid, "replaces": submission.replaces_id})
+                      "sr_sha256": sr_sha, "seg_uid": upload.seg_uid, "replaces": submission.replaces_id})
         return SubmitResult(submission, False)
