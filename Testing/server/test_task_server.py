@@ -271,3 +271,26 @@ def test_an_idempotency_key_belongs_to_one_task_and_malformed_uploads_are_422(la
     assert beat.status_code == 200
     audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
     assert any(r["action"] == "lease.extend" and r["entity"] == f"task:{second['task_id']}" for r in audit)
+
+
+def test_the_server_role_cannot_change_or_remove_audit_rows_nor_switch_off_the_trigger(lab, tmp_path):
+    engine = create_engine(lab.db_url)
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no roles")
+    engine.dispose()
+    role = "medannot_server_test"
+    proc = medannot("admin", "grant-server-role", role, db=lab.db_url)
+    assert proc.returncode == 0, proc.stderr
+    server_url = lab.db_url.replace("postgres@", f"{role}@")
+    client = TestClient(create_app(resolve_settings(server_url, tmp_path / "data")))  # the server works as ROLE
+    r1 = auth(client, "r1")
+    assert client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).status_code == 200
+    from sqlalchemy.exc import DBAPIError
+
+    as_server = create_engine(server_url)
+    for sql in ("UPDATE audit_records SET reason = 'x'", "DELETE FROM audit_records",
+                "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only"):
+        with as_server.connect() as connection, pytest.raises(DBAPIError, match="permission denied|must be owner"):
+            connection.execute(text(sql))
+    as_server.dispose()
+    assert medannot("audit", "verify", db=lab.db_url).returncode == 0

@@ -158,3 +158,34 @@ def audit_verify(db: str | None) -> None:
         click.echo(f"medannot: error: audit trail broken at {problem} ({count} records read)", err=True)
         sys.exit(1)
     click.echo(f"audit trail intact: {count} records, hash chain verified")
+
+
+@admin.command("grant-server-role", context_settings=CONTEXT)
+@click.argument("role")
+@DB_OPTION
+def grant_server_role(role: str, db: str | None) -> None:
+    """PostgreSQL: create (if needed) the login ROLE the server should run as, able to read and write every
+    table but only SELECT and INSERT on audit_records. Run this as the tables' owner after migrating; then start
+    the server with a URL that logs in as ROLE. (The owner could bypass the trigger; ROLE cannot.)"""
+    import re
+
+    from sqlalchemy import text
+
+    from medannot.server.db import transaction
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise click.BadParameter("use lower-case letters, digits and _ (PostgreSQL role name)", param_hint="ROLE")
+    factory = _factory(db)
+    with transaction(factory) as session:
+        if session.get_bind().dialect.name != "postgresql":
+            raise click.UsageError("grant-server-role is for PostgreSQL; SQLite has no roles")
+        schema = session.execute(text("SELECT current_schema()")).scalar_one()
+        exists = session.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
+        if not exists:
+            session.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        for sql in (f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+                    f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+                    f'REVOKE UPDATE, DELETE, TRUNCATE ON "{schema}".audit_records FROM "{role}"',
+                    f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"'):
+            session.execute(text(sql))
+    click.echo(f"role {role} may read and write schema {schema}; on audit_records only SELECT and INSERT")
