@@ -24,6 +24,7 @@ from medannot.client.errors import (
     AuthenticationError,
     LeaseLostError,
     OutboxError,
+    ServerAddressError,
     ServerRejectedError,
     TaskServerError,
 )
@@ -153,15 +154,14 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
 
         Raises
         ------
-        ValueError
-            If the address or username is empty.
         medannot.client.ServerAddressError, ServerUnreachableError, AuthenticationError
-            For a malformed address, a server that does not answer, or a wrong username or password.
+            For a missing or malformed address, a server that does not answer, or a missing or wrong username or
+            password.
         """
         if not serverUrl or not serverUrl.strip():
-            raise ValueError("Enter the task server's address, for example https://annot.lab.example.")
+            raise ServerAddressError("Enter the task server's address, for example https://annot.lab.example.")
         if not username or not username.strip():
-            raise ValueError("Enter your username on the task server.")
+            raise AuthenticationError("Enter your username on the task server.", server_url=serverUrl)
         client = TaskServerClient(serverUrl)
         if self.session is not None and self.session.serverUrl != client.base_url:
             client.close()
@@ -303,6 +303,11 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             or the server refuses the result; the case then stays in the scene.
         """
         session = self._openSession(session)
+        if session.segmentationNode.GetScene() is None or session.volumeNode.GetScene() is None:
+            raise MedAnnotError(
+                f"Case {session.caseId} is no longer in the scene (was the scene closed?), so there is nothing to "
+                "submit; release the case to give it back, then take it again with Next case."
+            )
         exported = MedAnnotExportLogic().exportSegmentation(
             segmentationNode=session.segmentationNode, referenceVolumeNode=session.volumeNode,
             guidelinePath=session.guidelinePath, readerName=readerName, readerId=readerId, readerRole=readerRole,

@@ -1,0 +1,450 @@
+"""The MedAnnot module: its worklist logic on real MRML against a real task server, and its Qt parts as files.
+
+The logic tests start `medannot serve` on an SQLite database per test (Testing/server/harness.py) and drive the
+very class the module's widget runs: login, claim and load a case, paint, submit, heartbeat, release, and a submit
+made while the server is down that the outbox delivers once it is back.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXTENSION_DIR = Path(__file__).resolve().parents[2] / "MedAnnotExtension"
+MODULE_DIR = EXTENSION_DIR / "MedAnnot"
+SERVER_TESTING_DIR = Path(__file__).resolve().parents[1] / "server"
+for path in (MODULE_DIR, SERVER_TESTING_DIR):  # parent of MedAnnotWorklistLib; home of the server harness
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+try:
+    import slicer_core  # noqa: F401
+except ImportError:
+    slicer_core = None
+try:
+    import harness
+except ImportError:  # the server extra (FastAPI, SQLAlchemy, ...) is not installed
+    harness = None
+
+needsMrmlAndServer = pytest.mark.skipif(
+    slicer_core is None or harness is None,
+    reason="needs the slicer-core wheel (real MRML) and the server extra: pip install slicer-core '.[server]'")
+
+if slicer_core is not None and harness is not None:
+    import requests
+    import slicer
+    from harness import PASSWORD, SHAPE, ServerProcess, make_lab
+    from MedAnnotWorklistLib.logic import MedAnnotLogic
+    from pydicom import dcmread
+    from sqlalchemy import create_engine, text
+
+    import MedAnnotLib
+    from medannot.client import AuthenticationError, ServerAddressError, ServerUnreachableError
+    from medannot.demo_data import ct_phantom
+    from medannot.dicomseg import read_segmentation
+    from medannot.errors import MedAnnotError
+    from medannot.imaging import load_source
+
+CASE_SLOPE, CASE_INTERCEPT = 2, -1024  # case-001 is rewritten with these, so loading must apply the rescale
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def lab(tmp_path):
+    """Users admin, r1, r2; one project (liver guideline, 2 readers per case) with cases case-001..003."""
+    lab = make_lab(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "lab")
+    for path in sorted(lab.series["case-001"].iterdir()):
+        ds = dcmread(path)
+        ds.RescaleSlope, ds.RescaleIntercept = CASE_SLOPE, CASE_INTERCEPT
+        ds.save_as(path)
+    return lab
+
+
+@pytest.fixture
+def server(lab, tmp_path):
+    server = ServerProcess(lab.db_url, tmp_path / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def readerLogic(tmp_path: Path, server, user: str = "r1") -> MedAnnotLogic:
+    logic = MedAnnotLogic(outboxFolder=tmp_path / f"outbox-{user}", cacheFolder=tmp_path / f"cases-{user}")
+    logic.login(server.url, user, PASSWORD)
+    return logic
+
+
+def paintPhantom(session) -> np.ndarray:
+    """Set the CT phantom's liver and lesion as the session's segmentation; returns the label map painted."""
+    _, labels = ct_phantom(SHAPE)
+    geometry = MedAnnotLib.geometryFromVolumeNode(session.volumeNode)
+    MedAnnotLib.updateSegmentationFromLabelMap(session.segmentationNode, labels, geometry, session.guideline)
+    return labels
+
+
+def submit(logic, session):
+    return logic.submit(session, readerName="Roe^Rita", readerId="r1", readerRole="Radiologist",
+                        institution="Test Hospital", confidences={"Liver": 90, "Lesion": 60})
+
+
+def submissionsOfTask(lab, taskId) -> int:
+    engine = create_engine(lab.db_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT COUNT(*) FROM submissions WHERE task_id = :task"),
+                                      {"task": int(taskId)}).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def inScene(node) -> bool:
+    return bool(slicer.mrmlScene.IsNodePresent(node))
+
+
+def parseTime(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# ---------------------------------------------------------------------------------------------- logic
+@needsMrmlAndServer
+def test_login_lists_the_project_with_its_progress_and_keeps_no_password(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+
+    rows = logic.projects()
+
+    assert [(r.projectId, r.guideline, r.cases, r.tasksSubmitted, r.tasksTotal, r.myCase) for r in rows] == [
+        (lab.project_id, "liver-ct 1.0.0", 3, 0, 6, "")]
+    assert logic.isLoggedIn and logic.username == "r1"
+    assert PASSWORD not in repr(vars(logic)) + repr(vars(logic._client))
+    logic.logout()
+    with pytest.raises(AuthenticationError, match="Log in to the task server first"):
+        logic.projects()
+
+
+@needsMrmlAndServer
+def test_wrong_password_is_refused_with_a_message_saying_so(scene, lab, server, tmp_path):
+    logic = MedAnnotLogic(outboxFolder=tmp_path / "outbox")
+
+    with pytest.raises(AuthenticationError, match="check the username and password"):
+        logic.login(server.url, "r1", "not the password")
+    with pytest.raises(ServerAddressError, match="Enter the task server's address"):
+        logic.login("", "r1", PASSWORD)
+    with pytest.raises(ServerAddressError, match="is not a task server address"):
+        logic.login("annot.lab.example", "r1", PASSWORD)
+    assert not logic.isLoggedIn
+
+
+@needsMrmlAndServer
+def test_next_case_loads_the_ct_in_modality_values_on_its_grid_with_the_guideline_segments(
+        scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+
+    session = logic.nextCase(lab.project_id)
+
+    assert (session.caseId, session.projectId) == ("case-001", lab.project_id)
+    source = load_source(lab.series["case-001"])
+    expected = np.stack([dcmread(path).pixel_array * CASE_SLOPE + CASE_INTERCEPT for path in source.paths])
+    voxels = slicer.util.arrayFromVolume(session.volumeNode)
+    assert voxels.dtype == np.int16
+    np.testing.assert_array_equal(voxels, expected)
+    assert MedAnnotLib.geometryFromVolumeNode(session.volumeNode).mismatches(source.geometry) == []
+    firstPosition = [float(v) for v in source.datasets[0].ImagePositionPatient]  # LPS; Slicer's origin is RAS
+    np.testing.assert_allclose(session.volumeNode.GetOrigin(), [-firstPosition[0], -firstPosition[1],
+                                                                firstPosition[2]])
+    assert session.volumeNode.GetAttribute("DICOM.instanceUIDs").split() == [
+        str(ds.SOPInstanceUID) for ds in source.datasets]
+    assert session.seriesUid == source.series_uid
+    segmentation = session.segmentationNode.GetSegmentation()
+    segments = [segmentation.GetSegment(segmentation.GetNthSegmentID(i))
+                for i in range(segmentation.GetNumberOfSegments())]
+    assert [segment.GetName() for segment in segments] == ["Liver", "Lesion"] == session.segmentNames
+    np.testing.assert_allclose(segments[0].GetColor(), np.array([0xDD, 0x82, 0x65]) / 255)
+    assert session.guideline.sha256 == requests.get(
+        f"{server.url}/api/v1/projects", headers=harness.login(server.url, "r1"), timeout=30).json()[0][
+        "guideline_sha256"]
+    assert [row.myCase for row in logic.projects()] == [f"case-001 (task {session.taskId})"]
+    with pytest.raises(MedAnnotError, match="Case case-001 .* is still open; submit or release it first"):
+        logic.nextCase(lab.project_id)
+
+
+@needsMrmlAndServer
+def test_painted_case_is_submitted_as_a_seg_of_the_case_series_and_leaves_the_scene(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    painted = paintPhantom(session)
+
+    result = submit(logic, session)
+
+    assert (result.status, result.caseId, result.taskId) == ("sent", "case-001", session.taskId)
+    record = read_segmentation(result.segPath)
+    np.testing.assert_array_equal(record.labels, painted)
+    seg = dcmread(result.segPath)
+    assert [str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence] == [
+        load_source(lab.series["case-001"]).series_uid]
+    assert {s["name"]: s["confidence"] for s in record.summary["segments"]} == {"Liver": 90, "Lesion": 60}
+    assert logic.projects()[0].tasksSubmitted == 1
+    audit = requests.get(f"{server.url}/api/v1/audit", headers=harness.login(server.url, "admin"), timeout=30).json()
+    submits = [entry for entry in audit if entry["action"] == "task.submit"]
+    assert [(s["entity"], s["user"]) for s in submits] == [(f"task:{session.taskId}", "r1")]
+    assert json.loads(submits[0]["new_value"])["seg_uid"] == str(seg.SOPInstanceUID)
+    assert submissionsOfTask(lab, session.taskId) == 1
+    assert logic.session is None
+    assert not inScene(session.volumeNode) and not inScene(session.segmentationNode)
+    assert not session.cacheDir.exists()
+    assert (logic.outboxStatus().pending, logic.outboxStatus().sent) == (0, 1)
+    assert logic.nextCase(lab.project_id).caseId == "case-002"
+
+
+@needsMrmlAndServer
+def test_heartbeat_extends_the_lease(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    claimedUntil = parseTime(session.leaseExpiresAt)
+    time.sleep(1.1)
+
+    extendedUntil = logic.heartbeat(session)
+
+    assert parseTime(extendedUntil) > claimedUntil
+    assert session.leaseExpiresAt == extendedUntil
+
+
+@needsMrmlAndServer
+def test_release_gives_the_slot_to_the_next_reader_and_clears_the_scene(scene, lab, server, tmp_path):
+    first = readerLogic(tmp_path, server, "r1")
+    session = first.nextCase(lab.project_id)
+
+    first.release(session)
+
+    assert first.session is None
+    assert not inScene(session.volumeNode) and not inScene(session.segmentationNode)
+    assert not session.cacheDir.exists()
+    second = readerLogic(tmp_path, server, "r2")
+    assert second.nextCase(lab.project_id).taskId == session.taskId
+    with pytest.raises(MedAnnotError, match="No case is open"):
+        first.release()
+
+
+@needsMrmlAndServer
+def test_case_removed_from_the_scene_is_not_submitted_and_can_still_be_released(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    scene.Clear(False)  # as closing the scene in Slicer does
+
+    with pytest.raises(MedAnnotError, match="Case case-001 is no longer in the scene"):
+        submit(logic, session)
+    logic.release()
+
+    assert logic.session is None and logic.outboxStatus().pending == 0
+    assert logic.nextCase(lab.project_id).taskId == session.taskId
+
+
+@needsMrmlAndServer
+def test_submit_while_the_server_is_down_waits_in_the_outbox_and_is_delivered_exactly_once(
+        scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    painted = paintPhantom(session)
+    server.stop()
+
+    queued = submit(logic, session)
+
+    assert queued.status == "queued" and "cannot reach the task server" in queued.detail
+    assert (logic.outboxStatus().pending, logic.outboxStatus().sent) == (1, 0)
+    assert logic.session is None and not inScene(session.volumeNode)  # the result is safe in the outbox
+    with pytest.raises(ServerUnreachableError):
+        logic.nextCase(lab.project_id)
+    restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
+    try:
+        delivered = logic.flushOutbox()
+
+        assert [(d.status, d.task_id) for d in delivered] == [("sent", session.taskId)]
+        assert logic.flushOutbox() == []
+        assert submissionsOfTask(lab, session.taskId) == 1
+        assert (logic.outboxStatus().pending, logic.outboxStatus().sent) == (0, 1)
+        np.testing.assert_array_equal(read_segmentation(logic.outbox.sent()[0].seg_path).labels, painted)
+        assert logic.nextCase(lab.project_id).caseId == "case-002"
+    finally:
+        restarted.stop()
+
+
+@needsMrmlAndServer
+def test_next_case_delivers_a_waiting_result_before_claiming(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    paintPhantom(session)
+    server.stop()
+    assert submit(logic, session).status == "queued"
+    restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
+    try:
+        nextSession = logic.nextCase(lab.project_id)
+
+        assert nextSession.caseId == "case-002"  # not case-001 again: its result reached the server first
+        assert submissionsOfTask(lab, session.taskId) == 1
+    finally:
+        restarted.stop()
+
+
+@needsMrmlAndServer
+def test_case_whose_images_cannot_be_served_is_given_back_and_leaves_nothing_behind(scene, lab, server, tmp_path):
+    for path in lab.series["case-001"].iterdir():
+        path.unlink()
+    logic = readerLogic(tmp_path, server)
+
+    with pytest.raises(MedAnnotError, match="download the images of task"):
+        logic.nextCase(lab.project_id)
+
+    assert logic.session is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert not any((tmp_path / "cases-r1").iterdir())
+    # Through the server, not the database file: the server commits a release after answering it.
+    audit = requests.get(f"{server.url}/api/v1/audit", headers=harness.login(server.url, "admin"), timeout=30).json()
+    assert [(e["action"], e["entity"], e["user"]) for e in audit if e["action"].startswith("task.")] == [
+        ("task.claim", "task:1", "r1"), ("task.release", "task:1", "r1")]
+
+
+@needsMrmlAndServer
+def test_next_case_returns_none_when_nothing_is_left_for_the_reader(scene, tmp_path):
+    lab = make_lab(f"sqlite:///{tmp_path / 'one.db'}", tmp_path / "lab", cases=1)
+    server = ServerProcess(lab.db_url, tmp_path / "data").start()
+    try:
+        logic = readerLogic(tmp_path, server)
+        session = logic.nextCase(lab.project_id)
+        paintPhantom(session)
+        assert submit(logic, session).status == "sent"
+
+        assert logic.nextCase(lab.project_id) is None  # the case's other slot is for another reader
+    finally:
+        server.stop()
+
+
+@needsMrmlAndServer
+def test_non_integer_rescale_loads_as_float_voxels(scene, tmp_path):
+    from MedAnnotWorklistLib.caseimages import loadCaseVolume
+
+    from medannot.demo_data import make_ct_series
+
+    folder = make_ct_series(tmp_path / "pet", shape=(3, 8, 8))
+    for path in folder.iterdir():
+        ds = dcmread(path)
+        ds.RescaleSlope, ds.RescaleIntercept = 0.25, 0.5
+        ds.save_as(path)
+
+    volumeNode, source, instances = loadCaseVolume(folder, name="PET")
+
+    voxels = slicer.util.arrayFromVolume(volumeNode)
+    assert voxels.dtype == np.float32
+    np.testing.assert_allclose(voxels, np.stack([dcmread(p).pixel_array * 0.25 + 0.5 for p in source.paths]))
+    assert instances.fileForInstance(str(source.datasets[1].SOPInstanceUID)) == str(source.paths[1])
+    assert instances.fileForInstance("1.2.3") == ""
+
+
+# ---------------------------------------------------------------------------------------------- module files
+MODULE_SOURCE = (MODULE_DIR / "MedAnnot.py").read_text(encoding="utf-8")
+MODULE_TREE = ast.parse(MODULE_SOURCE)
+UI = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "MedAnnot.ui")
+
+
+def _uiWidgets() -> dict[str, str]:
+    return {widget.get("name"): widget.get("class") for widget in UI.iter("widget")}
+
+
+def _class(name: str) -> ast.ClassDef:
+    return next(node for node in MODULE_TREE.body if isinstance(node, ast.ClassDef) and node.name == name)
+
+
+def _boundParameters() -> dict[str, str]:
+    return {prop.findtext("string"): widget.get("name") for widget in UI.iter("widget")
+            for prop in widget.findall("property") if prop.get("name") == "SlicerParameterName"}
+
+
+def test_every_widget_the_gui_code_uses_is_in_the_ui_file():
+    used = set(re.findall(r"\.ui\.(\w+)", MODULE_SOURCE))
+    assert used, "the widget should reach its controls through self.ui"
+    assert used - set(_uiWidgets()) == set()
+
+
+def test_every_parameter_is_bound_to_exactly_one_widget_and_the_password_to_none():
+    parameterClass = _class("MedAnnotParameterNode")
+    assert any(getattr(decorator, "id", None) == "parameterNodeWrapper" for decorator in parameterClass.decorator_list)
+    fields = {statement.target.id for statement in parameterClass.body if isinstance(statement, ast.AnnAssign)}
+    bound = _boundParameters()
+    assert set(bound) == fields
+    assert "passwordLineEdit" not in bound.values() and not any("password" in name.lower() for name in fields)
+    password = next(w for w in UI.iter("widget") if w.get("name") == "passwordLineEdit")
+    assert {p.get("name"): p.findtext("enum") for p in password.findall("property")}["echoMode"] == \
+        "QLineEdit::Password"
+
+
+def test_ui_has_the_worklist_controls():
+    widgets = _uiWidgets()
+    assert widgets["MedAnnot"] == "qMRMLWidget"
+    assert widgets["projectsTableWidget"] == widgets["confidenceTableWidget"] == "QTableWidget"
+    buttons = ("loginButton", "logoutButton", "refreshButton", "nextCaseButton", "submitButton", "releaseButton",
+               "retryOutboxButton")
+    assert {widgets[name] for name in buttons} == {"QPushButton"}
+    assert {widgets[name] for name in ("outboxLabel", "statusLabel", "caseLabel", "loginStateLabel")} == {"QLabel"}
+    projectColumns = [column.findtext("property/string") for widget in UI.iter("widget")
+                      if widget.get("name") == "projectsTableWidget" for column in widget.findall("column")]
+    assert projectColumns == ["Project", "Guideline", "Cases", "Submitted / tasks", "My case"]
+
+
+def test_every_button_handler_shows_its_errors_through_slicer():
+    widgetClass = _class("MedAnnotWidget")
+    methods = {node.name: node for node in widgetClass.body if isinstance(node, ast.FunctionDef)}
+    handlers = [name for name in methods if re.fullmatch(r"on\w+Button", name)]
+    assert len(handlers) == 7
+    for name in handlers:
+        contexts = {ast.unparse(item.context_expr).split("(")[0] for node in ast.walk(methods[name])
+                    if isinstance(node, ast.With) for item in node.items}
+        assert contexts & {"self.errorsShown", "slicer.util.tryWithErrorDisplay"}, name
+    assert "slicer.util.tryWithErrorDisplay" in ast.unparse(methods["errorsShown"])
+
+
+def test_a_timer_beats_the_lease_while_a_case_is_open():
+    setup = ast.unparse(next(node for node in _class("MedAnnotWidget").body
+                             if isinstance(node, ast.FunctionDef) and node.name == "setup"))
+    assert "qt.QTimer()" in setup and "HEARTBEAT_INTERVAL_SECONDS * 1000" in setup
+    assert 'connect("timeout()", self.onHeartbeatTimer)' in setup.replace("'", '"')
+    assert "self.logic.heartbeat()" in MODULE_SOURCE
+
+
+def test_the_module_runs_the_logic_class_the_tests_exercise_and_the_logic_needs_no_qt():
+    imported = {(node.module, alias.name) for node in ast.walk(MODULE_TREE) if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert ("MedAnnotWorklistLib.logic", "MedAnnotLogic") in imported
+    defined = {node.name for node in MODULE_TREE.body if isinstance(node, ast.ClassDef)}
+    assert defined == {"MedAnnot", "MedAnnotParameterNode", "MedAnnotWidget", "MedAnnotTest"}
+    for path in (MODULE_DIR / "MedAnnotWorklistLib").glob("*.py"):
+        modules = {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                   if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {(node.module or "").split(".")[0] for node in ast.walk(ast.parse(path.read_text("utf-8")))
+                    if isinstance(node, ast.ImportFrom)}
+        assert modules & {"qt", "ctk", "slicer.qt"} == set(), path.name
+
+
+def test_module_icon_is_a_128_pixel_png():
+    with Image.open(MODULE_DIR / "Resources" / "Icons" / "MedAnnot.png") as icon:
+        assert (icon.format, icon.size) == ("PNG", (128, 128))
+
+
+def test_cmake_installs_every_file_of_the_module_and_the_extension_builds_it():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "MedAnnot")
+    listed = set(re.findall(r"[\w/]+\.(?:py|ui|png|txt)\b", text)) - {"CMakeLists.txt"}
+    moduleFiles = {str(path.relative_to(MODULE_DIR)) for path in MODULE_DIR.rglob("*")
+                   if path.is_file() and path.suffix in (".py", ".ui", ".png", ".txt") and path.name != "CMakeLists.txt"
+                   and "__pycache__" not in path.parts}
+    assert listed == moduleFiles
+    extension = (EXTENSION_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "add_subdirectory(MedAnnot)" in extension.splitlines()
