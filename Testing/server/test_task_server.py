@@ -294,3 +294,16 @@ def test_the_server_role_cannot_change_or_remove_audit_rows_nor_switch_off_the_t
             connection.execute(text(sql))
     as_server.dispose()
     assert medannot("audit", "verify", db=lab.db_url).returncode == 0
+
+
+def test_api_docs_work_without_internet(lab, tmp_path):
+    import re
+
+    client = client_for(lab, tmp_path)
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/") for a in assets), assets  # nothing from a CDN
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/openapi.json").json()["paths"]["/api/v1/projects/{project_id}/claim"]

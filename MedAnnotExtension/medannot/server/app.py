@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,8 +52,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     factory = session_factory(engine)
     store = ObjectStore(settings.data_dir)
     bearer = HTTPBearer(auto_error=False)
-    app = FastAPI(title="MedAnnot task server", version=medannot.__version__,
-                  description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
+    # FastAPIOffline serves Swagger UI and ReDoc from the installed package: hospital networks often have no
+    # internet, and FastAPI's default docs page loads its scripts from a CDN.
+    app = FastAPIOffline(title="MedAnnot task server", version=medannot.__version__,
+                         description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
     app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
 
     def db() -> Iterator[Session]:
