@@ -55,6 +55,100 @@ def guideline_validate(file: Path) -> None:
     click.echo(f"{file}: valid guideline {g.id} {g.version} ({len(g.segments)} segments, sha256 {g.sha256})")
 
 
+@guideline.command("show", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(path_type=Path))
+def guideline_show(file: Path) -> None:
+    """Summarise a guideline FILE: version, segments with codes, colours and rules, tools, checklist, review."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    from medannot.guideline import SEGMENT_EDITOR_TOOLS, load_guideline
+
+    g = load_guideline(file)
+    console = Console(soft_wrap=True)
+    console.print(f"[bold]{g.title}[/bold]")
+    console.print(f"guideline   {g.id} {g.version}")
+    console.print(f"sha256      {g.sha256}")
+    console.print(f"modality    {g.modality or '-'}, {g.readers_per_case} reader(s) per case")
+    console.print(f"confidence  {g.confidence} for every segment")
+    gold = ", ".join(g.review.gold_standard_cases) or "none"
+    console.print(f"review      {g.review.senior_share:.0%} of cases by a senior; gold-standard cases: {gold}")
+    allowed = "all" if set(g.tools) == set(SEGMENT_EDITOR_TOOLS) else ", ".join(g.tools)
+    console.print(f"tools       {allowed}")
+    segments = Table("label", "segment", "category / type", "rules", title="Segments", title_justify="left")
+    for s in g.segments:
+        name = f"[{s.color}]██[/] {s.name}\n{s.color}" + ("" if s.required else "\noptional")
+        codes = (f"{s.category.meaning} ({s.category.scheme} {s.category.code})\n"
+                 f"{s.type.meaning} ({s.type.scheme} {s.type.code})")
+        segments.add_row(str(s.label), name, codes, "\n".join(r.describe() for r in s.qa_rules) or "-")
+    console.print(segments)
+    if g.checklist:
+        checklist = Table("id", "question", "answer", "required", title="Checklist (per case)", title_justify="left")
+        for item in g.checklist:
+            answer = "yes / no" if item.type == "yes_no" else " / ".join(item.choices)
+            checklist.add_row(item.id, item.question, answer, "yes" if item.required else "no")
+        console.print(checklist)
+    if g.instructions:
+        console.print("[bold]Instructions[/bold]")
+        console.print(Markdown(g.instructions), soft_wrap=False)
+    for image in g.reference_images:
+        console.print(f"reference image: {image}")
+
+
+@guideline.command("check", context_settings=CONTEXT)
+@click.option("--guideline", "guideline_path", required=True, type=click.Path(path_type=Path),
+              help="Guideline YAML whose required segments and rules to check.")
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="Label map (NIfTI/NRRD/MHA); for a 2D+t cine frames x rows x cols.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"passed": ..., "findings": [...]} as JSON.')
+@click.option("--cine", is_flag=True, help="The label map is a 2D+t cine: check each frame in 2D.")
+def guideline_check(guideline_path: Path, labels: Path, as_json: bool, cine: bool) -> None:
+    """Run a guideline's QA rules on a label map.
+
+    Exit 0 when no finding is an error (warnings allowed), 1 when any is.
+    """
+    from medannot.guideline import load_guideline
+    from medannot.guideline.qa import check_labels
+    from medannot.imaging import read_label_map
+
+    g = load_guideline(guideline_path)
+    array, geometry = read_label_map(labels)
+    report = check_labels(array, geometry, g, is_cine=cine)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+    else:
+        _print_qa_report(report, labels)
+    if not report.passed:
+        sys.exit(1)
+
+
+def _print_qa_report(report: Any, labels: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    if report.findings:
+        table = Table("severity", "rule", "segment", "where", "message")
+        for f in report.findings:
+            where = "-"
+            if f.location is not None:
+                where = f"{f.location.axis} {f.location.index}\nvoxel {tuple(f.location.voxel)}"
+                if f.location.point_mm is not None:
+                    where += "\nLPS " + ", ".join(f"{v:.1f}" for v in f.location.point_mm) + " mm"
+            style = "red" if f.severity == "error" else "yellow"
+            message = f.message if f.message == f.detail else f"{f.message}\n[dim]{f.detail}[/dim]"
+            table.add_row(f"[{style}]{f.severity}[/]", f.rule, f.segment, where, message)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    verdict = "[green]PASSED[/]" if report.passed else "[red]FAILED[/]"
+    console.print(f"{verdict} {labels} against {report.guideline}: {len(report.errors)} error(s), "
+                  f"{len(report.warnings)} warning(s)")
+
+
 # ---------------------------------------------------------------- seg
 @main.group(cls=MedAnnotGroup, context_settings=CONTEXT)
 def seg() -> None:
@@ -89,7 +183,12 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     from dataclasses import replace
 
-    from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation, parse_algorithm
+    from medannot.dicomseg import (
+        ReaderInfo,
+        SegmentProvenance,
+        export_segmentation,
+        parse_algorithm,
+    )
     from medannot.errors import ProvenanceError
     from medannot.guideline import load_guideline
     from medannot.imaging import load_source, read_label_map, read_probability_map

@@ -78,3 +78,86 @@ def test_unknown_segment_lookup_lists_what_exists(tmp_path: Path) -> None:
     g = load_guideline(write(tmp_path, VALID))
     with pytest.raises(GuidelineError, match=r"has no segment 'Spleen'.*Liver \(1\)"):
         g.segment("Spleen")
+
+
+COMPLETE = VALID + """\
+instructions:
+  text: |
+    ## Liver
+    Draw the **whole** liver.
+  reference_images: [img/example.png]
+tools: [Paint, Erase, Fill between slices]
+checklist:
+  - {id: phase, question: "Contrast phase adequate?", type: yes_no}
+  - {id: quality, question: Image quality, type: choice, choices: [good, poor], required: false}
+confidence: required
+review: {senior_share: 0.25, gold_standard_cases: [case-7, 12]}
+"""
+
+
+def test_complete_guideline_exposes_instructions_tools_checklist_confidence_and_review(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "example.png").write_bytes(b"\x89PNG")
+    g = load_guideline(write(tmp_path, COMPLETE))
+    assert g.instructions.startswith("## Liver") and g.reference_images == (tmp_path / "img" / "example.png",)
+    assert g.tools == ("Paint", "Erase", "Fill between slices")
+    assert [(c.id, c.type, c.choices, c.required) for c in g.checklist] == [
+        ("phase", "yes_no", (), True), ("quality", "choice", ("good", "poor"), False)]
+    assert g.confidence == "required"
+    assert (g.review.senior_share, g.review.gold_standard_cases) == (0.25, ("case-7", "12"))
+
+
+def test_defaults_allow_every_tool_and_optional_confidence(tmp_path: Path) -> None:
+    g = load_guideline(write(tmp_path, VALID + "instructions: Draw the liver.\n"))
+    assert g.instructions == "Draw the liver." and g.reference_images == ()
+    assert "Grow from seeds" in g.tools and len(g.tools) == 13
+    assert (g.checklist, g.confidence, g.review.senior_share) == ((), "optional", 0.0)
+
+
+def test_reference_images_must_exist_next_to_the_guideline_file(tmp_path: Path) -> None:
+    with pytest.raises(GuidelineError, match=r"instructions\.reference_images\[0\]: 'img/example\.png' does not "
+                                             r"exist \(looked for .*img/example\.png\)"):
+        load_guideline(write(tmp_path, COMPLETE))
+    # parsed from text (a server's stored copy) there is no folder to look in: kept as written
+    from medannot.guideline import parse_guideline
+
+    assert parse_guideline(COMPLETE.encode()).reference_images == (Path("img/example.png"),)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("tools: [Paint, Erase", "tools: [Paint, Brush"),
+         "tools[1]: 'Brush' is not a Segment Editor effect MedAnnot knows; use one of: Paint, Draw"),
+        (("type: yes_no}", "type: yes_no, choices: [a, b]}"),
+         "checklist[0].choices: a 'yes_no' question has no choices; use type 'choice'"),
+        (("type: choice, choices: [good, poor]", "type: choice"),
+         "checklist[1].choices: a 'choice' question needs a list of at least 2 choices"),
+        (("id: quality", "id: phase"), "checklist[1].id: 'phase' is already used by checklist[0]"),
+        (("type: yes_no}", "type: multiple}"), "checklist[0].type: 'multiple' is not one of ['yes_no', 'choice']"),
+        (("confidence: required", "confidence: always"), "confidence: 'always' is not one of"),
+        (("senior_share: 0.25", "senior_share: 1.5"), "review.senior_share: 1.5 is greater than the maximum of 1"),
+        (("[img/example.png]", "[/etc/example.png]"),
+         "instructions.reference_images[0]: '/etc/example.png' must be a path relative to the guideline file"),
+        (("  text: |", "  txt: |"), "instructions: 'text' is a required property"),
+    ],
+)
+def test_malformed_guideline_sections_name_the_key_path(tmp_path: Path, change: tuple[str, str],
+                                                        expected: str) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "example.png").write_bytes(b"\x89PNG")
+    path = write(tmp_path, COMPLETE.replace(*change))
+    with pytest.raises(GuidelineError) as info:
+        load_guideline(path)
+    assert str(info.value).startswith(f"{path}: {expected}"), str(info.value)
+
+
+def test_shipped_guidelines_are_complete(liver_guideline_path: Path, echo_guideline_path: Path) -> None:
+    liver, echo = load_guideline(liver_guideline_path), load_guideline(echo_guideline_path)
+    for g in (liver, echo):
+        assert g.instructions and g.tools and g.checklist and g.confidence == "required"
+        assert {c.type for c in g.checklist} == {"yes_no", "choice"}
+    assert [r.rule_id for r in liver.segment("Lesion").qa_rules] == ["components", "inside:Liver"]
+    assert liver.segment("Lesion").qa_rules[0].severity == "warning"
+    assert [(s.name, s.type.code, s.category.code) for s in echo.segments] == [
+        ("LV cavity", "87878005", "91723000"), ("LV wall", "49848007", "91723000")]

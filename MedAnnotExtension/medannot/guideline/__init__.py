@@ -1,5 +1,22 @@
-"""Guidelines: the versioned, machine-readable rules of an annotation project."""
+"""Guidelines: the versioned, machine-readable rules of an annotation project.
 
-from medannot.guideline.model import CodedConcept, Guideline, SegmentSpec, load_guideline, parse_guideline
+The QA engine that checks a segmentation against them is :mod:`medannot.guideline.qa` (imported on use: it needs
+SimpleITK).
+"""
 
-__all__ = ["CodedConcept", "Guideline", "SegmentSpec", "load_guideline", "parse_guideline"]
+from medannot.guideline.model import (
+    SEGMENT_EDITOR_TOOLS,
+    ChecklistItem,
+    CodedConcept,
+    Guideline,
+    ReviewPolicy,
+    SegmentSpec,
+    load_guideline,
+    parse_guideline,
+)
+from medannot.guideline.rules import RULE_KINDS, Rule
+
+__all__ = [
+    "RULE_KINDS", "SEGMENT_EDITOR_TOOLS", "ChecklistItem", "CodedConcept", "Guideline", "ReviewPolicy", "Rule",
+    "SegmentSpec", "load_guideline", "parse_guideline",
+]

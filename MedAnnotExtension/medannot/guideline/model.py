@@ -15,10 +15,15 @@ import jsonschema
 import yaml
 
 from medannot.errors import GuidelineError
+from medannot.guideline.rules import RULE_KINDS, Rule, parse_rules
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLOR = "#808080"
+SEGMENT_EDITOR_TOOLS = (
+    "Paint", "Draw", "Erase", "Scissors", "Threshold", "Islands", "Smoothing", "Fill between slices",
+    "Grow from seeds", "Level tracing", "Margin", "Hollow", "Logical operators",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class SegmentSpec:
     color: str = DEFAULT_COLOR
     required: bool = True
     rules: dict[str, Any] = field(default_factory=dict)
+    qa_rules: tuple[Rule, ...] = field(default=(), compare=False)
 
     @property
     def rgb(self) -> tuple[int, int, int]:
@@ -53,8 +59,33 @@ class SegmentSpec:
 
 
 @dataclass(frozen=True)
+class ChecklistItem:
+    """One question the reader answers per case: ``yes_no`` or ``choice`` among ``choices``."""
+
+    id: str
+    question: str
+    type: str
+    choices: tuple[str, ...] = ()
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """Which share of cases a senior reviews, and which cases are gold-standard cases with a known answer."""
+
+    senior_share: float = 0.0
+    gold_standard_cases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Guideline:
-    """A validated guideline; ``sha256`` is taken over the file's bytes so results pin the exact text followed."""
+    """A validated guideline; ``sha256`` is taken over the file's bytes so results pin the exact text followed.
+
+    ``instructions`` is Markdown; ``reference_images`` are resolved next to the guideline file when it was loaded
+    from one. ``tools`` are the Segment Editor effects the reader may use (all when the file names none);
+    ``confidence`` is ``required`` or ``optional``. Each segment's ``qa_rules`` are what :mod:`medannot.guideline.qa`
+    checks.
+    """
 
     id: str
     version: str
@@ -63,6 +94,12 @@ class Guideline:
     sha256: str
     modality: str | None = None
     readers_per_case: int = 1
+    instructions: str = ""
+    reference_images: tuple[Path, ...] = ()
+    tools: tuple[str, ...] = SEGMENT_EDITOR_TOOLS
+    checklist: tuple[ChecklistItem, ...] = ()
+    confidence: str = "optional"
+    review: ReviewPolicy = ReviewPolicy()
     source_path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -106,6 +143,106 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return text or "(top level)"
 
 
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, reworded where it would leave a guideline author guessing."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and path and path[-1] == "rules":
+        unknown = sorted(set(error.instance) - set(RULE_KINDS))
+        return f"unknown rule kind {', '.join(map(repr, unknown))}; rule kinds are: {', '.join(RULE_KINDS)}"
+    if error.validator == "enum" and len(path) >= 2 and path[0] == "tools":
+        return (f"{error.instance!r} is not a Segment Editor effect MedAnnot knows; "
+                f"use one of: {', '.join(SEGMENT_EDITOR_TOOLS)}")
+    return error.message
+
+
+def _validate_schema(doc: dict[str, Any], origin: str) -> None:
+    validator = jsonschema.Draft202012Validator(guideline_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise GuidelineError(f"{origin}: {_key_path(first)}: {_schema_message(first)}{more}")
+
+
+def _check_unique(values: list[Any], where: str, what: str, origin: str) -> None:
+    seen: dict[object, int] = {}
+    for index, value in enumerate(values):
+        key = value.lower() if isinstance(value, str) else value
+        if key in seen:
+            raise GuidelineError(f"{origin}: {where}[{index}].{what}: {value!r} is already used by "
+                                 f"{where}[{seen[key]}]; each needs a unique {what}")
+        seen[key] = index
+
+
+def _segments(doc: dict[str, Any], origin: str) -> tuple[SegmentSpec, ...]:
+    items = doc["segments"]
+    for attr in ("label", "name"):
+        _check_unique([item[attr] for item in items], "segments", attr, origin)
+    names = {str(item["name"]).lower(): str(item["name"]) for item in items}
+    specs = []
+    for index, item in enumerate(items):
+        where = f"{origin}: segments[{index}].rules"
+
+        def resolve(name: str, key: str, own: str = str(item["name"]), where: str = where) -> str:
+            canonical = names.get(name.lower())
+            if canonical is None:
+                raise GuidelineError(f"{where}.{key}: {name!r} is not a segment of this guideline; "
+                                     f"it defines: {', '.join(names.values())}")
+            if canonical == own:
+                raise GuidelineError(f"{where}.{key}: a rule of segment {own!r} cannot name the segment itself")
+            return canonical
+
+        raw_rules = dict(item.get("rules") or {})
+        specs.append(SegmentSpec(
+            label=int(item["label"]),
+            name=str(item["name"]),
+            category=CodedConcept.from_dict(item["category"]),
+            type=CodedConcept.from_dict(item["type"]),
+            color=str(item.get("color", DEFAULT_COLOR)).lower(),
+            required=bool(item.get("required", True)),
+            rules=raw_rules,
+            qa_rules=parse_rules(raw_rules, where, resolve),
+        ))
+    return tuple(specs)
+
+
+def _instructions(doc: dict[str, Any], origin: str, path: Path | None) -> tuple[str, tuple[Path, ...]]:
+    value = doc.get("instructions", "")
+    if isinstance(value, str):
+        return value, ()
+    images = []
+    for index, text in enumerate(value.get("reference_images", [])):
+        relative = Path(text)
+        where = f"{origin}: instructions.reference_images[{index}]"
+        if relative.is_absolute():
+            raise GuidelineError(f"{where}: {text!r} must be a path relative to the guideline file")
+        if path is None:
+            images.append(relative)
+            continue
+        resolved = path.parent / relative
+        if not resolved.is_file():
+            raise GuidelineError(f"{where}: {text!r} does not exist (looked for {resolved}); "
+                                 "reference images are found relative to the guideline file")
+        images.append(resolved)
+    return str(value["text"]), tuple(images)
+
+
+def _checklist(doc: dict[str, Any], origin: str) -> tuple[ChecklistItem, ...]:
+    items = doc.get("checklist") or []
+    _check_unique([item["id"] for item in items], "checklist", "id", origin)
+    checklist = []
+    for index, item in enumerate(items):
+        where = f"{origin}: checklist[{index}]"
+        choices = tuple(str(c) for c in item.get("choices", ()))
+        if item["type"] == "choice" and not choices:
+            raise GuidelineError(f"{where}.choices: a 'choice' question needs a list of at least 2 choices")
+        if item["type"] == "yes_no" and choices:
+            raise GuidelineError(f"{where}.choices: a 'yes_no' question has no choices; use type 'choice'")
+        checklist.append(ChecklistItem(id=str(item["id"]), question=str(item["question"]), type=str(item["type"]),
+                                       choices=choices, required=bool(item.get("required", True))))
+    return tuple(checklist)
+
+
 def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None = None) -> Guideline:
     """Validate guideline YAML bytes and build a :class:`Guideline`.
 
@@ -116,7 +253,7 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
     origin
         Name used in error messages, usually the file path.
     path
-        The file the bytes came from, if any.
+        The file the bytes came from, if any; reference images are then checked to exist next to it.
 
     Raises
     ------
@@ -129,35 +266,10 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
         raise GuidelineError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(doc, dict):
         raise GuidelineError(f"{origin}: a guideline must be a YAML mapping with id, version, title and segments")
-    validator = jsonschema.Draft202012Validator(guideline_schema())
-    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise GuidelineError(f"{origin}: {_key_path(first)}: {first.message}{more}")
-    segments = tuple(
-        SegmentSpec(
-            label=int(item["label"]),
-            name=str(item["name"]),
-            category=CodedConcept.from_dict(item["category"]),
-            type=CodedConcept.from_dict(item["type"]),
-            color=str(item.get("color", DEFAULT_COLOR)).lower(),
-            required=bool(item.get("required", True)),
-            rules=dict(item.get("rules") or {}),
-        )
-        for item in doc["segments"]
-    )
-    for attr in ("label", "name"):
-        seen: dict[object, int] = {}
-        for index, spec in enumerate(segments):
-            value = getattr(spec, attr)
-            key = value.lower() if isinstance(value, str) else value
-            if key in seen:
-                raise GuidelineError(
-                    f"{origin}: segments[{index}].{attr}: {value!r} is already used by segments[{seen[key]}]; "
-                    f"each segment needs a unique {attr}"
-                )
-            seen[key] = index
+    _validate_schema(doc, origin)
+    segments = _segments(doc, origin)
+    instructions, images = _instructions(doc, origin, path)
+    review = doc.get("review") or {}
     return Guideline(
         id=str(doc["id"]),
         version=str(doc["version"]),
@@ -166,6 +278,13 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
         sha256=hashlib.sha256(data).hexdigest(),
         modality=doc.get("modality"),
         readers_per_case=int(doc.get("readers_per_case", 1)),
+        instructions=instructions,
+        reference_images=images,
+        tools=tuple(doc.get("tools", SEGMENT_EDITOR_TOOLS)),
+        checklist=_checklist(doc, origin),
+        confidence=str(doc.get("confidence", "optional")),
+        review=ReviewPolicy(senior_share=float(review.get("senior_share", 0.0)),
+                            gold_standard_cases=tuple(str(c) for c in review.get("gold_standard_cases", ()))),
         source_path=path,
         raw=doc,
     )
