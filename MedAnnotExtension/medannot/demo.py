@@ -15,6 +15,7 @@ from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation
 from medannot.dicomseg.validate import dciodvfy_path, validate_files
 from medannot.errors import MedAnnotError
 from medannot.guideline import load_guideline
+from medannot.guideline.qa import check_labels
 from medannot.imaging import load_source, read_label_map, write_label_map
 
 MARKER = ".medannot-demo"
@@ -125,12 +126,21 @@ def run_demo(output: Path) -> dict[str, Path]:
             },
             task_id="demo-us-1", content_datetime=finished, labels_name=str(made["us labels"]),
         )
+        status.update("Checking the label maps against the guidelines' QA rules ...")
+        qa = {"CT": check_labels(*read_label_map(made["ct labels"]), load_guideline(ct_guideline)),
+              "Ultrasound cine": check_labels(read_label_map(made["us labels"])[0], None,
+                                              load_guideline(us_guideline), is_cine=True)}
         status.update("Validating with dciodvfy and MedAnnot's checks ...")
         files = [ct.seg_path, ct.sr_path, us.seg_path, us.sr_path]
         findings = validate_files(files)
     errors = [f for f in findings if f.severity == "error"]
     made.update({"CT SEG": ct.seg_path, "CT SR": ct.sr_path, "US SEG": us.seg_path, "US SR": us.sr_path})
 
+    for name, report in qa.items():
+        console.print(f"QA rules, {name}: {'passed' if report.passed else 'FAILED'} "
+                      f"({len(report.errors)} error(s), {len(report.warnings)} warning(s))")
+        for finding in report.findings:
+            console.print(f"  {finding.severity} {finding.rule} {finding.segment}: {finding.message}", soft_wrap=True)
     for name, result in (("CT", ct), ("Ultrasound cine", us)):
         summary = read_segmentation(result.seg_path).summary
         g = summary["guideline"]
@@ -152,6 +162,8 @@ def run_demo(output: Path) -> dict[str, Path]:
     for name, path in made.items():
         console.print(f"  {name:10s} {path}", soft_wrap=True)
     console.print(f"\nNext: medannot seg read {ct.seg_path} --json", soft_wrap=True)
+    if not all(report.passed for report in qa.values()):
+        raise MedAnnotError("the demo's label maps failed the guidelines' QA rules; see above")
     if errors:
         raise MedAnnotError(f"demo output failed validation with {len(errors)} error(s); see above")
     return made
