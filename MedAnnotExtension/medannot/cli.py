@@ -173,13 +173,15 @@ def seg() -> None:
 @click.option("--algorithm", multiple=True, metavar="SEGMENT=TYPE[:NAME[:VERSION]]",
               help="How a segment was made: MANUAL, SEMIAUTOMATIC or AUTOMATIC, with algorithm name and version.")
 @click.option("--task-id", default=None, help="Task-queue task this result answers.")
+@click.option("--answer", "answers", multiple=True, metavar="ITEM=ANSWER",
+              help="Answer to the guideline's per-case checklist item (yes/no or one of its choices). Repeatable.")
 @click.option("--replaces", type=click.Path(path_type=Path), default=None,
               help="Earlier SEG this one corrects (it is referenced, never overwritten).")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder to write the SEG and SR into.")
 def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...], guideline_path: Path,
                reader_name: str, reader_id: str, reader_role: str, institution: str | None,
                confidence: tuple[str, ...], algorithm: tuple[str, ...], task_id: str | None,
-               replaces: Path | None, output: Path) -> None:
+               answers: tuple[str, ...], replaces: Path | None, output: Path) -> None:
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     from dataclasses import replace
 
@@ -219,7 +221,7 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     result = export_segmentation(
         src, array, geometry, g, reader, output,
         segments=provenance, task_id=task_id, probabilities=maps, replaces=replaces,
-        labels_name=str(labels or "probability maps"),
+        labels_name=str(labels or "probability maps"), checklist=dict(_pairs(answers, "--answer")),
     )
     click.echo(str(result.seg_path))
     click.echo(str(result.sr_path))

@@ -141,6 +141,8 @@ def test_bad_reader_name_confidence_and_algorithm_are_user_errors(ct_case, liver
     assert_user_error(medannot(*base, "--confidence", "Spleen=50"), "no segment 'Spleen'")
     assert_user_error(medannot(*base, "--algorithm", "Liver=ROBOT"), "ROBOT")
     assert_user_error(medannot(*base, "--algorithm", "Liver=AUTOMATIC"), "needs an algorithm name")
+    assert_user_error(medannot(*base, "--answer", "image-quality=superb"), "takes one of good, acceptable, poor")
+    assert_user_error(medannot(*base, "--answer", "weather=sunny"), "checklist item 'weather' is not in guideline")
     bad_name = [a if a != "Doe^Jane" else "x" * 70 for a in base]
     assert_user_error(medannot(*bad_name), "DICOM person name")
 

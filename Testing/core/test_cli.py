@@ -34,6 +34,7 @@ def test_export_read_validate_from_the_command_line(ct_case, liver_guideline_pat
                     liver_guideline_path, "--reader-name", "Roe^Rich", "--reader-id", "rroe", "--reader-role",
                     "Radiologist", "--institution", "Uni Hospital", "--confidence", "Liver=80", "--confidence",
                     "2=40", "--algorithm", "Lesion=SEMIAUTOMATIC:Grow from seeds:5.12", "--task-id", "T7",
+                    "--answer", "contrast-phase=yes", "--answer", "image-quality=acceptable",
                     "--output", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     seg_path, sr_path = proc.stdout.split()
@@ -44,7 +45,8 @@ def test_export_read_validate_from_the_command_line(ct_case, liver_guideline_pat
     assert read.returncode == 0, read.stderr
     summary = json.loads(read.stdout)
     assert set(summary) == {"reader_name", "reader_id", "content_datetime", "task_id", "guideline", "source",
-                            "segments"}
+                            "segments", "checklist"}
+    assert summary["checklist"] == {"contrast-phase": "yes", "image-quality": "acceptable"}
     assert (summary["reader_name"], summary["reader_id"], summary["task_id"]) == ("Roe^Rich", "rroe", "T7")
     assert set(summary["guideline"]) == {"id", "version", "sha256"} and len(summary["guideline"]["sha256"]) == 64
     assert set(summary["source"]) == {"study_uid", "series_uid"}

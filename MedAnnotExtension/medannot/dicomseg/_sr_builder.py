@@ -49,6 +49,7 @@ def build_sr(
     content_datetime: datetime,
     replaces_seg_uid: str | None,
     previous_sr: Dataset | None,
+    checklist: dict[str, str],
     series_instance_uid: str,
     sop_instance_uid: str,
     contributing_equipment: Sequence[hd.ContributingEquipment],
@@ -108,6 +109,7 @@ def build_sr(
     ]
     if task_id:
         root_items.append(_text(codes.TASK_ID, task_id))
+    root_items.extend(_text(codes.CHECKLIST_ANSWER, f"{item}={answer}") for item, answer in checklist.items())
     if replaces_seg_uid:
         root_items.append(hd.sr.UIDRefContentItem(name=codes.REPLACES_SEG, value=replaces_seg_uid,
                                                   relationship_type="HAS OBS CONTEXT"))

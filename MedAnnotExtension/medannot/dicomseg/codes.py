@@ -37,6 +37,7 @@ REPLACES_SEG = Code("REPLACES_SEG", PRIVATE_SCHEME, "Replaces segmentation insta
 LABEL_VALUE = Code("LABEL_VALUE", PRIVATE_SCHEME, "Label map value")
 ACTIVE_TIME = Code("ACTIVE_TIME", PRIVATE_SCHEME, "Active annotation time")
 KEYFRAMES = Code("KEYFRAMES", PRIVATE_SCHEME, "Keyframes (drawn by the reader)")
+CHECKLIST_ANSWER = Code("CHECKLIST", PRIVATE_SCHEME, "Checklist answer (item id=answer)")
 INTERPOLATED_FRAMES = Code("INTERP_FRAMES", PRIVATE_SCHEME, "Interpolated frames")
 
 ROLE_CODES = {

@@ -24,7 +24,9 @@ from medannot.dicomseg._seg_builder import build_seg
 from medannot.dicomseg._sr_builder import SrSegment, build_sr
 from medannot.dicomseg.provenance import ReaderInfo, SegmentProvenance
 from medannot.dicomseg.reader import referenced_instance_uids
-from medannot.errors import DicomSegError, GeometryMismatchError, LabelMapError, SegmentContentError
+from medannot.errors import (
+    DicomSegError, GeometryMismatchError, LabelMapError, ProvenanceError, SegmentContentError,
+)
 from medannot.guideline import Guideline, SegmentSpec
 from medannot.imaging.geometry import Geometry
 from medannot.imaging.source import SourceImage
@@ -70,6 +72,34 @@ def _check_geometry(source: SourceImage, shape: tuple[int, ...], geometry: Geome
             )
 
 
+def checklist_answers(guideline: Guideline, answers: Mapping[str, str | bool]) -> dict[str, str]:
+    """Check answers against the guideline's checklist and normalise them (yes/no questions to ``yes``/``no``).
+
+    Raises
+    ------
+    ProvenanceError
+        For an unknown item or an answer that is not one of the item's choices.
+    """
+    items = {item.id: item for item in guideline.checklist}
+    normalised: dict[str, str] = {}
+    for key, value in answers.items():
+        item = items.get(key)
+        if item is None:
+            known = ", ".join(items) or "none"
+            raise ProvenanceError(f"checklist item {key!r} is not in guideline {guideline.id} {guideline.version} "
+                                  f"(its items: {known})")
+        text = str(value).strip().lower() if item.type == "yes_no" else str(value).strip()
+        if item.type == "yes_no":
+            text = {"true": "yes", "false": "no", "y": "yes", "n": "no"}.get(text, text)
+            if text not in ("yes", "no"):
+                raise ProvenanceError(f"checklist item {key!r} ({item.question}) takes yes or no, not {value!r}")
+        elif text not in item.choices:
+            raise ProvenanceError(f"checklist item {key!r} ({item.question}) takes one of "
+                                  f"{', '.join(item.choices)}, not {value!r}")
+        normalised[key] = text
+    return normalised
+
+
 def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
     """Voxels per label value, counted a few slices at a time so no int64 copy of the whole map is made."""
     if labels.size and labels.min() < 0:
@@ -95,6 +125,7 @@ def export_segmentation(
     replaces: str | Path | None = None,
     content_datetime: datetime | None = None,
     labels_name: str = "label map",
+    checklist: Mapping[str, str | bool] | None = None,
 ) -> ExportResult:
     """Write one SEG and one SR for a reader's segmentation of ``source``.
 
@@ -125,6 +156,8 @@ def export_segmentation(
         When the segmentation was finished (default: now, UTC).
     labels_name
         How to name the label map in error messages (usually its file path).
+    checklist
+        The reader's answers to the guideline's per-case checklist, by item id (recorded in the SR).
 
     Raises
     ------
@@ -133,6 +166,7 @@ def export_segmentation(
     """
     output_dir = Path(output_dir)
     provenance = _resolve_provenance(guideline, segments)
+    answers = checklist_answers(guideline, checklist or {})
     content_datetime = content_datetime or datetime.now(timezone.utc)
     fractional = probabilities is not None
     volume_per_voxel = None
@@ -244,7 +278,7 @@ def export_segmentation(
     sr = build_sr(
         seg, source, sr_segments,
         guideline=guideline, reader=reader, task_id=task_id, content_datetime=content_datetime,
-        replaces_seg_uid=replaces_uid, previous_sr=previous_sr,
+        replaces_seg_uid=replaces_uid, previous_sr=previous_sr, checklist=answers,
         series_instance_uid=hd.UID(), sop_instance_uid=sr_uid,
         contributing_equipment=[equipment], software_version=software,
     )

@@ -105,10 +105,14 @@ def _value(item: Dataset) -> Any:
 def parse_sr(sr: Dataset) -> dict[str, Any]:
     """Extract MedAnnot provenance from a companion SR: root items and one dict per referenced segment."""
     root: dict[tuple[str, str], Any] = {}
+    checklist: dict[str, str] = {}
     groups: dict[int, dict[tuple[str, str], Any]] = {}
     for item in sr.get("ContentSequence", []):
         if item.ValueType != "CONTAINER":
-            if "ConceptNameCodeSequence" in item:
+            if "ConceptNameCodeSequence" in item and _concept(item) == _key(codes.CHECKLIST_ANSWER):
+                key, _, answer = str(_value(item)).partition("=")
+                checklist[key] = answer
+            elif "ConceptNameCodeSequence" in item:
                 root[_concept(item)] = _value(item)
             continue
         for group in _walk(item.get("ContentSequence")):
@@ -129,7 +133,7 @@ def parse_sr(sr: Dataset) -> dict[str, Any]:
         for child in _walk([item]):
             if child.ValueType == "PNAME" and _concept(child) == ("DCM", "121008"):
                 root.setdefault(("DCM", "121008"), str(child.PersonName))
-    return {"root": root, "groups": groups}
+    return {"root": root, "groups": groups, "checklist": checklist}
 
 
 def _frames(seg: Dataset) -> np.ndarray:
@@ -315,6 +319,7 @@ def _summary(seg: Dataset, parsed: dict[str, Any] | None, label_of: dict[int, in
         "source": {"study_uid": str(seg.StudyInstanceUID),
                    "series_uid": str(series[0].SeriesInstanceUID) if series else None},
         "segments": segments,
+        "checklist": parsed["checklist"] if parsed else {},
     }
 
 
