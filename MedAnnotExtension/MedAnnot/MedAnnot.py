@@ -1,4 +1,5 @@
-"""MedAnnot: the annotator's worklist. Log in to the lab's task server, take the next case, segment it, submit.
+"""MedAnnot: the annotator's worklist. Log in to the lab's task server, take the next case, segment it as its
+guideline says (instructions, allowed tools, checklist, QA check), submit.
 
 The module's work is done by :class:`MedAnnotWorklistLib.logic.MedAnnotLogic`, which needs no Qt; this file holds
 the Slicer module, its parameter node, its GUI and its self-test.
@@ -7,6 +8,7 @@ the Slicer module, its parameter node, its GUI and its self-test.
 import contextlib
 import importlib.resources
 import pathlib
+import types
 
 import numpy as np
 import qt
@@ -25,9 +27,13 @@ from slicer.util import VTKObservationMixin
 import MedAnnotLib
 from medannot.client import LeaseLostError
 from medannot.errors import MedAnnotError
+from MedAnnotWorklistLib.guidance import CaseNotReadyError
 from MedAnnotWorklistLib.logic import HEARTBEAT_INTERVAL_SECONDS, MedAnnotLogic
 
 NOT_RATED = -1  # confidence spin box value meaning "the reader gave no rating"
+UNANSWERED = ""  # checklist combo box data meaning "the reader gave no answer"
+# MedAnnot's own Segment Editor parameter node: restricting its effects leaves the Segment Editor module alone.
+SEGMENT_EDITOR_SINGLETON_TAG = "MedAnnot"
 
 
 #
@@ -88,6 +94,8 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.heartbeatTimer = None
+        self.segmentEditorWidget = None
+        self.findings = []  # the findings listed, by table row
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -97,6 +105,18 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MedAnnotLogic()
+
+        # The Segment Editor sits in the panel; each case limits it to the effects its guideline allows.
+        self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
+        self.segmentEditorWidget.setMaximumNumberOfUndoStates(10)
+        self.segmentEditorWidget.setSegmentationNodeSelectorVisible(False)
+        self.segmentEditorWidget.setSourceVolumeNodeSelectorVisible(False)
+        self.segmentEditorWidget.setSwitchToSegmentationsButtonVisible(False)
+        self.segmentEditorWidget.setAddRemoveSegmentButtonsVisible(False)  # the guideline fixes the segments
+        self.segmentEditorWidget.unorderedEffectsVisible = False
+        self.selectSegmentEditorNode()  # before the scene, so the editor's first selections are kept in it
+        self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.segmentEditorFrame.layout().addWidget(self.segmentEditorWidget)
 
         # Keep the lease alive while a case is open; the server gives it back to the queue when beats stop.
         self.heartbeatTimer = qt.QTimer()
@@ -111,6 +131,8 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshButton.connect("clicked(bool)", self.onRefreshButton)
         self.ui.projectsTableWidget.connect("itemSelectionChanged()", self.updateButtons)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
+        self.ui.checkButton.connect("clicked(bool)", self.onCheckButton)
+        self.ui.findingsTableWidget.connect("itemSelectionChanged()", self.onFindingSelected)
         self.ui.submitButton.connect("clicked(bool)", self.onSubmitButton)
         self.ui.releaseButton.connect("clicked(bool)", self.onReleaseButton)
         self.ui.retryOutboxButton.connect("clicked(bool)", self.onRetryOutboxButton)
@@ -127,16 +149,35 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         self.initializeParameterNode()
         self.updateOutbox()
+        self.selectSegmentEditorNode()
+        self.segmentEditorWidget.installKeyboardShortcuts()
 
     def exit(self) -> None:
+        self.segmentEditorWidget.setActiveEffect(None)
+        self.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.segmentEditorWidget.setSegmentationNode(None)
+        self.segmentEditorWidget.removeViewObservations()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.selectSegmentEditorNode()
+
+    def selectSegmentEditorNode(self) -> None:
+        """Give the embedded Segment Editor MedAnnot's parameter node, creating it in the scene if needed."""
+        node = slicer.mrmlScene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON_TAG, "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(SEGMENT_EDITOR_SINGLETON_TAG)
+            node = slicer.mrmlScene.AddNode(node)
+        if self.segmentEditorWidget.mrmlSegmentEditorNode() != node:
+            self.segmentEditorWidget.setMRMLSegmentEditorNode(node)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(MedAnnotParameterNode(self.logic.getParameterNode()))
@@ -161,6 +202,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logoutButton.enabled = loggedIn
         self.ui.refreshButton.enabled = loggedIn
         self.ui.nextCaseButton.enabled = loggedIn and not caseOpen and self.selectedProjectId() is not None
+        self.ui.checkButton.enabled = caseOpen
         self.ui.submitButton.enabled = caseOpen and bool(node and node.readerName and node.readerId)
         self.ui.releaseButton.enabled = caseOpen
         self.ui.loginStateLabel.text = (
@@ -198,7 +240,75 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if project.projectId == selected or (selected is None and len(rows) == 1):
                 table.selectRow(row)
 
-    def fillConfidenceTable(self, segmentNames) -> None:
+    def showCase(self, session) -> None:
+        """Fill the panel from the case's guideline: instructions, Segment Editor tools, checklist, confidence."""
+        slicer.util.setSliceViewerLayers(background=session.volumeNode, fit=True)
+        self.ui.instructionsTextBrowser.setMarkdown(self.logic.instructions(session))
+        editor = self.segmentEditorWidget
+        editor.setSegmentationNode(session.segmentationNode)
+        editor.setSourceVolumeNode(session.volumeNode)
+        editor.setEffectNameOrder(self.logic.allowedEffects(session))
+        editor.unorderedEffectsVisible = False
+        self.fillChecklistTable(session.guideline.checklist)
+        self.fillConfidenceTable(session.segmentNames, required=session.guideline.confidence == "required")
+        self.showFindings(None)
+
+    def clearCase(self) -> None:
+        self.segmentEditorWidget.setActiveEffect(None)
+        self.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.instructionsTextBrowser.clear()
+        self.fillChecklistTable(())
+        self.fillConfidenceTable([])
+        self.showFindings(None)
+
+    def fillChecklistTable(self, items) -> None:
+        table = self.ui.checklistTableWidget
+        table.setRowCount(len(items))
+        for row, item in enumerate(items):
+            question = qt.QTableWidgetItem(item.question + (" *" if item.required else ""))
+            question.setData(qt.Qt.UserRole, item.id)
+            question.setToolTip(_("Required") if item.required else _("Optional"))
+            table.setItem(row, 0, question)
+            comboBox = qt.QComboBox()
+            comboBox.addItem(_("(not answered)"), UNANSWERED)
+            for answer, text in ((("yes", _("yes")), ("no", _("no"))) if item.type == "yes_no"
+                                 else ((choice, choice) for choice in item.choices)):
+                comboBox.addItem(text, answer)
+            table.setCellWidget(row, 1, comboBox)
+
+    def checklistAnswers(self) -> dict:
+        """The checklist answers chosen, by item id; unanswered questions are left out."""
+        table = self.ui.checklistTableWidget
+        answers = {}
+        for row in range(table.rowCount):
+            comboBox = table.cellWidget(row, 1)
+            answer = comboBox.itemData(comboBox.currentIndex)
+            if answer:
+                answers[table.item(row, 0).data(qt.Qt.UserRole)] = answer
+        return answers
+
+    def showFindings(self, check) -> None:
+        """List a check's findings in guideline order and sum them up; None clears the list."""
+        self.findings = list(check.findings) if check is not None else []
+        table = self.ui.findingsTableWidget
+        table.setRowCount(len(self.findings))
+        for row, finding in enumerate(self.findings):
+            for column, text in enumerate((finding.severity, finding.segment, finding.where, finding.message)):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(finding.detail or finding.message)
+                table.setItem(row, column, item)
+        if check is None:
+            summary = ""
+        elif not check.findings:
+            summary = _("The segmentation follows every rule of the guideline.")
+        else:
+            summary = _("{errors} error(s) to fix before submitting, {warnings} warning(s). Click a finding to see "
+                        "it.").format(errors=len(check.errors), warnings=len(check.warnings))
+        self.ui.checkSummaryLabel.text = "\n".join([summary, *check.notes]) if check is not None else summary
+
+    def fillConfidenceTable(self, segmentNames, required=False) -> None:
+        self.ui.confidenceLabel.text = (_("Confidence per segment (required for each segment you draw):") if required
+                                        else _("Confidence per segment (optional):"))
         table = self.ui.confidenceTableWidget
         table.setRowCount(len(segmentNames))
         for row, name in enumerate(segmentNames):
@@ -222,7 +332,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def afterCaseClosed(self, message) -> None:
         self.heartbeatTimer.stop()
-        self.fillConfidenceTable([])
+        self.clearCase()
         self.ui.statusLabel.text = message
 
     # ------------------------------------------------------------ actions
@@ -268,19 +378,44 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if session is None:
                 self.ui.statusLabel.text = _("Nothing is left for you in this project.")
             else:
-                slicer.util.setSliceViewerLayers(background=session.volumeNode, fit=True)
-                self.fillConfidenceTable(session.segmentNames)
+                self.showCase(session)
                 self.heartbeatTimer.start()
                 self.ui.statusLabel.text = _(
-                    "Segment '{segmentation}' in the Segment Editor, rate your confidence, then press Submit."
+                    "Read the instructions, segment '{segmentation}' in the Segment section, answer the checklist, "
+                    "rate your confidence, press Check, then Submit."
                 ).format(segmentation=session.segmentationNode.GetName())
             self.refreshWorklist()
+
+    def onCheckButton(self) -> None:
+        with self.errorsShown(_("Failed to check the case.")):
+            self.showFindings(self.logic.checkCase())
+
+    def onFindingSelected(self) -> None:
+        """Centre the slice views on the selected finding and select its segment in the Segment Editor."""
+        selected = self.ui.findingsTableWidget.selectedItems()
+        if not selected or selected[0].row() >= len(self.findings) or self.logic.session is None:
+            return
+        finding = self.findings[selected[0].row()]
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the finding."), waitCursor=True):
+            segmentId = self.logic.session.segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(
+                finding.segment)
+            if segmentId:
+                self.segmentEditorWidget.setCurrentSegmentID(segmentId)
+            if not self.logic.jumpSlicesToFinding(finding):
+                self.ui.statusLabel.text = _("{finding} (nothing to show in the views)").format(finding=finding)
 
     def onSubmitButton(self) -> None:
         node = self._parameterNode
         with self.errorsShown(_("Failed to submit the case.")):
-            result = self.logic.submit(self.logic.session, node.readerName, node.readerId, node.readerRole,
-                                       node.institution, self.confidences())
+            self.segmentEditorWidget.setActiveEffect(None)
+            try:
+                result = self.logic.submit(self.logic.session, node.readerName, node.readerId, node.readerRole,
+                                           node.institution, self.confidences(),
+                                           checklistAnswers=self.checklistAnswers())
+            except CaseNotReadyError as error:
+                if error.check is not None:
+                    self.showFindings(error.check)
+                raise
             if result.status == "sent":
                 message = _("Case {case} submitted (submission {id}).").format(case=result.caseId,
                                                                                id=result.submissionId)
@@ -297,6 +432,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("Give case {case} back to the queue? Your drawing on it is discarded.").format(case=session.caseId)):
             return
         with self.errorsShown(_("Failed to release the case.")):
+            self.segmentEditorWidget.setActiveEffect(None)
             self.logic.release(session)
             self.afterCaseClosed(_("Case {case} given back.").format(case=session.caseId))
             self.refreshWorklist()
@@ -329,7 +465,8 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedAnnotTest(ScriptedLoadableModuleTest):
-    """Self-test in a running Slicer: a case folder loads as a volume MedAnnot Export can write a SEG for.
+    """Self-test in a running Slicer: a case folder loads as a volume MedAnnot Export can write a SEG for, and the
+    guided panel follows a case's guideline.
 
     The task-server round trip (login, claim, submit, outbox) is tested with pytest against a real server
     (Testing/slicer_mrml/test_slicer_worklist.py); Slicer's Python has no server to start.
@@ -343,6 +480,8 @@ class MedAnnotTest(ScriptedLoadableModuleTest):
         self.test_CaseFolderLoadsAsVolumeThatExportsToSeg()
         self.setUp()
         self.test_WidgetStartsLoggedOutWithNothingToSubmit()
+        self.setUp()
+        self.test_GuidedPanelFollowsTheGuidelineAndShowsFindings()
 
     def test_CaseFolderLoadsAsVolumeThatExportsToSeg(self):
         from MedAnnotExportLib.logic import MedAnnotExportLogic
@@ -377,4 +516,44 @@ class MedAnnotTest(ScriptedLoadableModuleTest):
         self.assertFalse(widget.ui.nextCaseButton.enabled)
         self.assertFalse(widget.ui.submitButton.enabled)
         self.assertEqual(widget.ui.passwordLineEdit.echoMode, qt.QLineEdit.Password)
+        self.delayDisplay("Test passed")
+
+    def test_GuidedPanelFollowsTheGuidelineAndShowsFindings(self):
+        widget = slicer.modules.medannot.widgetRepresentation().self()
+        widget.logic.ensureDependencies()
+        from medannot.demo_data import ct_geometry, ct_phantom
+        from medannot.guideline import load_guideline
+
+        guideline = load_guideline(pathlib.Path(str(importlib.resources.files("medannot").joinpath(
+            "data/liver-ct.yaml"))))
+        shape = (6, 48, 48)
+        hu = ct_phantom(shape)[0]
+        geometry = ct_geometry(shape)
+        volumeNode = MedAnnotLib.addVolumeNodeFromArray(hu, geometry, name="CT")
+        segmentationNode = MedAnnotLib.addSegmentationNodeFromGuideline(guideline, referenceVolumeNode=volumeNode)
+        labels = np.zeros(shape, np.uint8)
+        labels[:, 4:40, 4:20] = 1
+        labels[2:4, 10:14, 30:34] = 1  # a stray second part of the liver
+        MedAnnotLib.updateSegmentationFromLabelMap(segmentationNode, labels, geometry, guideline)
+        session = types.SimpleNamespace(
+            volumeNode=volumeNode, segmentationNode=segmentationNode, guideline=guideline, caseId="self-test",
+            taskId=0, leaseExpiresAt="", segmentNames=[spec.name for spec in guideline.segments])
+        widget.logic.session = session  # as Next case leaves it, without a server
+        try:
+            widget.showCase(session)
+            self.assertEqual(list(widget.segmentEditorWidget.effectNameOrder()), list(guideline.tools))
+            self.assertIn(guideline.title, widget.ui.instructionsTextBrowser.toPlainText())
+            self.assertEqual(widget.ui.checklistTableWidget.rowCount, len(guideline.checklist))
+            self.assertEqual(widget.ui.confidenceTableWidget.rowCount, len(guideline.segments))
+
+            widget.onCheckButton()
+            row = next(row for row, finding in enumerate(widget.findings) if finding.rule == "components")
+            widget.ui.findingsTableWidget.selectRow(row)
+
+            sliceToRas = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode().GetSliceToRAS()
+            center = [sliceToRas.GetElement(axis, 3) for axis in range(3)]
+            np.testing.assert_allclose(center, widget.findings[row].pointRas, atol=1e-3)
+        finally:
+            widget.logic.session = None
+            widget.clearCase()
         self.delayDisplay("Test passed")

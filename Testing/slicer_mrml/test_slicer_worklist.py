@@ -50,7 +50,6 @@ if slicer_core is not None and harness is not None:
 
     import MedAnnotLib
     from medannot.client import AuthenticationError, ServerAddressError, ServerUnreachableError
-    from medannot.demo_data import ct_phantom
     from medannot.dicomseg import read_segmentation
     from medannot.errors import MedAnnotError
     from medannot.imaging import load_source
@@ -85,9 +84,12 @@ def readerLogic(tmp_path: Path, server, user: str = "r1") -> MedAnnotLogic:
     return logic
 
 
-def paintPhantom(session) -> np.ndarray:
-    """Set the CT phantom's liver and lesion as the session's segmentation; returns the label map painted."""
-    _, labels = ct_phantom(SHAPE)
+def paintLiverAndLesion(session) -> np.ndarray:
+    """Set a liver with a lesion inside it that the project's guideline accepts as the session's segmentation (the
+    CT phantom's liver is below the guideline's 1 ml minimum at this size); returns the label map painted."""
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[:, 3:21, 3:15] = 1
+    labels[1:3, 10:13, 7:10] = 2
     geometry = MedAnnotLib.geometryFromVolumeNode(session.volumeNode)
     MedAnnotLib.updateSegmentationFromLabelMap(session.segmentationNode, labels, geometry, session.guideline)
     return labels
@@ -95,7 +97,8 @@ def paintPhantom(session) -> np.ndarray:
 
 def submit(logic, session):
     return logic.submit(session, readerName="Roe^Rita", readerId="r1", readerRole="Radiologist",
-                        institution="Test Hospital", confidences={"Liver": 90, "Lesion": 60})
+                        institution="Test Hospital", confidences={"Liver": 90, "Lesion": 60},
+                        checklistAnswers={"contrast-phase": "yes", "image-quality": "good"})
 
 
 def submissionsOfTask(lab, taskId) -> int:
@@ -182,7 +185,7 @@ def test_next_case_loads_the_ct_in_modality_values_on_its_grid_with_the_guidelin
 def test_painted_case_is_submitted_as_a_seg_of_the_case_series_and_leaves_the_scene(scene, lab, server, tmp_path):
     logic = readerLogic(tmp_path, server)
     session = logic.nextCase(lab.project_id)
-    painted = paintPhantom(session)
+    painted = paintLiverAndLesion(session)
 
     result = submit(logic, session)
 
@@ -254,7 +257,7 @@ def test_submit_while_the_server_is_down_waits_in_the_outbox_and_is_delivered_ex
         scene, lab, server, tmp_path):
     logic = readerLogic(tmp_path, server)
     session = logic.nextCase(lab.project_id)
-    painted = paintPhantom(session)
+    painted = paintLiverAndLesion(session)
     server.stop()
 
     queued = submit(logic, session)
@@ -282,7 +285,7 @@ def test_submit_while_the_server_is_down_waits_in_the_outbox_and_is_delivered_ex
 def test_next_case_delivers_a_waiting_result_before_claiming(scene, lab, server, tmp_path):
     logic = readerLogic(tmp_path, server)
     session = logic.nextCase(lab.project_id)
-    paintPhantom(session)
+    paintLiverAndLesion(session)
     server.stop()
     assert submit(logic, session).status == "queued"
     restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
@@ -321,7 +324,7 @@ def test_next_case_returns_none_when_nothing_is_left_for_the_reader(scene, tmp_p
     try:
         logic = readerLogic(tmp_path, server)
         session = logic.nextCase(lab.project_id)
-        paintPhantom(session)
+        paintLiverAndLesion(session)
         assert submit(logic, session).status == "sent"
 
         assert logic.nextCase(lab.project_id) is None  # the case's other slot is for another reader
@@ -404,7 +407,7 @@ def test_every_button_handler_shows_its_errors_through_slicer():
     widgetClass = _class("MedAnnotWidget")
     methods = {node.name: node for node in widgetClass.body if isinstance(node, ast.FunctionDef)}
     handlers = [name for name in methods if re.fullmatch(r"on\w+Button", name)]
-    assert len(handlers) == 7
+    assert len(handlers) == 8
     for name in handlers:
         contexts = {ast.unparse(item.context_expr).split("(")[0] for node in ast.walk(methods[name])
                     if isinstance(node, ast.With) for item in node.items}

@@ -1,7 +1,8 @@
-"""Parts of the MedAnnot module that need no Qt: the worklist logic and case loading, importable by scripts,
-modules and tests."""
+"""Parts of the MedAnnot module that need no Qt: the worklist logic, case loading and the guideline's guidance,
+importable by scripts, modules and tests."""
 
 from MedAnnotWorklistLib.caseimages import CachedInstances, loadCaseVolume, voxelsOfSource
+from MedAnnotWorklistLib.guidance import CaseCheck, CaseNotReadyError, LocatedFinding, allowedEffectNames
 from MedAnnotWorklistLib.logic import (
     HEARTBEAT_INTERVAL_SECONDS,
     CaseSession,
@@ -14,11 +15,15 @@ from MedAnnotWorklistLib.logic import (
 __all__ = [
     "HEARTBEAT_INTERVAL_SECONDS",
     "CachedInstances",
+    "CaseCheck",
+    "CaseNotReadyError",
     "CaseSession",
     "CaseSubmitResult",
+    "LocatedFinding",
     "MedAnnotLogic",
     "OutboxStatus",
     "ProjectProgress",
+    "allowedEffectNames",
     "loadCaseVolume",
     "voxelsOfSource",
 ]

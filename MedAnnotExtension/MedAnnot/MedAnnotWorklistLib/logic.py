@@ -1,4 +1,5 @@
-"""MedAnnot logic: the annotator's worklist on a task server (log in, claim a case, load it, submit), without GUI.
+"""MedAnnot logic: the annotator's worklist on a task server (log in, claim a case, load it, check it against its
+guideline, submit), without GUI.
 
 Kept out of MedAnnot.py so that it imports without Qt: scripts and the tests that run on the slicer-core wheel
 (real MRML, no Qt) use this very class, which is also the one the module's widget runs.
@@ -10,7 +11,7 @@ import contextlib
 import logging
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,17 @@ from typing import TYPE_CHECKING, Any
 import MedAnnotLib
 from MedAnnotExportLib.logic import MedAnnotExportLogic
 from MedAnnotWorklistLib.caseimages import CachedInstances, loadCaseVolume
+from MedAnnotWorklistLib.guidance import (
+    CaseCheck,
+    CaseNotReadyError,
+    LocatedFinding,
+    allowedEffectNames,
+    checklistProblems,
+    checkSegmentation,
+    confidenceProblems,
+    instructionsMarkdown,
+    jumpSlicesToFinding,
+)
 from medannot.client import Outbox, TaskServerClient
 from medannot.client.api import medannot_home
 from medannot.client.errors import (
@@ -287,8 +299,20 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         logger.info("Released case %s (task %s)", session.caseId, session.taskId)
 
     def submit(self, session: CaseSession | None, readerName: str, readerId: str, readerRole: str = "Annotator",
-               institution: str = "", confidences: dict[str, int] | None = None) -> CaseSubmitResult:
-        """Export the case's segmentation as DICOM-SEG + SR and send it to the server through the outbox.
+               institution: str = "", confidences: dict[str, int] | None = None,
+               checklistAnswers: Mapping[str, Any] | None = None) -> CaseSubmitResult:
+        """Check the case against its guideline, then export it as DICOM-SEG + SR and send it through the outbox.
+
+        Nothing is exported or sent while the guideline's QA finds an error, a required checklist question is
+        unanswered or an answer is not one the question takes, or (with ``confidence: required``) a drawn segment
+        has no rating. The checklist answers are recorded in the SR.
+
+        Parameters
+        ----------
+        confidences : dict of str to int, optional
+            The reader's confidence (0-100) by segment name.
+        checklistAnswers : mapping of str to str or bool, optional
+            Answers to the guideline's per-case checklist by item id: ``yes``/``no`` or one of the item's choices.
 
         Returns
         -------
@@ -298,21 +322,19 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
 
         Raises
         ------
+        CaseNotReadyError
+            Listing every QA error, checklist and confidence problem; the case stays in the scene.
         medannot.errors.MedAnnotError
-            The export fails (unknown or overlapping segments, missing reader details, an empty required segment),
-            or the server refuses the result; the case then stays in the scene.
+            The export fails (unknown or overlapping segments, missing reader details), or the server refuses the
+            result; the case then stays in the scene.
         """
-        session = self._openSession(session)
-        if session.segmentationNode.GetScene() is None or session.volumeNode.GetScene() is None:
-            raise MedAnnotError(
-                f"Case {session.caseId} is no longer in the scene (was the scene closed?), so there is nothing to "
-                "submit; release the case to give it back, then take it again with Next case."
-            )
+        session = self._inSceneSession(session)
+        answers = self._checkReadyToSubmit(session, confidences or {}, checklistAnswers or {})
         exported = MedAnnotExportLogic().exportSegmentation(
             segmentationNode=session.segmentationNode, referenceVolumeNode=session.volumeNode,
             guidelinePath=session.guidelinePath, readerName=readerName, readerId=readerId, readerRole=readerRole,
             institution=institution, outputDir=session.cacheDir / "result", confidences=confidences,
-            taskId=str(session.taskId), dicomDatabase=session.instances)
+            taskId=str(session.taskId), dicomDatabase=session.instances, checklist=answers)
         with self._clientFor(session.serverUrl) as client:
             delivery = self.outbox.submit(client, session.taskId, session.leaseToken, exported.seg_path,
                                           exported.sr_path)
@@ -327,6 +349,35 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         return CaseSubmitResult(status=delivery.status, taskId=session.taskId, caseId=session.caseId,
                                 submissionId=delivery.submission_id, detail=delivery.detail, segPath=item.seg_path,
                                 srPath=item.sr_path)
+
+    # ------------------------------------------------------------ guided case
+    def allowedEffects(self, session: CaseSession | None = None) -> list[str]:
+        """The Segment Editor effects the open case's guideline allows (all when it names none)."""
+        return allowedEffectNames(self._openSession(session).guideline)
+
+    def instructions(self, session: CaseSession | None = None) -> str:
+        """The open case's guideline instructions as Markdown, with links to its reference images."""
+        return instructionsMarkdown(self._openSession(session).guideline)
+
+    def checkCase(self, session: CaseSession | None = None) -> CaseCheck:
+        """Run the guideline's QA rules on the open case's segmentation, as it is now.
+
+        Returns
+        -------
+        CaseCheck
+            Findings in guideline order, each with the slice and the RAS point to jump to.
+
+        Raises
+        ------
+        medannot.errors.MedAnnotError
+            The case left the scene, or its segments cannot form a label map (unknown or overlapping segments).
+        """
+        session = self._inSceneSession(session)
+        return checkSegmentation(session.segmentationNode, session.volumeNode, session.guideline)
+
+    def jumpSlicesToFinding(self, finding: LocatedFinding) -> bool:
+        """Centre the slice views on a finding; False when the finding has no place (an empty segment)."""
+        return jumpSlicesToFinding(finding)
 
     # ------------------------------------------------------------ outbox
     def outboxStatus(self) -> OutboxStatus:
@@ -398,6 +449,30 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         if session is None:
             raise MedAnnotError("No case is open; press Next case to claim one.")
         return session
+
+    def _inSceneSession(self, session: CaseSession | None) -> CaseSession:
+        session = self._openSession(session)
+        if session.segmentationNode.GetScene() is None or session.volumeNode.GetScene() is None:
+            raise MedAnnotError(
+                f"Case {session.caseId} is no longer in the scene (was the scene closed?), so there is nothing to "
+                "check or submit; release the case to give it back, then take it again with Next case."
+            )
+        return session
+
+    def _checkReadyToSubmit(self, session: CaseSession, confidences: Mapping[str, Any],
+                            checklistAnswers: Mapping[str, Any]) -> dict[str, str]:
+        """Refuse a case the guideline does not accept yet; returns the checklist answers as the SR records them."""
+        self.ensureDependencies()
+        check = self.checkCase(session)
+        problems = [f"QA error: {finding}" for finding in check.errors]
+        checklistIssues, answers = checklistProblems(session.guideline, checklistAnswers)
+        problems += checklistIssues
+        problems += confidenceProblems(session.guideline, confidences, check.drawnSegments)
+        if problems:
+            raise CaseNotReadyError(
+                f"Case {session.caseId} cannot be submitted yet; fix these first:\n"
+                + "\n".join(f"- {problem}" for problem in problems), problems, check)
+        return answers
 
     @contextlib.contextmanager
     def _clientFor(self, serverUrl: str) -> Iterator[TaskServerClient]:

@@ -76,7 +76,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
     def exportSegmentation(self, segmentationNode, referenceVolumeNode, guidelinePath, readerName: str,
                            readerId: str, outputDir, readerRole: str = "Annotator", institution: str = "",
                            confidences: dict[str, int] | None = None, taskId: str | None = None,
-                           dicomDatabase=None) -> ExportResult:
+                           dicomDatabase=None, checklist: dict[str, str | bool] | None = None) -> ExportResult:
         """Write the segmentation as DICOM-SEG + SR referencing the DICOM series the reference volume shows.
 
         Parameters
@@ -97,6 +97,8 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
             Task-server task the result belongs to.
         dicomDatabase : ctkDICOMDatabase, optional
             Defaults to ``slicer.dicomDatabase``.
+        checklist : dict of str to str or bool, optional
+            The reader's answers to the guideline's per-case checklist by item id, recorded in the SR.
 
         Returns
         -------
@@ -109,7 +111,8 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
             If an input is not selected.
         medannot.errors.MedAnnotError
             For any problem a user can fix: unknown or overlapping segments, a volume not loaded from DICOM,
-            a transformed volume, invalid reader details, a segmentation that does not fit its source.
+            a transformed volume, invalid reader details or checklist answers, a segmentation that does not fit its
+            source.
         """
         if segmentationNode is None:
             raise ValueError("Select the segmentation to export.")
@@ -137,7 +140,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
             outputDir.mkdir(parents=True, exist_ok=True)
             result = export_segmentation(source=source, labels=labels, labels_geometry=geometry,
                                          guideline=guideline, reader=reader, output_dir=outputDir,
-                                         segments=segments, task_id=taskId)
+                                         segments=segments, task_id=taskId, checklist=checklist)
         logger.info("Exported '%s' to %s and %s", segmentationNode.GetName(), result.seg_path, result.sr_path)
         return result
 
