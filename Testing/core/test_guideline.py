@@ -161,3 +161,12 @@ def test_shipped_guidelines_are_complete(liver_guideline_path: Path, echo_guidel
     assert liver.segment("Lesion").qa_rules[0].severity == "warning"
     assert [(s.name, s.type.code, s.category.code) for s in echo.segments] == [
         ("LV cavity", "87878005", "91723000"), ("LV wall", "49848007", "91723000")]
+
+
+def test_a_copy_without_its_reference_images_loads_when_images_are_not_required(tmp_path):
+    text = VALID.replace("title: Liver\n", "title: Liver\ninstructions:\n  text: Draw it.\n  reference_images: [ref.png]\n")
+    path = write(tmp_path, text)
+    with pytest.raises(GuidelineError, match=r"instructions.reference_images\[0\].*does not exist"):
+        load_guideline(path)
+    g = load_guideline(path, require_reference_images=False)
+    assert g.instructions == "Draw it." and [p.name for p in g.reference_images] == ["ref.png"]

@@ -399,7 +399,7 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         guidelinePath = caseDir / "guideline.yaml"
         # Bytes, not text: the guideline's sha256 (recorded in the SEG, checked by the server) is over the bytes.
         guidelinePath.write_bytes(client.guideline(task.project_id).encode("utf-8"))
-        guideline = load_guideline(guidelinePath)
+        guideline = load_guideline(guidelinePath, require_reference_images=False)  # only the YAML is sent
         expected = task.raw.get("guideline_sha256")
         if expected and guideline.sha256 != expected:
             raise GuidelineError(

@@ -53,7 +53,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
 
         if not guidelinePath or not Path(guidelinePath).is_file():
             raise GuidelineError(f"Choose a guideline file (.yaml); '{guidelinePath or ''}' is not a file.")
-        return load_guideline(guidelinePath)
+        return load_guideline(guidelinePath, require_reference_images=False)  # export needs no images
 
     def segmentNames(self, guidelinePath) -> list[str]:
         """Names of the guideline's segments, in guideline order (one confidence rating each)."""

@@ -206,7 +206,8 @@ def _segments(doc: dict[str, Any], origin: str) -> tuple[SegmentSpec, ...]:
     return tuple(specs)
 
 
-def _instructions(doc: dict[str, Any], origin: str, path: Path | None) -> tuple[str, tuple[Path, ...]]:
+def _instructions(doc: dict[str, Any], origin: str, path: Path | None,
+                  require_images: bool = True) -> tuple[str, tuple[Path, ...]]:
     value = doc.get("instructions", "")
     if isinstance(value, str):
         return value, ()
@@ -220,6 +221,10 @@ def _instructions(doc: dict[str, Any], origin: str, path: Path | None) -> tuple[
             images.append(relative)
             continue
         resolved = path.parent / relative
+        if not resolved.is_file() and not require_images:
+            logger.warning("%s: %r is not next to this copy of the guideline; it is not shown", where, text)
+            images.append(relative)
+            continue
         if not resolved.is_file():
             raise GuidelineError(f"{where}: {text!r} does not exist (looked for {resolved}); "
                                  "reference images are found relative to the guideline file")
@@ -243,7 +248,8 @@ def _checklist(doc: dict[str, Any], origin: str) -> tuple[ChecklistItem, ...]:
     return tuple(checklist)
 
 
-def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None = None) -> Guideline:
+def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None = None,
+                    require_reference_images: bool = True) -> Guideline:
     """Validate guideline YAML bytes and build a :class:`Guideline`.
 
     Parameters
@@ -268,7 +274,7 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
         raise GuidelineError(f"{origin}: a guideline must be a YAML mapping with id, version, title and segments")
     _validate_schema(doc, origin)
     segments = _segments(doc, origin)
-    instructions, images = _instructions(doc, origin, path)
+    instructions, images = _instructions(doc, origin, path, require_reference_images)
     review = doc.get("review") or {}
     return Guideline(
         id=str(doc["id"]),
@@ -290,8 +296,11 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
     )
 
 
-def load_guideline(path: str | Path) -> Guideline:
+def load_guideline(path: str | Path, require_reference_images: bool = True) -> Guideline:
     """Read and validate a guideline YAML file.
+
+    ``require_reference_images=False`` is for copies of a guideline made to be followed, not edited (the worklist's
+    download, an export): a missing reference image is then logged, not an error.
 
     Raises
     ------
@@ -303,4 +312,4 @@ def load_guideline(path: str | Path) -> Guideline:
         data = path.read_bytes()
     except OSError as exc:
         raise GuidelineError(f"{path}: cannot read guideline file ({exc.strerror or exc})") from exc
-    return parse_guideline(data, origin=str(path), path=path)
+    return parse_guideline(data, origin=str(path), path=path, require_reference_images=require_reference_images)
