@@ -8,7 +8,6 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-import pytest
 
 from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation, read_segmentation
 from medannot.dicomseg.validate import validate_files

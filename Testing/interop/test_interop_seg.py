@@ -21,7 +21,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
-import os
 
 import pytest
 import SimpleITK as sitk
