@@ -18,8 +18,10 @@ from MedAnnotLib.segmentations import (
     addSegmentationNodeFromGuideline,
     addSegmentationNodeFromLabelMap,
     labelMapFromSegmentationNode,
+    labelMapFromSegments,
     terminologyEntryFromSegmentSpec,
     updateSegmentationFromLabelMap,
+    updateSegmentsFromLabelMap,
 )
 
 __all__ = [
@@ -34,9 +36,11 @@ __all__ = [
     "hasParentTransform",
     "ijkToRasMatrixFromGeometry",
     "labelMapFromSegmentationNode",
+    "labelMapFromSegments",
     "missingRequirements",
     "sourcePathOfVolume",
     "terminologyEntryFromSegmentSpec",
     "updateSegmentationFromLabelMap",
+    "updateSegmentsFromLabelMap",
     "updateVolumeNodeFromArray",
 ]

@@ -7,6 +7,7 @@ the same codes MedAnnot writes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -165,6 +166,75 @@ def labelMapFromSegmentationNode(segmentationNode, referenceVolumeNode, guidelin
         shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
         labels = np.zeros(shape, dtype=_labelType(guideline))
     return labels
+
+
+def labelMapFromSegments(segmentationNode, referenceVolumeNode, labelOfSegment: Mapping[str, int]) -> np.ndarray:
+    """Return a (slices, rows, columns) label map on the reference volume's grid from segments chosen by ID.
+
+    Unlike :func:`labelMapFromSegmentationNode` no guideline is involved: the caller says which label value each
+    segment gets. A listed segment the node does not hold counts as empty (an item of a segmentation sequence made
+    before the segment was added).
+
+    Parameters
+    ----------
+    segmentationNode : vtkMRMLSegmentationNode
+        May live in a sequence's own scene.
+    referenceVolumeNode : vtkMRMLScalarVolumeNode
+        Grid of the result.
+    labelOfSegment : mapping of str to int
+        Segment ID -> label value (positive, distinct).
+
+    Raises
+    ------
+    SegmentContentError
+        If two segments overlap (a label map holds one label per voxel).
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+    labels = np.zeros(shape, dtype=np.uint8 if max(labelOfSegment.values(), default=0) < 256 else np.uint16)
+    claimed: dict[int, str] = {}
+    for segmentId, label in labelOfSegment.items():
+        segment = segmentation.GetSegment(segmentId)
+        if segment is None:
+            continue
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode) > 0
+        overlap = mask & (labels != 0)
+        if overlap.any():
+            others = sorted({claimed[int(v)] for v in np.unique(labels[overlap])})
+            raise SegmentContentError(
+                f"Segmentation '{segmentationNode.GetName()}': segment '{segment.GetName()}' overlaps "
+                f"{', '.join(repr(o) for o in others)} in {int(overlap.sum())} voxels; each voxel may belong to one "
+                "segment only. In the Segment Editor use Logical operators > Subtract, or paint with Masking > "
+                "Modify other segments: Overwrite all."
+            )
+        labels[mask] = label
+        claimed[label] = segment.GetName()
+    return labels
+
+
+def updateSegmentsFromLabelMap(segmentationNode, labels: np.ndarray, geometry: Geometry,
+                               labelOfSegment: Mapping[str, int]) -> None:
+    """Replace the voxels of segments chosen by ID with ``labels == label``; other segments are left alone.
+
+    The counterpart of :func:`labelMapFromSegments`. The segmentation node may live in a sequence's own scene.
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` does not have ``geometry.shape`` or the node lacks one of the segments.
+    """
+    if tuple(labels.shape) != tuple(geometry.shape):
+        raise ValueError(f"Label map shape {tuple(labels.shape)} does not match its geometry {tuple(geometry.shape)}.")
+    segmentation = segmentationNode.GetSegmentation()
+    missing = [segmentId for segmentId in labelOfSegment if segmentation.GetSegment(segmentId) is None]
+    if missing:
+        raise ValueError(f"Segmentation '{segmentationNode.GetName()}' has no segment(s) {', '.join(missing)}.")
+    ijkToRas = slicer.util.vtkMatrixFromArray(ijkToRasMatrixFromGeometry(geometry))
+    for segmentId, label in labelOfSegment.items():
+        mask = _orientedMask((labels == label).astype(np.uint8), ijkToRas)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(mask, segmentationNode, segmentId):
+            name = segmentation.GetSegment(segmentId).GetName()
+            raise RuntimeError(f"Slicer could not set the voxels of segment '{name}'.")
 
 
 def _checkLabelMap(labels: np.ndarray, geometry: Geometry, guideline: Guideline) -> None:

@@ -303,9 +303,10 @@ def demo(output: Path) -> None:
 
 def _register_extra_commands() -> None:
     from medannot.client.cli import client_group
+    from medannot.interpolation.cli import interpolate
     from medannot.server.cli import admin, audit, serve
 
-    for command in (serve, admin, audit, client_group):
+    for command in (interpolate, serve, admin, audit, client_group):
         main.add_command(command)
 
 

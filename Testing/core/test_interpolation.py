@@ -1,0 +1,322 @@
+"""Keyframe interpolation: label maps (motion-guided, shape-based, morphological), outlines and points, cine input,
+incremental updates after a keyframe edit, and `medannot interpolate`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from medannot_testing import CLI_ENV
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from medannot.demo_data import cine_phantom, make_us_cine
+from medannot.errors import GeometryMismatchError
+from medannot.imaging import read_label_map, write_label_map
+from medannot.interpolation import (
+    InterpolationError,
+    Interpolator,
+    interpolate_labels,
+    interpolate_track,
+    load_cine,
+)
+
+def medannot_interpolate(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "medannot.cli", "interpolate", *map(str, args)],
+                          capture_output=True, text=True, env=CLI_ENV, timeout=300, check=False)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2).astype(np.uint8)
+
+
+def centroid_x(mask: np.ndarray) -> float:
+    return float(np.nonzero(mask)[1].mean())
+
+
+def moving_bean(frames: int = 21, size: int = 96, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A bright bean-shaped (non-convex) object that drifts 24 px and turns 60 degrees, on a noisy image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    labels = np.zeros((frames, size, size), dtype=np.uint8)
+    for f in range(frames):
+        u = f / (frames - 1)
+        cy, cx, turn = 48.0, 34.0 + 24.0 * u, np.pi / 3 * u
+        theta = np.arctan2(yy - cy, xx - cx) - turn
+        labels[f] = np.hypot(yy - cy, xx - cx) < 17 * (1 + 0.35 * np.cos(2 * theta) + 0.1 * np.cos(3 * theta))
+    image = np.where(labels > 0, 170.0, 70.0) + rng.normal(0, 18, labels.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+# ---------------------------------------------------------------------------- label maps
+@pytest.mark.parametrize("method", ["motion", "shape"])
+def test_keyframes_come_back_unchanged(method):
+    image, labels = cine_phantom(frames=13, rows=64, cols=80)
+    keys = [0, 6, 12]
+    result = interpolate_labels(labels, keys, image=image, method=method)
+    for k in keys:
+        np.testing.assert_array_equal(result.labels[k], labels[k])
+    assert result.method == method
+    assert result.keyframes == keys
+
+
+def test_nested_labels_stay_exclusive_without_gaps_or_strays():
+    # Cavity (1) inside a wall (2) that both move: no frame gets background between them, a wall pixel inside
+    # the cavity, or a label no keyframe has.
+    image, labels = cine_phantom(frames=13, rows=64, cols=80)
+    result = interpolate_labels(labels, [0, 12], image=image, method="motion")
+    for t in range(1, 12):
+        frame = result.labels[t]
+        assert set(np.unique(frame)) <= {0, 1, 2}
+        cavity = frame == 1
+        neighbours = [np.roll(frame, s, axis=a) for a in (0, 1) for s in (1, -1)]
+        touching_background = cavity & np.any([n == 0 for n in neighbours], axis=0)
+        assert not touching_background.any(), f"frame {t}: the cavity touches background"
+        assert dice(cavity, labels[t] == 1) > 0.9
+
+
+def test_shape_based_moves_a_translating_disk_to_the_right_place():
+    shape = (64, 96)
+    keyframes = {0: disk(shape, 32, 40, 20), 4: disk(shape, 32, 48, 20)}
+    result = Interpolator(keyframes, 5, method="shape").run()
+    assert result.method == "shape"
+    for t, expected_x in [(1, 42), (2, 44), (3, 46)]:
+        frame = result.labels[t] > 0
+        assert centroid_x(frame) == pytest.approx(expected_x, abs=0.5)
+        assert dice(frame, disk(shape, 32, expected_x, 20) > 0) > 0.97
+
+
+def test_motion_guided_beats_shape_based_on_a_moving_non_convex_shape():
+    image, truth = moving_bean()
+    keys = [0, 20]
+    scores = {}
+    for method in ("motion", "shape"):
+        labels = interpolate_labels(truth, keys, image=image, method=method).labels
+        scores[method] = np.mean([dice(labels[t] > 0, truth[t] > 0) for t in range(1, 20)])
+    assert scores["motion"] > 0.95
+    assert scores["motion"] > scores["shape"] + 0.05, scores
+
+
+def test_frame_times_set_the_weights():
+    shape = (64, 96)
+    keyframes = {0: disk(shape, 32, 40, 20), 4: disk(shape, 32, 48, 20)}
+    even = Interpolator(keyframes, 5, method="shape").run()
+    # Frame 2 is at 20 ms of a 100 ms span: one fifth of the way, not half.
+    timed = Interpolator(keyframes, 5, method="shape", frame_times=[0, 10, 20, 30, 100]).run()
+    assert timed.frame_times_used and not even.frame_times_used
+    assert centroid_x(even.labels[2]) == pytest.approx(44, abs=0.5)
+    assert centroid_x(timed.labels[2]) == pytest.approx(41.6, abs=0.5)
+
+
+def test_a_segment_on_one_keyframe_only_shrinks_away_and_is_listed():
+    shape = (48, 48)
+    keyframes = {0: disk(shape, 24, 24, 12), 6: np.zeros(shape, np.uint8)}
+    result = Interpolator(keyframes, 7, method="shape").run()
+    areas = [int(np.count_nonzero(result.labels[t])) for t in range(7)]
+    assert areas == sorted(areas, reverse=True) and areas[5] < areas[1] and areas[6] == 0
+    assert result.segment(1).keyframes == [0]
+    assert result.segment(1).interpolated_frames == [1, 2, 3, 4, 5]
+
+
+def test_frames_outside_the_keyframes_are_left_empty_and_reported():
+    _, labels = cine_phantom(frames=10, rows=48, cols=48)
+    result = interpolate_labels(labels, [2, 6], method="shape")
+    assert result.frames_outside_keyframes == [0, 1, 7, 8, 9]
+    assert not result.labels[[0, 1, 7, 8, 9]].any()
+    assert result.summary()["segments"][0] == {"label": 1, "keyframes": [2, 6], "interpolated_frames": [3, 4, 5]}
+
+
+def test_interpolation_along_another_axis_keeps_the_array_layout():
+    _, labels = cine_phantom(frames=12, rows=40, cols=40)
+    swapped = np.ascontiguousarray(np.moveaxis(labels, 0, 2))  # rows x cols x frames
+    result = interpolate_labels(swapped, [0, 11], method="shape", axis=2)
+    assert result.labels.shape == swapped.shape and result.axis == 2
+    np.testing.assert_array_equal(result.labels[..., 11], swapped[..., 11])
+
+
+def test_morphological_runs_out_of_process_and_keeps_keyframes():
+    shape = (48, 64)
+    keyframes = {0: disk(shape, 24, 24, 10), 6: disk(shape, 24, 36, 10)}
+    result = Interpolator(keyframes, 7, method="morphological").run()
+    np.testing.assert_array_equal(result.labels[0], keyframes[0])
+    np.testing.assert_array_equal(result.labels[6], keyframes[6])
+    assert 26 < centroid_x(result.labels[3]) < 34
+    assert "itk" not in sys.modules  # ITK's wrapping never enters this process (it corrupts the heap here)
+
+
+@pytest.mark.parametrize(("keyframes", "message"), [
+    ([], "empty"), ([0, 24], "out of range"), ([-1, 5], "out of range")])
+def test_bad_keyframes_say_what_is_wrong(keyframes, message):
+    _, labels = cine_phantom(frames=24, rows=32, cols=32)
+    with pytest.raises(InterpolationError, match=message):
+        interpolate_labels(labels, keyframes, method="shape")
+
+
+def test_motion_needs_an_image_of_the_same_size():
+    image, labels = cine_phantom(frames=8, rows=32, cols=32)
+    with pytest.raises(InterpolationError, match="--image"):
+        interpolate_labels(labels, [0, 7], method="motion")
+    with pytest.raises(GeometryMismatchError, match="8 x 32 x 32"):
+        interpolate_labels(labels, [0, 7], image=image[:, :, :30], method="motion")
+
+
+# ---------------------------------------------------------------------------- incremental updates
+def test_editing_a_keyframe_recomputes_only_the_two_spans_beside_it(monkeypatch):
+    image, labels = cine_phantom(frames=21, rows=64, cols=80)
+    interp = Interpolator({k: labels[k] for k in (0, 5, 10, 15, 20)}, 21, image=image, method="motion")
+    before = interp.run().labels.copy()
+    computed: list[tuple[int, int]] = []
+    original = Interpolator._interpolate_span
+
+    def spy(self, a, b):
+        computed.append((a, b))
+        return original(self, a, b)
+
+    monkeypatch.setattr(Interpolator, "_interpolate_span", spy)
+    edited = labels[10].copy()
+    edited[edited == 1] = 0  # the reader removes the cavity on frame 10
+    changed = interp.update_keyframe(10, edited)
+    assert changed == range(6, 15)
+    assert sorted(computed) == [(5, 10), (10, 15)]
+    after = interp.result().labels
+    untouched = [t for t in range(21) if t not in changed]
+    np.testing.assert_array_equal(after[untouched], before[untouched])
+    np.testing.assert_array_equal(after[10], edited)
+    fresh_keys = {k: labels[k] for k in (0, 5, 15, 20)} | {10: edited}
+    fresh = Interpolator(fresh_keys, 21, image=image, method="motion").run().labels
+    np.testing.assert_array_equal(after, fresh)
+
+
+def test_adding_and_removing_a_keyframe_touch_one_span():
+    _, labels = cine_phantom(frames=21, rows=48, cols=48)
+    interp = Interpolator({0: labels[0], 10: labels[10], 20: labels[20]}, 21, method="shape")
+    interp.run()
+    assert interp.update_keyframe(14, labels[14]) == range(11, 20)
+    assert interp.keyframes == [0, 10, 14, 20]
+    assert interp.remove_keyframe(14) == range(11, 20)
+    assert interp.spans == [(0, 10), (10, 20)]
+    np.testing.assert_array_equal(
+        interp.result().labels,
+        Interpolator({0: labels[0], 10: labels[10], 20: labels[20]}, 21, method="shape").run().labels)
+
+
+# ---------------------------------------------------------------------------- outlines and points
+def test_polygons_are_matched_by_arc_length_whatever_their_vertices():
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    # The same square drawn the other way round, from another corner, with extra vertices on its edges.
+    dense = np.array([[30, 30], [30, 25], [30, 20], [25, 20], [20, 20], [20, 25], [20, 30], [25, 30]], float)
+    track = interpolate_track({0: square, 4: dense}, kind="polygon", count=16)
+    middle = track[2]
+    assert sorted(track) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(track[0], square)
+    # Halfway, the square has moved by (10, 10) and kept its size and shape: each vertex moved by the same amount.
+    np.testing.assert_allclose(middle.min(axis=0), [10, 10], atol=1e-6)
+    np.testing.assert_allclose(middle.max(axis=0), [20, 20], atol=1e-6)
+    side_lengths = np.linalg.norm(np.diff(np.vstack([middle, middle[:1]]), axis=0), axis=1)
+    np.testing.assert_allclose(side_lengths, 2.5, atol=1e-6)
+
+
+def test_points_move_linearly_in_time():
+    track = interpolate_track({0: [[0.0, 0.0], [5.0, 5.0]], 10: [[10.0, 20.0], [5.0, 5.0]]}, kind="points",
+                              frame_times=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20])
+    np.testing.assert_allclose(track[5], [[2.5, 5.0], [5.0, 5.0]])
+    with pytest.raises(InterpolationError, match="same number"):
+        interpolate_track({0: [[0.0, 0.0]], 4: [[1.0, 1.0], [2.0, 2.0]]}, kind="points")
+
+
+# ---------------------------------------------------------------------------- cine input
+def test_real_colour_jpeg_ultrasound_loads_as_a_grey_cine():
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("examples_ybr_color.dcm")
+    cine = load_cine(path)
+    assert cine.shape == (30, 240, 320)
+    assert cine.frames.dtype == np.float32
+    assert cine.frame_times_ms is not None and cine.frame_times_ms[1] == pytest.approx(33.333)
+    rgb = dcmread(path).pixel_array[7].astype(float)
+    np.testing.assert_allclose(cine.frames[7], rgb @ [0.299, 0.587, 0.114], atol=1e-3)
+    assert cine.frames.std() > 10  # real picture content, not a blank decode
+
+
+def test_synthetic_grey_dicom_and_nrrd_cines_load_with_their_frame_times(tmp_path):
+    dicom = load_cine(make_us_cine(tmp_path / "cine.dcm", frames=6, rows=32, cols=40, frame_time_ms=40.0))
+    assert dicom.shape == (6, 32, 40)
+    assert dicom.frame_times_ms == pytest.approx([0, 40, 80, 120, 160, 200])
+    image, _ = cine_phantom(frames=6, rows=32, cols=40)
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "cine.nrrd"))
+    nrrd = load_cine(tmp_path / "cine.nrrd")
+    np.testing.assert_array_equal(nrrd.frames, image.astype(np.float32))
+    assert nrrd.frame_times_ms is None
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(image[f][np.newaxis]) for f in range(6)])  # x, y, 1, t
+    sitk.WriteImage(four_d, str(tmp_path / "cine.nii.gz"))
+    assert load_cine(tmp_path / "cine.nii.gz").shape == (6, 32, 40)
+
+
+# ---------------------------------------------------------------------------- command line
+@pytest.fixture()
+def cine_files(tmp_path):
+    _, labels = cine_phantom(frames=12, rows=48, cols=64)
+    cine = make_us_cine(tmp_path / "cine.dcm", frames=12, rows=48, cols=64)
+    keyed = np.zeros_like(labels)
+    keyed[[0, 5, 11]] = labels[[0, 5, 11]]  # only the keyframes are drawn
+    return {"cine": cine, "labels": write_label_map(keyed, None, tmp_path / "labels.nrrd"), "truth": labels,
+            "out": tmp_path / "out.nrrd"}
+
+
+def test_cli_interpolates_a_cine_and_lists_frames_per_segment_as_json(cine_files):
+    proc = medannot_interpolate("--labels", cine_files["labels"], "--keyframes", "0,5,11", "--image",
+                                cine_files["cine"], "--output", cine_files["out"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["method"] == "motion" and summary["frame_times_used"] is True
+    assert summary["keyframes"] == [0, 5, 11]
+    assert summary["segments"] == [
+        {"label": label, "keyframes": [0, 5, 11], "interpolated_frames": [1, 2, 3, 4, 6, 7, 8, 9, 10]}
+        for label in (1, 2)]
+    written, _ = read_label_map(cine_files["out"])
+    assert np.mean([dice(written[t] == 1, cine_files["truth"][t] == 1) for t in (2, 8)]) > 0.95
+
+
+def test_cli_prints_a_readable_summary(cine_files):
+    runner = CliRunner()
+    from medannot.cli import main
+
+    result = runner.invoke(main, ["interpolate", "--labels", str(cine_files["labels"]), "--keyframes", "0,5",
+                                  "--output", str(cine_files["out"])])
+    assert result.exit_code == 0, result.output
+    assert "shape-based interpolation of 12 frames" in result.output
+    assert "label 1: drawn on 0, 5; interpolated 1-4" in result.output
+    assert "left empty (outside the keyframes): 6-11" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--keyframes", "0,12"], "keyframe 12 is out of range: the label map has 12 frames"),
+    (["--keyframes", ","], "--keyframes is empty"),
+    (["--keyframes", "0,5", "--method", "motion"], "method motion estimates motion from the image"),
+    (["--keyframes", "0,5", "--image", "SMALL"], "but the label map is 12 x 48 x 64"),
+])
+def test_cli_user_errors_exit_1_with_one_line(cine_files, tmp_path, args, message):
+    if "SMALL" in args:
+        args[args.index("SMALL")] = str(make_us_cine(tmp_path / "small.dcm", frames=12, rows=40, cols=64))
+    proc = medannot_interpolate("--labels", cine_files["labels"], "--output", cine_files["out"], *args)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not cine_files["out"].exists()
+
+
+def test_cli_help():
+    proc = medannot_interpolate("--help")
+    assert proc.returncode == 0
+    for option in ("--labels", "--keyframes", "--image", "--method", "--axis", "--output", "--json"):
+        assert option in proc.stdout
