@@ -22,7 +22,6 @@ from medannot.errors import SourceImageError
 logger = logging.getLogger(__name__)
 
 # ITU-R BT.601 luma, as the core turns colour ultrasound into grey (medannot.interpolation.cine).
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MS_PER_INDEX_UNIT = {"ms": 1.0, "msec": 1.0, "s": 1000.0, "sec": 1000.0}
 
 
@@ -74,7 +73,9 @@ def frameArray(volumeNode) -> np.ndarray:
         if frame.shape[2] not in (3, 4):
             raise SourceImageError(f"Frame '{volumeNode.GetName()}' has {frame.shape[2]} components per pixel; "
                                    "expected grey or RGB.")
-        return frame[..., :3].astype(np.float32) @ _LUMA
+        from medannot.interpolation.cine import rgb_to_grey
+
+        return rgb_to_grey(frame)
     return frame
 
 

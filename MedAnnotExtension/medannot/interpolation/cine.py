@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """Luminance (ITU-R BT.601 weights) of an RGB array whose last axis holds R, G, B (float32)."""
+    return (np.asarray(rgb)[..., :3].astype(np.float32) @ _LUMA).astype(np.float32)
+
+
 @dataclass
 class Cine:
     """Grey frames (frames x rows x cols, float32) and, when the file says, each frame's time in ms."""
@@ -102,7 +107,7 @@ def _grey(array: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
         raise SourceImageError(f"{path}: {samples} samples per pixel; expected 1 (grey) or 3 (colour)")
     if array.ndim == 3:
         array = array[np.newaxis]
-    return (array.astype(np.float32) @ _LUMA).astype(np.float32)
+    return rgb_to_grey(array)
 
 
 def _load_itk(path: Path) -> Cine:
@@ -114,7 +119,7 @@ def _load_itk(path: Path) -> Cine:
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     components = image.GetNumberOfComponentsPerPixel()
     if components in (3, 4):
-        array = array[..., :3] @ _LUMA
+        array = rgb_to_grey(array)
     elif components != 1:
         raise SourceImageError(f"{path}: {components} components per pixel; expected grey or RGB")
     array = np.squeeze(array)  # a 2D+t NIfTI is often x, y, 1, t
