@@ -173,6 +173,9 @@ def seg() -> None:
 @click.option("--algorithm", multiple=True, metavar="SEGMENT=TYPE[:NAME[:VERSION]]",
               help="How a segment was made: MANUAL, SEMIAUTOMATIC or AUTOMATIC, with algorithm name and version.")
 @click.option("--task-id", default=None, help="Task-queue task this result answers.")
+@click.option("--interpolation", "interpolation_json", type=click.Path(path_type=Path), default=None,
+              help="Saved `medannot interpolate --json` output: interpolated segments become SEMIAUTOMATIC with "
+                   "the method, and the SR lists keyframes and interpolated frames.")
 @click.option("--answer", "answers", multiple=True, metavar="ITEM=ANSWER",
               help="Answer to the guideline's per-case checklist item (yes/no or one of its choices). Repeatable.")
 @click.option("--replaces", type=click.Path(path_type=Path), default=None,
@@ -181,7 +184,8 @@ def seg() -> None:
 def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...], guideline_path: Path,
                reader_name: str, reader_id: str, reader_role: str, institution: str | None,
                confidence: tuple[str, ...], algorithm: tuple[str, ...], task_id: str | None,
-               answers: tuple[str, ...], replaces: Path | None, output: Path) -> None:
+               interpolation_json: Path | None, answers: tuple[str, ...], replaces: Path | None,
+               output: Path) -> None:
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     from dataclasses import replace
 
@@ -200,6 +204,11 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     g = load_guideline(guideline_path)
     reader = ReaderInfo(name=reader_name, reader_id=reader_id, role=reader_role, institution=institution)
     provenance: dict[int, SegmentProvenance] = {}
+    if interpolation_json is not None:
+        from medannot.interpolation.provenance import read_summary
+
+        for label, prov in read_summary(interpolation_json).items():
+            provenance[g.segment(label).label] = prov
     for key, spec_text in _pairs(algorithm, "--algorithm"):
         provenance[g.segment(key).label] = parse_algorithm(spec_text)
     for key, value in _pairs(confidence, "--confidence"):

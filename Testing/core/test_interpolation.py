@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from medannot_testing import CLI_ENV
 
@@ -320,3 +321,31 @@ def test_cli_help():
     assert proc.returncode == 0
     for option in ("--labels", "--keyframes", "--image", "--method", "--axis", "--output", "--json"):
         assert option in proc.stdout
+
+
+def test_export_records_an_interpolation_as_semiautomatic_with_its_keyframes(tmp_path):
+    import pydicom
+
+    from medannot.demo_data import cine_phantom, make_us_cine
+    from medannot.imaging import write_label_map
+
+    root = Path(__file__).resolve().parents[2]
+    cine = make_us_cine(tmp_path / "cine.dcm")
+    _, truth = cine_phantom()
+    labels = write_label_map(truth, None, tmp_path / "drawn.nii.gz")
+    done = medannot_interpolate("--labels", labels, "--keyframes", "0,8,16,23", "--image", cine,
+                                "--output", tmp_path / "filled.nii.gz", "--json")
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "interp.json").write_text(done.stdout)
+    export = subprocess.run(
+        [sys.executable, "-m", "medannot.cli", "seg", "export", "--source", str(cine), "--labels",
+         str(tmp_path / "filled.nii.gz"), "--guideline", str(root / "MedAnnotExtension/medannot/data/echo-lv.yaml"),
+         "--reader-name", "Doe^Jane", "--reader-id", "jdoe", "--interpolation", str(tmp_path / "interp.json"),
+         "--output", str(tmp_path / "out")], capture_output=True, text=True, env=CLI_ENV, timeout=300)
+    assert export.returncode == 0, export.stderr
+    seg_path, sr_path = export.stdout.split()
+    segments = pydicom.dcmread(seg_path).SegmentSequence
+    assert [s.SegmentAlgorithmType for s in segments] == ["SEMIAUTOMATIC", "SEMIAUTOMATIC"]
+    assert segments[0].SegmentAlgorithmName == f"MedAnnot keyframe interpolation ({json.loads(done.stdout)['method']})"
+    text = str(pydicom.dcmread(sr_path))
+    assert "1,9,17,24" in text  # keyframes, 1-based, listed in the SR

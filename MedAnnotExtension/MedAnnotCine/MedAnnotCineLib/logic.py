@@ -44,7 +44,6 @@ FRAME_KEY = "key"
 FRAME_INTERPOLATED = "interpolated"
 FRAME_EMPTY = "empty"
 HISTORY_DEPTH = 20  # undo steps kept; each holds only the frames its action rewrote
-ALGORITHM_NAME = "MedAnnot keyframe interpolation"
 # Kept on the segmentation sequence so that a saved scene reopens with its keyframes and interpolation.
 KEYFRAMES_ATTRIBUTE = "MedAnnotCine.keyframes"
 METHOD_ATTRIBUTE = "MedAnnotCine.method"
@@ -633,15 +632,14 @@ def _frameList(frames) -> str:
 def _guidelineLabelsAndProvenance(frames: CineFrames, guideline: Guideline, confidences: dict[str, int],
                                   segmentationName: str) -> tuple[np.ndarray, dict]:
     """The label map with the guideline's label values, and each drawn segment's provenance."""
-    import medannot
-    from medannot.dicomseg import SegmentProvenance
+    from medannot.interpolation.provenance import segment_provenance
 
     ratings = {name.strip().lower(): value for name, value in confidences.items()}
     labelType = np.uint8 if max(guideline.labels, default=0) < 256 else np.uint16
     lookup = np.zeros(max(frames.segmentNames, default=0) + 1, dtype=labelType)
     present = set(np.unique(frames.labels).tolist()) - {0}
     claimed: dict[int, str] = {}
-    provenance: dict[str, SegmentProvenance] = {}
+    provenance: dict[str, object] = {}
     for label, name in sorted(frames.segmentNames.items()):
         spec = next((s for s in guideline.segments if s.name.lower() == name.strip().lower()), None)
         if spec is None:
@@ -658,13 +656,6 @@ def _guidelineLabelsAndProvenance(frames: CineFrames, guideline: Guideline, conf
         if label not in present:
             continue  # an empty optional segment is not exported; the core refuses an empty required one
         drawn = next((s for s in frames.segments if s.label == label), SegmentFrames(label, [], []))
-        keyframes = tuple(frame + 1 for frame in drawn.keyframes)
-        interpolated = tuple(frame + 1 for frame in drawn.interpolated_frames)
         rating = ratings.get(spec.name.lower(), ratings.get(name.strip().lower()))
-        if interpolated:
-            provenance[spec.name] = SegmentProvenance(
-                "SEMIAUTOMATIC", f"{ALGORITHM_NAME} ({frames.method})", medannot.__version__, confidence=rating,
-                keyframes=keyframes, interpolated_frames=interpolated)
-        else:
-            provenance[spec.name] = SegmentProvenance("MANUAL", confidence=rating, keyframes=keyframes)
+        provenance[spec.name] = segment_provenance(drawn, frames.method, rating)
     return lookup[frames.labels], provenance
