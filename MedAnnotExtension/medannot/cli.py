@@ -37,6 +37,11 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose < 2:
         logging.getLogger("highdicom").setLevel(logging.WARNING)
+    if verbose == 0:
+        # library warnings (highdicom, urllib3 retries) are for -v; a user sees our one-line messages
+        logging.captureWarnings(True)
+        for name in ("py.warnings", "urllib3", "highdicom"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------- guideline

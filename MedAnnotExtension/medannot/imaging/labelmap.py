@@ -70,9 +70,14 @@ def read_probability_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
 def write_label_map(array: np.ndarray, geometry: Geometry | None, path: str | Path) -> Path:
     """Write a (slices, rows, cols) array with the given geometry (unit spacing when ``None``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     if geometry is not None:
         geometry.apply_to(image)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except (OSError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise LabelMapError(f"{path}: cannot write the label map ({reason}); use a .nii.gz, .nrrd or .mha name in a "
+                            "folder you can write") from exc
     return path

@@ -155,8 +155,9 @@ def audit_verify(db: str | None) -> None:
     with transaction(_factory(db)) as session:
         count, problem = verify_chain(audit_entries(session))
     if problem is not None:
-        click.echo(f"medannot: error: audit trail broken at {problem} ({count} records read)", err=True)
-        sys.exit(1)
+        from medannot.audit import AuditTrailBroken
+
+        raise AuditTrailBroken(f"audit trail broken at {problem} ({count} records read)")
     click.echo(f"audit trail intact: {count} records, hash chain verified")
 
 

@@ -8,9 +8,15 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from medannot.errors import MedAnnotError
+
 DEFAULT_LEASE_SECONDS = 30 * 60
 IDLE_TOKEN_SECONDS = 30 * 60
 ABSOLUTE_TOKEN_SECONDS = 12 * 60 * 60
+
+
+class ConfigurationError(MedAnnotError):
+    """A setting (command-line option or environment variable) is malformed."""
 
 
 def medannot_home() -> Path:
@@ -38,6 +44,11 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
     """
     url = db or os.environ.get("MEDANNOT_DB") or f"sqlite:///{medannot_home() / 'server' / 'medannot.db'}"
+    try:
+        make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several kinds for a malformed URL
+        raise ConfigurationError(f"database URL {url!r} is not understood; use sqlite:///path/to/file.db or "
+                                 "postgresql://user@host:5432/database") from exc
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if data_dir is None and os.environ.get("MEDANNOT_DATA"):
@@ -48,5 +59,8 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
             data_dir = Path(parsed.database).resolve().parent / "data"
         else:
             data_dir = medannot_home() / "server-data"
-    lease = lease_seconds or int(os.environ.get("MEDANNOT_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+    text = os.environ.get("MEDANNOT_LEASE_SECONDS", str(DEFAULT_LEASE_SECONDS))
+    if lease_seconds is None and not (text.isdigit() and int(text) > 0):
+        raise ConfigurationError(f"MEDANNOT_LEASE_SECONDS={text!r}: give the lease length as whole seconds, e.g. 1800")
+    lease = lease_seconds or int(text)
     return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease)

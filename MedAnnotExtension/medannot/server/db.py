@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.errors import MedAnnotError
@@ -50,7 +50,11 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        raise DatabaseError(f"database URL {parsed.render_as_string(hide_password=True)}: {exc}; use "
+                            "sqlite:///path/to/file.db or postgresql://user@host:5432/database") from exc
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -22,12 +22,12 @@ class ProjectError(MedAnnotError):
 def create_project(session: Session, guideline_path: str | Path, name: str | None = None,
                    actor: str | None = None) -> Project:
     """Create a project from a guideline file; its version becomes the project's first guideline version."""
-    guideline = load_guideline(guideline_path)
+    guideline, text = _read_guideline(guideline_path)
     project = Project(name=name or guideline.title, guideline_id=guideline.id,
                       readers_per_case=guideline.readers_per_case, created_at=utcnow())
     session.add(project)
     session.flush()
-    _add_version(session, project, guideline, Path(guideline_path).read_text(encoding="utf-8"), actor)
+    _add_version(session, project, guideline, text, actor)
     append_audit(session, actor, "project.create", f"project:{project.id}", None,
                  {"name": project.name, "guideline": guideline.id, "version": guideline.version})
     return project
@@ -37,7 +37,7 @@ def add_guideline_version(session: Session, project_id: int, guideline_path: str
                           actor: str | None = None) -> GuidelineVersion:
     """Add a new guideline version to a project (old versions are kept; results name the version they followed)."""
     project = get_project(session, project_id)
-    guideline = load_guideline(guideline_path)
+    guideline, text = _read_guideline(guideline_path)
     if guideline.id != project.guideline_id:
         raise ProjectError(f"{guideline_path}: guideline id {guideline.id!r} differs from the project's "
                            f"{project.guideline_id!r}; make a new project for a different guideline")
@@ -46,7 +46,15 @@ def add_guideline_version(session: Session, project_id: int, guideline_path: str
     if existing is not None:
         raise ProjectError(f"{guideline_path}: project {project.id} already has version {guideline.version}; "
                            "bump the version to change the guideline")
-    return _add_version(session, project, guideline, Path(guideline_path).read_text(encoding="utf-8"), actor)
+    return _add_version(session, project, guideline, text, actor)
+
+
+def _read_guideline(path: str | Path) -> tuple[Guideline, str]:
+    """The guideline and its exact text: stored and served byte for byte, so its sha256 stays the same
+    (reading it as text would turn CRLF line ends into LF and change the hash)."""
+    path = Path(path)
+    guideline = load_guideline(path)
+    return guideline, path.read_bytes().decode("utf-8")
 
 
 def _add_version(session: Session, project: Project, guideline: Guideline, text: str,
