@@ -24,6 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from medannot.paths import medannot_home
 from medannot.client.errors import (
     AuthenticationError,
     LeaseLostError,
@@ -347,11 +348,6 @@ def extract_zip(zf: zipfile.ZipFile, dest: Path, origin: str = "the archive") ->
 
 
 # ---------------------------------------------------------------- session file
-def medannot_home() -> Path:
-    """The per-user MedAnnot folder: ``MEDANNOT_HOME`` or ``~/.medannot``."""
-    return Path(os.environ.get("MEDANNOT_HOME") or Path.home() / ".medannot")
-
-
 def save_session(session: Session, home: Path | None = None) -> Path:
     """Write the token, server and expiry (nothing else) to ``session.json``, readable by this user only."""
     folder = home or medannot_home()

@@ -238,9 +238,7 @@ def _geometry(seg: Dataset, shared: Dataset, indices: list[int], positions: list
             spacing = float(measures.get("SliceThickness") or 1.0)
     first = int(np.argmin(idx))
     origin = pos[first] - idx[first] * spacing * normal
-    return Geometry(size=(int(seg.Columns), int(seg.Rows), n_slices), spacing=(pixel[1], pixel[0], spacing),
-                    origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
-                    direction=tuple(np.column_stack([iop[:3], iop[3:], normal]).reshape(-1).tolist()))
+    return Geometry.from_dicom_plane(int(seg.Rows), int(seg.Columns), n_slices, pixel, spacing, origin, iop)
 
 
 def read_segmentation(seg_path: str | Path, sr_path: str | Path | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,19 @@ class Geometry:
             origin=tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
             direction=tuple(float(v) for v in image.GetDirection()),
         )
+
+    @classmethod
+    def from_dicom_plane(cls, rows: int, columns: int, slices: int, pixel_spacing: Sequence[float],
+                         slice_spacing: float, first_position: Sequence[float],
+                         orientation: Sequence[float]) -> Geometry:
+        """The grid of a stack of DICOM planes: PixelSpacing (row, column), ImagePositionPatient of the first
+        plane, ImageOrientationPatient (row direction, column direction); slices run along their cross product."""
+        iop = np.asarray(orientation, dtype=float)
+        normal = np.cross(iop[:3], iop[3:])
+        return cls(size=(int(columns), int(rows), int(slices)),
+                   spacing=(float(pixel_spacing[1]), float(pixel_spacing[0]), float(slice_spacing)),
+                   origin=tuple(float(v) for v in first_position),  # type: ignore[arg-type]
+                   direction=tuple(np.column_stack([iop[:3], iop[3:], normal]).reshape(-1).tolist()))
 
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         """Stamp this geometry on a SimpleITK image of the same size and return it."""

@@ -163,8 +163,7 @@ def _series_from_datasets(datasets: list[Dataset], paths: list[Path]) -> SourceI
             if key not in ds:
                 raise SourceImageError(f"{p}: missing {key}; cannot place this slice in the volume")
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
+    normal = np.cross(iop[:3], iop[3:])
     for ds, p in zip(datasets, paths):
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
             raise SourceImageError(f"{p}: ImageOrientationPatient differs from the other slices; not one volume")
@@ -186,13 +185,8 @@ def _series_from_datasets(datasets: list[Dataset], paths: list[Path]) -> SourceI
                 f"{paths[0].parent}: slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm; "
                 "resample to a regular grid before segmenting"
             )
-    pixel_spacing = [float(v) for v in first.PixelSpacing]  # (row spacing, column spacing)
-    geometry = Geometry(
-        size=(cols, rows, len(datasets)),
-        spacing=(pixel_spacing[1], pixel_spacing[0], slice_spacing),
-        origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
-        direction=tuple(np.column_stack([row_dir, col_dir, normal]).reshape(-1).tolist()),
-    )
+    geometry = Geometry.from_dicom_plane(rows, cols, len(datasets), [float(v) for v in first.PixelSpacing],
+                                         slice_spacing, positions[0], iop)
     return SourceImage(datasets, paths, geometry, (len(datasets), rows, cols))
 
 
@@ -254,11 +248,6 @@ def _enhanced_geometry(ds: Dataset, path: Path) -> Geometry | None:
             f"{path}: frames are not ordered on a regular grid along the slice normal; "
             "MedAnnot needs frames in slice order"
         )
-    spacing = [float(v) for v in measures.PixelSpacing]
     slice_spacing = float(np.median(steps)) if len(steps) else float(measures.get("SliceThickness", 1.0) or 1.0)
-    return Geometry(
-        size=(int(ds.Columns), int(ds.Rows), len(frames)),
-        spacing=(spacing[1], spacing[0], slice_spacing),
-        origin=tuple(float(v) for v in pos[0]),  # type: ignore[arg-type]
-        direction=tuple(np.column_stack([iop[:3], iop[3:], normal]).reshape(-1).tolist()),
-    )
+    return Geometry.from_dicom_plane(int(ds.Rows), int(ds.Columns), len(frames),
+                                     [float(v) for v in measures.PixelSpacing], slice_spacing, pos[0], iop)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from medannot.paths import medannot_home
 from medannot.errors import MedAnnotError
 
 DEFAULT_LEASE_SECONDS = 30 * 60
@@ -17,11 +18,6 @@ ABSOLUTE_TOKEN_SECONDS = 12 * 60 * 60
 
 class ConfigurationError(MedAnnotError):
     """A setting (command-line option or environment variable) is malformed."""
-
-
-def medannot_home() -> Path:
-    """``MEDANNOT_HOME`` or ``~/.medannot``."""
-    return Path(os.environ.get("MEDANNOT_HOME") or Path.home() / ".medannot")
 
 
 @dataclass(frozen=True)
