@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 
-from medannot_testing import CLI_ENV
+from medannot_testing import run_medannot
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,8 @@ from medannot.demo_data import make_ct_series
 from medannot.imaging import Geometry, write_label_map
 
 
-def medannot(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
-                          env=CLI_ENV,
-                          timeout=120)
+def medannot(*args: object) -> subprocess.CompletedProcess[str]:
+    return run_medannot(*args, timeout=120)
 
 
 def export_args(source: Path, labels: Path, guideline: Path, out: Path) -> list[str]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
-from medannot_testing import CLI_ENV
+from medannot_testing import run_medannot
 
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from medannot.imaging import write_label_map
 
 
 def medannot(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
-                          env=CLI_ENV,
-                          timeout=300)
+    return run_medannot(*args)
 
 
 @pytest.mark.parametrize("command", [[], ["seg"], ["seg", "export"], ["seg", "read"], ["seg", "validate"],

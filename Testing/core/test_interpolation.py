@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medannot_testing import CLI_ENV
+from medannot_testing import CLI_ENV, run_medannot
 
 import numpy as np
 import pytest
@@ -27,8 +27,7 @@ from medannot.interpolation import (
 )
 
 def medannot_interpolate(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medannot.cli", "interpolate", *map(str, args)],
-                          capture_output=True, text=True, env=CLI_ENV, timeout=300, check=False)
+    return run_medannot("interpolate", *args)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from medannot_testing import CLI_ENV
+from medannot_testing import run_medannot
 
 from medannot.demo_data import cine_phantom, ct_geometry, ct_phantom
 from medannot.imaging import write_label_map
@@ -17,8 +16,7 @@ SHAPE = (24, 96, 96)
 
 
 def medannot(*args: object, columns: int = 80) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], check=False, capture_output=True,
-                          text=True, env={**CLI_ENV, "COLUMNS": str(columns)}, timeout=120)
+    return run_medannot(*args, env={"COLUMNS": str(columns)}, timeout=120)
 
 
 @pytest.fixture(scope="module")

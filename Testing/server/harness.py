@@ -17,7 +17,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from medannot_testing import CLI_ENV
+from medannot_testing import CLI_ENV, run_medannot
 from medannot.demo_data import ct_geometry, ct_phantom, make_ct_series
 from medannot.dicomseg import ReaderInfo, export_segmentation
 from medannot.guideline import load_guideline
@@ -65,11 +65,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def medannot(*args: object, stdin: str | None = None, db: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(CLI_ENV)
-    if db:
-        env["MEDANNOT_DB"] = db
-    return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
-                          input=stdin, env=env, timeout=300)
+    return run_medannot(*args, stdin=stdin, env={"MEDANNOT_DB": db} if db else None)
 
 
 @dataclass
