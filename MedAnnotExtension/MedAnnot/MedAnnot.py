@@ -28,7 +28,7 @@ import MedAnnotLib
 from medannot.client import LeaseLostError
 from medannot.errors import MedAnnotError
 from MedAnnotWorklistLib.guidance import CaseNotReadyError
-from MedAnnotWorklistLib.logic import HEARTBEAT_INTERVAL_SECONDS, MedAnnotLogic
+from MedAnnotWorklistLib.logic import AUTOSAVE_INTERVAL_SECONDS, HEARTBEAT_INTERVAL_SECONDS, MedAnnotLogic
 
 NOT_RATED = -1  # confidence spin box value meaning "the reader gave no rating"
 UNANSWERED = ""  # checklist combo box data meaning "the reader gave no answer"
@@ -94,6 +94,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.heartbeatTimer = None
+        self.autosaveTimer = None
         self.segmentEditorWidget = None
         self.findings = []  # the findings listed, by table row
 
@@ -122,6 +123,10 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.heartbeatTimer = qt.QTimer()
         self.heartbeatTimer.setInterval(HEARTBEAT_INTERVAL_SECONDS * 1000)
         self.heartbeatTimer.connect("timeout()", self.onHeartbeatTimer)
+        # Save the drawing into the case's cache folder, so a crash loses at most a minute of it.
+        self.autosaveTimer = qt.QTimer()
+        self.autosaveTimer.setInterval(AUTOSAVE_INTERVAL_SECONDS * 1000)
+        self.autosaveTimer.connect("timeout()", self.onAutosaveTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -144,6 +149,9 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.heartbeatTimer is not None:
             self.heartbeatTimer.stop()
+        if self.autosaveTimer is not None:
+            self.autosaveTimer.stop()
+            self.onAutosaveTimer()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -154,11 +162,13 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         self.segmentEditorWidget.setActiveEffect(None)
+        self.onAutosaveTimer()
         self.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.onAutosaveTimer()  # the case's nodes are still in the scene
         self.setParameterNode(None)
         self.segmentEditorWidget.setSegmentationNode(None)
         self.segmentEditorWidget.removeViewObservations()
@@ -332,6 +342,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def afterCaseClosed(self, message) -> None:
         self.heartbeatTimer.stop()
+        self.autosaveTimer.stop()
         self.clearCase()
         self.ui.statusLabel.text = message
 
@@ -380,10 +391,14 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 self.showCase(session)
                 self.heartbeatTimer.start()
+                self.autosaveTimer.start()
                 self.ui.statusLabel.text = _(
                     "Read the instructions, segment '{segmentation}' in the Segment section, answer the checklist, "
                     "rate your confidence, press Check, then Submit."
                 ).format(segmentation=session.segmentationNode.GetName())
+                if session.restoredFrom is not None:
+                    self.ui.statusLabel.text = _("Your autosaved drawing of this case was restored.") + " " + \
+                        self.ui.statusLabel.text
             self.refreshWorklist()
 
     def onCheckButton(self) -> None:
@@ -445,6 +460,16 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "\n".join([_("{sent} of {total} results sent.").format(
                 sent=sent, total=len(results)), *problems])
             self.refreshWorklist()
+
+    def onAutosaveTimer(self) -> None:
+        """Autosave the open case's drawing; a failure is shown in the status label, the timer keeps trying."""
+        if self.logic is None or self.logic.session is None:
+            return
+        try:
+            self.logic.autosave()
+        except MedAnnotError as error:
+            self.ui.statusLabel.text = _("Could not autosave the drawing, trying again in a minute: {error}").format(
+                error=error)
 
     def onHeartbeatTimer(self) -> None:
         """Extend the lease; a lost lease stops the beats and says so once, a network hiccup only in the label."""

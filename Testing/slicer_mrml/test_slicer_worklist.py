@@ -10,8 +10,10 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import sys
 import time
+import types
 import xml.etree.ElementTree as ElementTree
 from datetime import datetime
 from pathlib import Path
@@ -353,6 +355,157 @@ def test_non_integer_rescale_loads_as_float_voxels(scene, tmp_path):
     assert instances.fileForInstance("1.2.3") == ""
 
 
+# ---------------------------------------------------------------------------------------------- autosave
+def crashAndRestart(monkeypatch, scene):
+    """What a crash leaves: nothing of the old scene or logic. Puts a new, empty scene with the module logics in place
+    of ``scene`` (as a restarted Slicer has) and returns it; the caller makes a new logic on the same folders."""
+    import vtk
+
+    scene.Clear(True)
+    fresh = slicer.vtkMRMLScene()
+    applicationLogic = slicer.vtkSlicerApplicationLogic()
+    applicationLogic.SetMRMLScene(fresh)
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        modules = {}
+        for name, className in (("Colors", "vtkSlicerColorLogic"), ("Volumes", "vtkSlicerVolumesLogic"),
+                                ("Segmentations", "vtkSlicerSegmentationsModuleLogic"),
+                                ("Terminologies", "vtkSlicerTerminologiesModuleLogic")):
+            logic = getattr(slicer, className)()
+            logic.SetMRMLApplicationLogic(applicationLogic)
+            logic.SetMRMLScene(fresh)
+            applicationLogic.SetModuleLogic(name, logic)
+            modules[name.lower()] = types.SimpleNamespace(logic=lambda logic=logic: logic)
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
+    monkeypatch.setattr(slicer, "mrmlScene", fresh)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(**modules))
+    _restartedApplicationLogics.append(applicationLogic)  # the module logics refer to it; keep it alive
+    return fresh
+
+
+_restartedApplicationLogics: list = []
+
+
+def labelsOf(session) -> np.ndarray:
+    return MedAnnotLib.labelMapFromSegmentationNode(session.segmentationNode, session.volumeNode, session.guideline)
+
+
+@needsMrmlAndServer
+def test_autosaved_drawing_survives_a_crash_and_a_server_restart_and_is_gone_after_submit(
+        scene, lab, server, tmp_path, monkeypatch, caplog):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    painted = paintLiverAndLesion(session)
+
+    saved = logic.autosave()
+
+    assert saved == session.cacheDir / "autosave" / "segmentation.seg.nrrd" and saved.is_file()
+    info = json.loads((saved.parent / "autosave.json").read_text(encoding="utf-8"))
+    assert (info["task_id"], info["case_id"], info["username"]) == (str(session.taskId), "case-001", "r1")
+    assert [s["name"] for s in info["segments"]] == ["Liver", "Lesion"] and parseTime(info["saved_at"])
+    taskId, cacheDir = session.taskId, session.cacheDir
+    del logic, session
+    crashAndRestart(monkeypatch, scene)
+    server.stop()
+    restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
+    try:
+        logic = readerLogic(tmp_path, restarted)
+        with caplog.at_level("INFO", logger="MedAnnotWorklistLib.logic"):
+            session = logic.nextCase(lab.project_id)
+
+        assert (session.taskId, session.cacheDir, session.restoredFrom) == (taskId, cacheDir, saved)
+        assert "Restored the autosaved segmentation of case case-001" in caplog.text
+        assert inScene(session.segmentationNode) and session.segmentNames == ["Liver", "Lesion"]
+        np.testing.assert_array_equal(labelsOf(session), painted)
+        segmentation = session.segmentationNode.GetSegmentation()
+        assert [segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName()
+                for i in range(segmentation.GetNumberOfSegments())] == ["Liver", "Lesion"]
+        np.testing.assert_allclose(segmentation.GetSegment(segmentation.GetNthSegmentID(0)).GetColor(),
+                                   np.array([0xDD, 0x82, 0x65]) / 255)
+
+        result = submit(logic, session)
+
+        assert result.status == "sent"
+        np.testing.assert_array_equal(read_segmentation(result.segPath).labels, painted)
+        assert not saved.exists() and not cacheDir.exists()
+        assert logic.autosave() is None  # no case open
+    finally:
+        restarted.stop()
+
+
+@needsMrmlAndServer
+def test_queued_submit_removes_the_autosave_and_the_outbox_keeps_the_result(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    painted = paintLiverAndLesion(session)
+    saved = logic.autosave()
+    server.stop()
+
+    assert submit(logic, session).status == "queued"
+
+    assert not saved.exists()
+    np.testing.assert_array_equal(read_segmentation(logic.outbox.pending()[0].seg_path).labels, painted)
+
+
+@needsMrmlAndServer
+def test_an_autosave_is_not_restored_into_another_task_and_release_removes_it(scene, lab, server, tmp_path):
+    first = readerLogic(tmp_path, server, "r1")
+    session = first.nextCase(lab.project_id)
+    paintLiverAndLesion(session)
+    saved = first.autosave()
+    # r2 on the same computer and cache folder gets the case's other slot: another task, its own empty drawing.
+    second = MedAnnotLogic(outboxFolder=tmp_path / "outbox-r2", cacheFolder=tmp_path / "cases-r1")
+    second.login(server.url, "r2", PASSWORD)
+    other = second.nextCase(lab.project_id)
+    assert other.taskId != session.taskId and other.restoredFrom is None
+    assert not labelsOf(other).any() and not other.autosaveDir.exists()
+    second.release(other)
+    # Even r1's autosave copied into r2's task folder is not taken: it names another task and reader.
+    shutil.copytree(saved.parent, other.autosaveDir)
+
+    again = second.nextCase(lab.project_id)
+
+    assert again.taskId == other.taskId and again.restoredFrom is None and not labelsOf(again).any()
+    assert not again.autosaveDir.exists()
+    assert [p.name.startswith("autosave-unused-") for p in again.cacheDir.iterdir() if "autosave" in p.name] == [True]
+    first.release(session)
+    assert not saved.exists() and not session.cacheDir.exists()
+
+
+@needsMrmlAndServer
+def test_a_failed_autosave_keeps_the_previous_one_whole(scene, lab, server, tmp_path, monkeypatch):
+    import MedAnnotWorklistLib.logic as logicModule
+
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    painted = paintLiverAndLesion(session)
+    saved = logic.autosave()
+    before = saved.read_bytes(), (saved.parent / "autosave.json").read_bytes()
+    taskId = session.taskId
+    MedAnnotLib.updateSegmentationFromLabelMap(session.segmentationNode, np.zeros_like(painted),
+                                               MedAnnotLib.geometryFromVolumeNode(session.volumeNode),
+                                               session.guideline)
+
+    def failingWriter(segmentationNode, path):
+        path.write_bytes(b"NRRD0004\n# half a file")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(logicModule, "_writeSegmentation", failingWriter)
+        with pytest.raises(MedAnnotError, match="Could not autosave case case-001: disk full"):
+            logic.autosave()
+
+    assert (saved.read_bytes(), (saved.parent / "autosave.json").read_bytes()) == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["autosave.json", "segmentation.seg.nrrd"]
+    del logic, session  # and Slicer crashes: the restarted one gets the last complete autosave
+    crashAndRestart(monkeypatch, scene)
+    restored = readerLogic(tmp_path, server).nextCase(lab.project_id)
+    assert restored.taskId == taskId
+    np.testing.assert_array_equal(labelsOf(restored), painted)
+
+
 # ---------------------------------------------------------------------------------------------- module files
 MODULE_SOURCE = (MODULE_DIR / "MedAnnot.py").read_text(encoding="utf-8")
 MODULE_TREE = ast.parse(MODULE_SOURCE)
@@ -421,6 +574,18 @@ def test_a_timer_beats_the_lease_while_a_case_is_open():
     assert "qt.QTimer()" in setup and "HEARTBEAT_INTERVAL_SECONDS * 1000" in setup
     assert 'connect("timeout()", self.onHeartbeatTimer)' in setup.replace("'", '"')
     assert "self.logic.heartbeat()" in MODULE_SOURCE
+
+
+def test_a_timer_autosaves_the_drawing_while_a_case_is_open_and_on_exit():
+    methods = {node.name: ast.unparse(node) for node in _class("MedAnnotWidget").body
+               if isinstance(node, ast.FunctionDef)}
+    setup = methods["setup"].replace("'", '"')
+    assert "AUTOSAVE_INTERVAL_SECONDS * 1000" in setup
+    assert 'self.autosaveTimer.connect("timeout()", self.onAutosaveTimer)' in setup
+    assert "self.logic.autosave()" in methods["onAutosaveTimer"]
+    assert "self.autosaveTimer.start()" in methods["onNextCaseButton"]
+    assert "self.autosaveTimer.stop()" in methods["afterCaseClosed"]
+    assert "self.onAutosaveTimer()" in methods["exit"] and "self.onAutosaveTimer()" in methods["cleanup"]
 
 
 def test_the_module_runs_the_logic_class_the_tests_exercise_and_the_logic_needs_no_qt():

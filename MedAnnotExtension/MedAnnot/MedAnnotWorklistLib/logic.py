@@ -8,11 +8,14 @@ Kept out of MedAnnot.py so that it imports without Qt: scripts and the tests tha
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,14 +60,21 @@ REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requ
 
 # The server's lease lasts 30 minutes by default; beating well within it survives a missed beat or two.
 HEARTBEAT_INTERVAL_SECONDS = 180
+# How often the module autosaves the open case's segmentation (see MedAnnotLogic.autosave).
+AUTOSAVE_INTERVAL_SECONDS = 60
+# In a case's cache folder: the last autosave of its segmentation, and what it is (task, reader, segments, time).
+AUTOSAVE_FOLDER = "autosave"
+AUTOSAVE_SEGMENTATION = "segmentation.seg.nrrd"
+AUTOSAVE_INFO = "autosave.json"
 
 
 @dataclass
 class CaseSession:
     """A claimed case open in the scene: the lease that makes it ours and the nodes showing it.
 
-    ``cacheDir`` holds the downloaded images (``images/``), the project's guideline and the exported result;
-    it is removed when the case is submitted or released.
+    ``cacheDir`` holds the downloaded images (``images/``), the project's guideline, the exported result and the
+    last autosave of the drawing (``autosave/``); it is removed when the case is submitted or released.
+    ``restoredFrom`` is the autosave the segmentation was restored from when the case was opened, if any.
     """
 
     serverUrl: str
@@ -80,6 +90,12 @@ class CaseSession:
     cacheDir: Path
     seriesUid: str
     instances: CachedInstances = field(repr=False)
+    username: str = ""
+    restoredFrom: Path | None = None
+
+    @property
+    def autosaveDir(self) -> Path:
+        return self.cacheDir / AUTOSAVE_FOLDER
 
     @property
     def segmentNames(self) -> list[str]:
@@ -223,6 +239,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     def nextCase(self, projectId, cacheDir=None) -> CaseSession | None:
         """Claim the next case of a project and open it: images as a volume, an empty segmentation per guideline.
 
+        When the server hands back a task this reader still holds (Slicer was closed or crashed with the case open)
+        and :meth:`autosave` saved its drawing in the same cache folder, the segmentation is restored from it.
+
         Results still waiting in the outbox are delivered first, so the server does not hand back a case whose
         result it has not received yet.
 
@@ -284,8 +303,59 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             session.leaseExpiresAt = client.heartbeat(session.taskId, session.leaseToken)
         return session.leaseExpiresAt
 
+    def autosave(self, session: CaseSession | None = None) -> Path | None:
+        """Save the open case's segmentation in its cache folder (``autosave/segmentation.seg.nrrd`` plus
+        ``autosave/autosave.json``), so that :meth:`nextCase` restores it after a crash.
+
+        The files are written under temporary names and then renamed over the previous autosave, so an autosave
+        that fails half-way leaves the previous one complete.
+
+        Returns
+        -------
+        pathlib.Path or None
+            The autosaved segmentation; None when no case is open or it is no longer in the scene.
+
+        Raises
+        ------
+        medannot.errors.MedAnnotError
+            Slicer could not write the segmentation (the previous autosave is kept).
+        """
+        session = session or self.session
+        if session is None or session.segmentationNode.GetScene() is None or not session.cacheDir.is_dir():
+            return None
+        folder = session.autosaveDir
+        folder.mkdir(exist_ok=True)
+        target, infoTarget = folder / AUTOSAVE_SEGMENTATION, folder / AUTOSAVE_INFO
+        # The storage node picks its writer by the file's extension, so the temporary name keeps ".seg.nrrd".
+        temporary = folder / f".writing-{os.getpid()}.seg.nrrd"
+        infoTemporary = folder / f".writing-{os.getpid()}.json"
+        try:
+            _writeSegmentation(session.segmentationNode, temporary)
+            segmentation = session.segmentationNode.GetSegmentation()
+            segments = [segmentation.GetSegment(segmentation.GetNthSegmentID(i))
+                        for i in range(segmentation.GetNumberOfSegments())]
+            infoTemporary.write_text(json.dumps({
+                "server_url": session.serverUrl, "username": session.username, "task_id": str(session.taskId),
+                "case_id": session.caseId, "series_uid": session.seriesUid,
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "segments": [{"name": s.GetName(), "color": [round(c, 4) for c in s.GetColor()]} for s in segments],
+            }, indent=2), encoding="utf-8")
+            # The info first: it names the task and reader, which never change for this folder, so a crash between
+            # the two renames leaves a usable pair (a first autosave has no segmentation yet to pair with).
+            os.replace(infoTemporary, infoTarget)
+            os.replace(temporary, target)
+        except BaseException as error:
+            for leftover in (temporary, infoTemporary):
+                leftover.unlink(missing_ok=True)
+            if isinstance(error, Exception) and not isinstance(error, MedAnnotError):
+                raise MedAnnotError(f"Could not autosave case {session.caseId}: {error}") from error
+            raise
+        logger.debug("Autosaved case %s (task %s) to %s", session.caseId, session.taskId, target)
+        return target
+
     def release(self, session: CaseSession | None = None) -> None:
-        """Give the open case back to the queue and remove it from the scene (the drawing is discarded).
+        """Give the open case back to the queue and remove it from the scene (the drawing and its autosave are
+        discarded).
 
         A lease that already expired counts as given back. If the server cannot be reached the case stays open.
         """
@@ -318,7 +388,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         -------
         CaseSubmitResult
             ``sent`` when the server stored it, ``queued`` when it could not be reached (or the login expired):
-            the result then waits in the outbox for :meth:`flushOutbox`. Either way the case leaves the scene.
+            the result then waits in the outbox for :meth:`flushOutbox`. Either way the case leaves the scene and
+            its autosave is removed (the outbox keeps the SEG and SR).
 
         Raises
         ------
@@ -393,8 +464,10 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     def _openCase(self, client: TaskServerClient, task: Task, projectId, caseDir: Path) -> CaseSession:
         from medannot.guideline import load_guideline
 
-        shutil.rmtree(caseDir, ignore_errors=True)  # a copy left by an earlier claim of this task
-        caseDir.mkdir(parents=True)
+        # A folder left by an earlier claim of this task: its images and result are fetched or made again, but its
+        # autosave is the reader's drawing from before a crash and is kept.
+        _emptyCaseFolder(caseDir, keep=AUTOSAVE_FOLDER)
+        caseDir.mkdir(parents=True, exist_ok=True)
         client.download_instances(task.task_id, task.lease_token, caseDir / "images")
         guidelinePath = caseDir / "guideline.yaml"
         # Bytes, not text: the guideline's sha256 (recorded in the SEG, checked by the server) is over the bytes.
@@ -418,6 +491,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 )
             segmentationNode = MedAnnotLib.addSegmentationNodeFromGuideline(
                 guideline, name=f"{task.case_id} segmentation", referenceVolumeNode=volumeNode)
+            restoredFrom = self._restoreAutosave(client, task, source.series_uid, caseDir, segmentationNode,
+                                                 guideline)
         except BaseException:
             _removeNodes(volumeNode, segmentationNode)
             raise
@@ -426,11 +501,51 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             taskId=task.task_id, caseId=str(task.case_id), leaseToken=task.lease_token,
             leaseExpiresAt=task.lease_expires_at, volumeNode=volumeNode, segmentationNode=segmentationNode,
             guidelinePath=guidelinePath, guideline=guideline, cacheDir=caseDir, seriesUid=source.series_uid,
-            instances=instances)
+            instances=instances, username=self._username, restoredFrom=restoredFrom)
+
+    def _restoreAutosave(self, client: TaskServerClient, task: Task, seriesUid: str, caseDir: Path,
+                         segmentationNode, guideline: Guideline) -> Path | None:
+        """Fill the new segmentation from the case folder's autosave, if it is this reader's drawing of this task
+        and series; an autosave that is someone else's or cannot be read is set aside, not used."""
+        folder = caseDir / AUTOSAVE_FOLDER
+        saved = folder / AUTOSAVE_SEGMENTATION
+        if not saved.is_file():
+            return None
+        try:
+            info = json.loads((folder / AUTOSAVE_INFO).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        expected = {"server_url": client.base_url, "username": self._username, "task_id": str(task.task_id),
+                    "series_uid": seriesUid}
+        mismatches = {key: info.get(key) for key, value in expected.items() if str(info.get(key)) != str(value)}
+        problem = f"it is not of this task and reader ({mismatches})" if mismatches else None
+        if problem is None:
+            try:
+                _readSegmentation(segmentationNode, saved)
+                # Segments the guideline defines but the autosave lacks (or lost its colour for) are put back.
+                for spec in guideline.segments:
+                    _segmentIdForSpec(segmentationNode, spec)
+            except Exception as error:  # noqa: BLE001  (a broken autosave must not stop the case from opening)
+                problem = f"it could not be read ({error})"
+                segmentationNode.GetSegmentation().RemoveAllSegments()
+                for spec in guideline.segments:
+                    _segmentIdForSpec(segmentationNode, spec)
+        if problem is not None:
+            aside = folder.with_name(f"{AUTOSAVE_FOLDER}-unused-{datetime.now().strftime('%Y%m%dT%H%M%S%f')}")
+            folder.rename(aside)
+            logger.warning("Did not restore the autosave of task %s: %s; it was moved to %s", task.task_id,
+                           problem, aside)
+            return None
+        logger.info("Restored the autosaved segmentation of case %s (task %s) from %s (saved %s)", task.case_id,
+                    task.task_id, saved, info.get("saved_at", "at an unknown time"))
+        return saved
 
     def _giveBack(self, client: TaskServerClient, task: Task, caseDir: Path, error: BaseException) -> None:
-        """After a case failed to open: release its lease so the slot is not stuck, and drop its files."""
-        shutil.rmtree(caseDir, ignore_errors=True)
+        """After a case failed to open: release its lease so the slot is not stuck, and drop its files (but not an
+        autosaved drawing: the reader did not discard it, and gets it back on claiming this task again)."""
+        _emptyCaseFolder(caseDir, keep=AUTOSAVE_FOLDER)
+        with contextlib.suppress(OSError):
+            caseDir.rmdir()  # only when nothing was kept
         try:
             client.release(task.task_id, task.lease_token)
         except TaskServerError as releaseError:
@@ -439,6 +554,7 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             logger.info("Gave task %s back: its case could not be opened (%s)", task.task_id, error)
 
     def _closeCase(self, session: CaseSession) -> None:
+        """Remove a submitted or released case from the scene and its folder from the cache, autosave included."""
         _removeNodes(session.volumeNode, session.segmentationNode)
         shutil.rmtree(session.cacheDir, ignore_errors=True)
         if self.session is session:
@@ -503,6 +619,49 @@ def _removeNodes(*nodes) -> None:
         scene = node.GetScene() if node is not None else None
         if scene is not None and scene.IsNodePresent(node):
             scene.RemoveNode(node)
+
+
+def _emptyCaseFolder(caseDir: Path, keep: str) -> None:
+    """Remove everything in a case folder but its entry named ``keep``."""
+    if not caseDir.is_dir():
+        with contextlib.suppress(OSError):
+            caseDir.unlink()  # a stray file where the folder goes
+        return
+    for entry in caseDir.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _writeSegmentation(segmentationNode, path: Path) -> None:
+    """Write a segmentation node as a ``.seg.nrrd`` (all segments, names, colours, terminology) without adding a
+    storage node to the scene."""
+    import slicer
+
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.WriteData(segmentationNode) or not path.is_file():
+        raise MedAnnotError(f"Slicer could not write the segmentation to {path}.")
+
+
+def _readSegmentation(segmentationNode, path: Path) -> None:
+    """Replace a segmentation node's segments with those of a ``.seg.nrrd``."""
+    import slicer
+
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    segmentationNode.GetSegmentation().RemoveAllSegments()
+    if not storage.ReadData(segmentationNode):
+        raise MedAnnotError(f"Slicer could not read the segmentation in {path}.")
+
+
+def _segmentIdForSpec(segmentationNode, spec) -> str:
+    from MedAnnotLib.segmentations import _segmentIdFor
+
+    return _segmentIdFor(segmentationNode, spec)
 
 
 def _slug(serverUrl: str) -> str:
