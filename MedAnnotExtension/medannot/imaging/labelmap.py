@@ -59,7 +59,7 @@ def read_probability_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read one segment's probability map with values in [0, 1] (float32 array, geometry)."""
     path = Path(path)
     image = _read(path)
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # no second copy when already float32
     if array.ndim == 2:
         array = array[np.newaxis]
     if array.size and (float(array.min()) < 0.0 or float(array.max()) > 1.0):
