@@ -16,7 +16,8 @@ import numpy as np
 from medannot.errors import GeometryMismatchError
 from medannot.interpolation._distance import signed_distance, smooth_signed_distance
 from medannot.interpolation.errors import InterpolationError
-from medannot.interpolation.motion import FlowField, FlowSettings
+from medannot.interpolation.motion import (FlowField, FlowSettings, RigidState, rigid_displacement, rigid_track,
+                                           warped_correlation)
 from medannot.interpolation.result import InterpolationResult, SegmentFrames
 
 logger = logging.getLogger(__name__)
@@ -257,21 +258,65 @@ class Interpolator:
                 if flow.settings.anchor:
                     chained = flow.anchor(chained, t, b)
                 backward[t - a - 1] = chained
-        forward = None
-        for i, t in enumerate(range(a + 1, b)):
-            if flow is not None:
-                forward = flow.compose(flow.flow(t, t - 1), forward)
+        rigid_b = self._rigid_chain(b, range(b - 1, a, -1), backward, a)
+        forward_steps: list[np.ndarray | None] = [None] * (b - a - 1)
+        if flow is not None:
+            forward_disp = None
+            for t in range(a + 1, b):
+                forward_disp = flow.compose(flow.flow(t, t - 1), forward_disp)
                 if flow.settings.anchor:
-                    forward = flow.anchor(forward, t, a)
+                    forward_disp = flow.anchor(forward_disp, t, a)
+                forward_steps[t - a - 1] = forward_disp
+        rigid_a = self._rigid_chain(a, range(a + 1, b), forward_steps, a)
+        for i, t in enumerate(range(a + 1, b)):
+            forward = forward_steps[i]
             w = float(weights[i])
             best = np.full(self.frame_shape, np.inf, dtype=np.float32)
             chosen = np.zeros(self.frame_shape, dtype=self.dtype)
             for region in regions:
-                d = _blend(_carry(flow, start[region], forward), _carry(flow, end[region], backward[i]), w)
+                d = _blend(_carry(flow, start[region], rigid_a.get((t, region), forward)),
+                           _carry(flow, end[region], rigid_b.get((t, region), backward[i])), w)
                 closer = d < best
                 best[closer] = d[closer]
                 chosen[closer] = region
             out[i] = chosen
+        return out
+
+    def _rigid_chain(self, key: int, frames: range, dense: list[np.ndarray | None],
+                     a: int) -> dict[tuple[int, int], np.ndarray]:
+        """Per-label rigid displacements to keyframe ``key`` where they match the image better than ``dense``.
+
+        Small labels (a crescent turning fast in low contrast) are tracked as rigid bodies from the keyframe,
+        frame by frame along ``frames``; a frame keeps the dense flow for a label unless the rigidly carried
+        keyframe correlates better with it around that label.
+        """
+        flow = self._flow
+        out: dict[tuple[int, int], np.ndarray] = {}
+        if flow is None or not flow.settings.rigid_labels:
+            return out
+        cv2 = flow._cv2
+        s = flow.settings
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * s.rigid_margin + 1,) * 2)
+        mask_key = self._masks[key]
+        for region in sorted(set(np.unique(mask_key).tolist()) - {0}):
+            label = mask_key == region
+            area = int(np.count_nonzero(label))
+            if area < 16 or area > s.rigid_max_area:
+                continue
+            ys, xs = np.nonzero(label)
+            centre = (float(xs.mean()), float(ys.mean()))
+            weight = cv2.dilate(label.astype(np.uint8), kernel).astype(np.float32)
+            state = RigidState()
+            for t in frames:
+                state, _ = rigid_track(flow, t, key, label, state)
+                rigid = rigid_displacement(flow, centre, state)
+                carried_weight = flow.warp(weight, rigid)
+                dense_disp = dense[t - a - 1]
+                if dense_disp is None:
+                    continue
+                if (warped_correlation(flow, t, key, rigid, carried_weight)
+                        > warped_correlation(flow, t, key, dense_disp, carried_weight)):
+                    out[(t, region)] = rigid
         return out
 
     # ------------------------------------------------------------------ result

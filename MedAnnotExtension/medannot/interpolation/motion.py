@@ -50,6 +50,11 @@ class FlowSettings:
     refinement_alpha: float = 20.0
     refinement_gamma: float = 10.0
     refinement_delta: float = 5.0
+    rigid_labels: bool = True
+    rigid_max_area: int = 2500
+    rigid_margin: int = 4
+    rigid_search: int = 6
+    rigid_angles: tuple[float, ...] = (-0.24, -0.16, -0.08, 0.0, 0.08, 0.16, 0.24)
 
 
 class FlowField:
@@ -143,3 +148,95 @@ class FlowField:
         gx, gy = self._grid
         return self._cv2.remap(values, gx + displacement[..., 0], gy + displacement[..., 1],
                                self._cv2.INTER_LINEAR, borderMode=self._cv2.BORDER_REPLICATE)
+
+
+@dataclass
+class RigidState:
+    """A rigid map from a frame to a keyframe, around one label: keyframe point = c + R(angle) (x - c - shift)."""
+
+    angle: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)  # x, y
+
+
+def _ncc(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> float:
+    w = weight / max(float(weight.sum()), 1e-6)
+    ma, mb = float((a * w).sum()), float((b * w).sum())
+    da, db = a - ma, b - mb
+    num = float((da * db * w).sum())
+    den = np.sqrt(float((da * da * w).sum()) * float((db * db * w).sum()))
+    return num / den if den > 1e-9 else -1.0
+
+
+def _peak(values: np.ndarray, i: int) -> float:
+    """Sub-sample offset of the peak at ``i`` of a 1D score by a parabola through its neighbours."""
+    if i <= 0 or i >= len(values) - 1:
+        return 0.0
+    a, b, c = float(values[i - 1]), float(values[i]), float(values[i + 1])
+    den = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+
+def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndarray,
+                predicted: RigidState) -> tuple[RigidState, float]:
+    """Rigid map from ``frame`` to ``keyframe`` matching the keyframe around ``label_mask`` (drawn on it).
+
+    Rotations of the keyframe patch are matched over translations (normalised cross-correlation with a mask)
+    near the ``predicted`` map; returns the best map and its correlation.
+    """
+    cv2 = field._cv2
+    s = field.settings
+    ys, xs = np.nonzero(label_mask)
+    cx, cy = float(xs.mean()), float(ys.mean())
+    half = int(np.ceil(max(np.abs(xs - cx).max(), np.abs(ys - cy).max()))) + s.rigid_margin + 1
+    size = 2 * half + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * s.rigid_margin + 1,) * 2)
+    weight = cv2.dilate(label_mask.astype(np.uint8), kernel).astype(np.float32)
+    key_image = field.prepared(keyframe).astype(np.float32)
+    image = field.prepared(frame).astype(np.float32)
+    r = s.rigid_search
+    centre = (cx + predicted.shift[0], cy + predicted.shift[1])
+    base = (round(centre[0]), round(centre[1]))
+    window = cv2.getRectSubPix(image, (size + 2 * r, size + 2 * r), (float(base[0]), float(base[1])))
+
+    def score(angle: float) -> tuple[float, float, float]:
+        c, sn = np.cos(angle), np.sin(angle)
+        rot = np.array([[c, -sn], [sn, c]], dtype=np.float64)
+        offset = np.array([cx, cy]) - rot @ np.array([half, half], dtype=np.float64)
+        matrix = np.hstack([rot, offset[:, None]])
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        patch = cv2.warpAffine(key_image, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        mask = cv2.warpAffine(weight, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+        result = cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED, mask=mask)
+        result = np.nan_to_num(result, nan=-1.0, posinf=-1.0, neginf=-1.0)
+        iy, ix = np.unravel_index(int(np.argmax(result)), result.shape)
+        dx = ix + _peak(result[iy, :], ix) - r
+        dy = iy + _peak(result[:, ix], iy) - r
+        return float(result[iy, ix]), base[0] + dx - cx, base[1] + dy - cy
+
+    angles = [predicted.angle + a for a in s.rigid_angles]
+    results = [score(a) for a in angles]
+    best = int(np.argmax([v[0] for v in results]))
+    step = s.rigid_angles[1] - s.rigid_angles[0] if len(s.rigid_angles) > 1 else 0.0
+    fine = [angles[best] - step / 2, angles[best] + step / 2]
+    candidates = list(zip(angles, results)) + [(a, score(a)) for a in fine]
+    angle, (value, sx, sy) = max(candidates, key=lambda item: item[1][0])
+    return RigidState(angle, (sx, sy)), value
+
+
+def rigid_displacement(field: FlowField, label_mask_centre: tuple[float, float], state: RigidState) -> np.ndarray:
+    """Displacement field (rows x cols x 2) of a rigid map from a frame to its keyframe."""
+    gx, gy = field._grid
+    cx, cy = label_mask_centre
+    c, sn = np.cos(state.angle), np.sin(state.angle)
+    ux, uy = gx - cx - state.shift[0], gy - cy - state.shift[1]
+    out = np.empty((*gx.shape, 2), dtype=np.float32)
+    out[..., 0] = cx + c * ux - sn * uy - gx
+    out[..., 1] = cy + sn * ux + c * uy - gy
+    return out
+
+
+def warped_correlation(field: FlowField, frame: int, keyframe: int, displacement: np.ndarray,
+                       weight: np.ndarray) -> float:
+    """Correlation of ``frame`` with the keyframe carried onto it by ``displacement``, within ``weight``."""
+    carried = field.warp(field.prepared(keyframe).astype(np.float32), displacement)
+    return _ncc(field.prepared(frame).astype(np.float32), carried, weight)
