@@ -45,10 +45,7 @@ from medannot.client.errors import (
 )
 from medannot.errors import GuidelineError, MedAnnotError
 
-try:
-    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
-except ImportError:  # the slicer-core wheel has MRML but not Slicer's Qt-based scripted-module classes
-    ScriptedLoadableModuleLogic = object
+from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
 
 if TYPE_CHECKING:
     from medannot.client import DeliveryResult, Task

@@ -24,10 +24,7 @@ from MedAnnotCineLib import sequences
 from medannot.errors import GuidelineError, MedAnnotError, SegmentContentError, SourceImageError
 from medannot.interpolation import InterpolationError, Interpolator, SegmentFrames
 
-try:
-    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
-except ImportError:  # the slicer-core wheel has MRML but not Slicer's Qt-based scripted-module classes
-    ScriptedLoadableModuleLogic = object
+from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
 
 if TYPE_CHECKING:
     from collections.abc import Callable

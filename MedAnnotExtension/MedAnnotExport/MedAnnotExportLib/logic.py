@@ -13,10 +13,7 @@ from typing import TYPE_CHECKING
 import MedAnnotLib
 from medannot.errors import GuidelineError, SourceImageError
 
-try:
-    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
-except ImportError:  # the slicer-core wheel has MRML but not Slicer's Qt-based scripted-module classes
-    ScriptedLoadableModuleLogic = object
+from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
 
 if TYPE_CHECKING:
     from medannot.dicomseg import ExportResult
