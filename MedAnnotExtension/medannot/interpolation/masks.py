@@ -7,8 +7,10 @@ the two spans beside it (:meth:`Interpolator.update_keyframe`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from itertools import pairwise
 
 import numpy as np
@@ -16,8 +18,8 @@ import numpy as np
 from medannot.errors import GeometryMismatchError
 from medannot.interpolation._distance import signed_distance, smooth_signed_distance
 from medannot.interpolation.errors import InterpolationError
-from medannot.interpolation.motion import (FlowField, FlowSettings, RigidState, rigid_displacement, rigid_track,
-                                           warped_correlation)
+from medannot.interpolation.motion import (FlowField, FlowSettings, RigidState, align_masks, matrix_displacement,
+                                           rigid_track, smooth_poses)
 from medannot.interpolation.result import InterpolationResult, SegmentFrames
 
 logger = logging.getLogger(__name__)
@@ -96,7 +98,10 @@ class Interpolator:
             self._flow = FlowField(self.image, flow_settings)
         self._spans: dict[Span, np.ndarray] = {}
         self._distance: dict[tuple[int, int], np.ndarray | None] = {}
-        # Seconds each span's computation took (morphological: the filter's share, without the child's start-up).
+        # Threads that interpolate spans side by side (motion-guided and shape-based).
+        self.workers = min(2, os.cpu_count() or 1)
+        # Seconds each span's computation took: its share, by frames, of the wall time of the batch it was
+        # computed in (morphological: of the filter's time, without the child process's start-up).
         self.span_seconds: dict[Span, float] = {}
 
     # ------------------------------------------------------------------ validation
@@ -210,12 +215,27 @@ class Interpolator:
                 if progress:
                     progress(span[1] - span[0])
             return
-        for span in spans:
-            started = time.perf_counter()
-            self._spans[span] = self._interpolate_span(*span)
-            self.span_seconds[span] = time.perf_counter() - started
-            if progress:
-                progress(span[1] - span[0])
+        # Spans are independent: two run side by side, so one span's single-threaded work (rigid tracking,
+        # resampling) overlaps another's optical flow. Results do not depend on the order (tested).
+        started = time.perf_counter()
+        workers = min(len(spans), self.workers)
+        total = sum(b - a for a, b in spans)
+        if workers <= 1:
+            for span in spans:
+                self._spans[span] = self._interpolate_span(*span)
+                if progress:
+                    progress(span[1] - span[0])
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medannot-interp") as pool:
+                futures = {pool.submit(self._interpolate_span, *span): span for span in spans}
+                for future in as_completed(futures):
+                    span = futures[future]
+                    self._spans[span] = future.result()
+                    if progress:
+                        progress(span[1] - span[0])
+        elapsed = time.perf_counter() - started
+        for a, b in spans:
+            self.span_seconds[(a, b)] = elapsed * (b - a) / total
 
     def _weights(self, a: int, b: int) -> np.ndarray:
         """Weight of keyframe ``b`` at each frame strictly between ``a`` and ``b``."""
@@ -249,75 +269,96 @@ class Interpolator:
         end = {region: self._signed_distance(b, region) for region in regions}
         flow = self._flow
         backward: list[np.ndarray | None] = [None] * (b - a - 1)
-        if flow is not None:
-            # Chain from the right keyframe back to a+1, then from the left keyframe forward: each frame's
-            # displacement to a keyframe is composed frame by frame, never registered across the whole gap.
-            chained = None
-            for t in range(b - 1, a, -1):
-                chained = flow.compose(flow.flow(t, t + 1), chained)
-                if flow.settings.anchor:
-                    chained = flow.anchor(chained, t, b)
-                backward[t - a - 1] = chained
-        rigid_b = self._rigid_chain(b, range(b - 1, a, -1), backward, a)
         forward_steps: list[np.ndarray | None] = [None] * (b - a - 1)
         if flow is not None:
-            forward_disp = None
-            for t in range(a + 1, b):
-                forward_disp = flow.compose(flow.flow(t, t - 1), forward_disp)
-                if flow.settings.anchor:
-                    forward_disp = flow.anchor(forward_disp, t, a)
-                forward_steps[t - a - 1] = forward_disp
-        rigid_a = self._rigid_chain(a, range(a + 1, b), forward_steps, a)
-        for i, t in enumerate(range(a + 1, b)):
-            forward = forward_steps[i]
+            # Each frame's displacement to a keyframe is found frame by frame walking away from that keyframe,
+            # never registered across the whole gap in one step.
+            backward = list(reversed(flow.displacements(b, range(b - 1, a, -1))))
+            forward_steps = list(flow.displacements(a, range(a + 1, b)))
+        rigid = self._rigid_poses(a, b, weights)
+        for i in range(b - a - 1):
+            forward, back = forward_steps[i], backward[i]
+            for region, poses in rigid.items():
+                forward = self._layer(forward, a, region, poses[i][0])
+                back = self._layer(back, b, region, poses[i][1])
             w = float(weights[i])
             best = np.full(self.frame_shape, np.inf, dtype=np.float32)
             chosen = np.zeros(self.frame_shape, dtype=self.dtype)
             for region in regions:
-                d = _blend(_carry(flow, start[region], rigid_a.get((t, region), forward)),
-                           _carry(flow, end[region], rigid_b.get((t, region), backward[i])), w)
+                d = _blend(_carry(flow, start[region], forward), _carry(flow, end[region], back), w)
                 closer = d < best
                 best[closer] = d[closer]
                 chosen[closer] = region
             out[i] = chosen
         return out
 
-    def _rigid_chain(self, key: int, frames: range, dense: list[np.ndarray | None],
-                     a: int) -> dict[tuple[int, int], np.ndarray]:
-        """Per-label rigid displacements to keyframe ``key`` where they match the image better than ``dense``.
+    def _rigid_poses(self, a: int, b: int, weights: np.ndarray) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+        """Rigid maps (frame -> left keyframe, frame -> right keyframe) of every label that moves as a rigid body.
 
-        Small labels (a crescent turning fast in low contrast) are tracked as rigid bodies from the keyframe,
-        frame by frame along ``frames``; a frame keeps the dense flow for a label unless the rigidly carried
-        keyframe correlates better with it around that label.
+        A label is rigid in a span when it touches no other label (a wall around a cavity deforms with it) and
+        its two keyframe masks are congruent (Dice >= ``rigid_min_dice`` after
+        the best rotation and translation): a crescent turning fast in low contrast, which dense flow blurs.
+        Its pose is tracked in every frame from both keyframes, and the noisy tracks are smoothed over time by
+        a curve through the two exactly known ends (pose on the left keyframe; pose on the right one from the
+        drawn masks), so the label keeps its drawn shape and arrives exactly where the reader put it.
         """
         flow = self._flow
-        out: dict[tuple[int, int], np.ndarray] = {}
-        if flow is None or not flow.settings.rigid_labels:
+        out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        if flow is None or not flow.settings.rigid_labels or b - a < 2:
             return out
-        cv2 = flow._cv2
         s = flow.settings
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * s.rigid_margin + 1,) * 2)
-        mask_key = self._masks[key]
-        for region in sorted(set(np.unique(mask_key).tolist()) - {0}):
-            label = mask_key == region
-            area = int(np.count_nonzero(label))
-            if area < 16 or area > s.rigid_max_area:
+        mask_a, mask_b = self._masks[a], self._masks[b]
+        for region in sorted((set(np.unique(mask_a).tolist()) & set(np.unique(mask_b).tolist())) - {0}):
+            label_a, label_b = mask_a == region, mask_b == region
+            area = int(np.count_nonzero(label_a))
+            if area < 16 or area > s.rigid_max_area or _touches_other(mask_a, region) or _touches_other(mask_b, region):
                 continue
-            ys, xs = np.nonzero(label)
-            centre = (float(xs.mean()), float(ys.mean()))
-            weight = cv2.dilate(label.astype(np.uint8), kernel).astype(np.float32)
-            state = RigidState()
-            for t in frames:
-                state, _ = rigid_track(flow, t, key, label, state)
-                rigid = rigid_displacement(flow, centre, state)
-                carried_weight = flow.warp(weight, rigid)
-                dense_disp = dense[t - a - 1]
-                if dense_disp is None:
-                    continue
-                if (warped_correlation(flow, t, key, rigid, carried_weight)
-                        > warped_correlation(flow, t, key, dense_disp, carried_weight)):
-                    out[(t, region)] = rigid
+            end, dice = align_masks(label_a, label_b)
+            if dice < s.rigid_min_dice:
+                continue
+            ys, xs = np.nonzero(label_a)
+            centre_a = (float(xs.mean()), float(ys.mean()))
+            radius = float(np.sqrt(np.mean((xs - centre_a[0]) ** 2 + (ys - centre_a[1]) ** 2)))
+            ys, xs = np.nonzero(label_b)
+            centre_b = (float(xs.mean()), float(ys.mean()))
+            degree = 1 + (b - a - 1) // s.rigid_frames_per_degree
+            inverse_end = np.linalg.inv(end)
+            poses: list[np.ndarray] | None = None
+            for _ in range(max(s.rigid_passes, 1)):
+                # First pass: each frame predicted from the one before; later passes: from the smoothed track.
+                forward, backward, forward_score, backward_score = [], [], [], []
+                state = RigidState()
+                for i, t in enumerate(range(a + 1, b)):
+                    if poses is not None:
+                        state = RigidState.from_matrix(poses[i], centre_a)
+                    state, value = rigid_track(flow, t, a, label_a, state, refine=poses is not None)
+                    forward.append(state.matrix(centre_a))
+                    forward_score.append(value)
+                state = RigidState()
+                for i, t in reversed(list(enumerate(range(a + 1, b)))):
+                    if poses is not None:
+                        state = RigidState.from_matrix(inverse_end @ poses[i], centre_b)
+                    state, value = rigid_track(flow, t, b, label_b, state, refine=poses is not None)
+                    backward.append(end @ state.matrix(centre_b))
+                    backward_score.append(value)
+                backward.reverse()
+                backward_score.reverse()
+                poses = smooth_poses(forward, backward, end, weights, centre_a, degree,
+                                     scores=(forward_score, backward_score), radius=radius)
+            out[region] = [(pose, inverse_end @ pose) for pose in poses]
         return out
+
+    def _layer(self, dense: np.ndarray | None, key: int, region: int, pose: np.ndarray) -> np.ndarray | None:
+        """``dense`` with the rigid map ``pose`` laid over the label ``region`` of keyframe ``key`` and a margin."""
+        flow = self._flow
+        distance = self._signed_distance(key, region)
+        if flow is None or dense is None or distance is None:
+            return dense
+        s = flow.settings
+        rigid = matrix_displacement(flow, pose)
+        carried = flow.warp(distance, rigid)
+        weight = np.clip((s.rigid_margin + s.rigid_fade - carried) / s.rigid_fade, 0.0, 1.0)[..., None]
+        return weight * rigid + (1.0 - weight) * dense
 
     # ------------------------------------------------------------------ result
     def result(self) -> InterpolationResult:
@@ -341,6 +382,15 @@ class Interpolator:
         return InterpolationResult(labels, self.method, 0, keys, segments, outside,
                                    frame_times_used=self.frame_times is not None,
                                    seconds=sum(self.span_seconds.get(s, 0.0) for s in self.spans))
+
+
+def _touches_other(mask: np.ndarray, region: int, gap: int = 2) -> bool:
+    """Whether another label lies within ``gap`` pixels of label ``region``."""
+    import cv2
+
+    near = cv2.dilate((mask == region).astype(np.uint8), np.ones((2 * gap + 1,) * 2, np.uint8)).astype(bool)
+    others = mask[near]
+    return bool(np.any((others != 0) & (others != region)))
 
 
 def _carry(flow: FlowField | None, distance: np.ndarray | None, displacement: np.ndarray | None) -> np.ndarray | None:

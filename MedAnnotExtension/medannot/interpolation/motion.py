@@ -8,6 +8,7 @@ one backward warp, and flows are chained by composition, so a map is resampled o
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -31,13 +32,25 @@ def _cv2():  # type: ignore[no-untyped-def]
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """How frames are prepared and matched (OpenCV DIS optical flow).
+    """How frames are prepared and matched (OpenCV DIS optical flow), and how rigid labels are tracked.
 
     Frames are normalised one by one to their own 1st..99th percentile (so gain flicker does not look like
     motion) and smoothed with a Gaussian of ``smoothing`` pixels (so speckle does not dominate the matching).
-    With ``anchor`` each chained displacement is corrected by one more flow between the frame and its keyframe
-    warped along the chain, which stops the chain from drifting over long spans. The defaults were chosen on
-    ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines).
+    Walking away from a keyframe, each frame's displacement to it is predicted from the frame before: the
+    previous frame's displacement as it is, or with ``chain`` composed with one more flow between the two
+    frames. With ``anchor`` the prediction is corrected by a flow between the frame and the keyframe carried
+    along it, so errors do not pile up over long spans (the direct match makes ``chain`` unnecessary:
+    one flow per frame and direction instead of two, same Dice on the benchmark).
+
+    ``rigid_*``: a label that touches no other label, is at most ``rigid_max_area`` pixels and has congruent
+    masks on both keyframes of a span (Dice >= ``rigid_min_dice`` after the best rotation and translation) is
+    tracked as a rigid body (see ``Interpolator._rigid_poses``): rotations ``rigid_angles`` around the
+    prediction and shifts within ``rigid_search`` pixels, matched on frames smoothed by ``rigid_smoothing``
+    within ``rigid_margin`` pixels of the label; ``rigid_passes`` passes, the later ones around the smoothed
+    track; a polynomial of one degree per ``rigid_frames_per_degree`` frames of the span. The rigid motion
+    replaces the dense flow on the label and its margin, fading into it over ``rigid_fade`` pixels.
+
+    The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines).
     """
 
     smoothing: float = 1.5
@@ -46,14 +59,20 @@ class FlowSettings:
     patch_stride: int = 5
     finest_scale: int = 1
     anchor: bool = True
+    chain: bool = False
     refinement_iterations: int = 5
     refinement_alpha: float = 20.0
     refinement_gamma: float = 10.0
     refinement_delta: float = 5.0
     rigid_labels: bool = True
-    rigid_max_area: int = 2500
+    rigid_max_area: int = 5000
+    rigid_min_dice: float = 0.9
     rigid_margin: int = 4
+    rigid_fade: float = 4.0
     rigid_search: int = 6
+    rigid_frames_per_degree: int = 7
+    rigid_smoothing: float = 0.8
+    rigid_passes: int = 2
     rigid_angles: tuple[float, ...] = (-0.24, -0.16, -0.08, 0.0, 0.08, 0.16, 0.24)
 
 
@@ -66,10 +85,11 @@ class FlowField:
         self._cv2 = _cv2()
         self.frames = frames
         self.settings = settings or FlowSettings()
-        self._prepared: dict[int, np.ndarray] = {}
+        self._prepared: dict[tuple[int, float], np.ndarray] = {}
         self._flows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_limit = int(cache_mb * 2**20)
         self._cache_bytes = 0
+        self._lock = threading.Lock()  # spans are interpolated in threads that share this cache
         rows, cols = frames.shape[1:]
         gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
         self._grid = (gx, gy)
@@ -97,31 +117,59 @@ class FlowField:
         dis.setUseSpatialPropagation(True)
         return dis
 
-    def prepared(self, index: int) -> np.ndarray:
-        """Frame ``index`` as the 8-bit, normalised, smoothed image the flow is computed on."""
-        if index not in self._prepared:
+    def prepared(self, index: int, smoothing: float | None = None) -> np.ndarray:
+        """Frame ``index`` as the 8-bit, normalised, smoothed image the flow is computed on.
+
+        ``smoothing`` (pixels) replaces the settings' one; rigid tracking matches less smoothed frames.
+        """
+        sigma = self.settings.smoothing if smoothing is None else smoothing
+        key = (index, sigma)
+        if key not in self._prepared:
             frame = np.asarray(self.frames[index], dtype=np.float32)
             low, high = np.percentile(frame, (1.0, 99.0))
             scaled = (frame - low) * (255.0 / max(float(high - low), 1e-6))
-            if self.settings.smoothing > 0:
-                scaled = self._cv2.GaussianBlur(scaled, (0, 0), self.settings.smoothing)
-            self._prepared[index] = np.clip(scaled, 0, 255).astype(np.uint8)
-        return self._prepared[index]
+            if sigma > 0:
+                scaled = self._cv2.GaussianBlur(scaled, (0, 0), sigma)
+            self._prepared[key] = np.clip(scaled, 0, 255).astype(np.uint8)
+        return self._prepared[key]
 
     def flow(self, source: int, target: int) -> np.ndarray:
         """Flow (rows x cols x 2, x then y displacement) from frame ``source`` to frame ``target``."""
         key = (source, target)
-        cached = self._flows.get(key)
-        if cached is not None:
-            self._flows.move_to_end(key)
-            return cached
+        with self._lock:
+            cached = self._flows.get(key)
+            if cached is not None:
+                self._flows.move_to_end(key)
+                return cached
         flow = self._make_dis().calc(self.prepared(source), self.prepared(target), None)
-        self._flows[key] = flow
-        self._cache_bytes += flow.nbytes
-        while self._cache_bytes > self._cache_limit and len(self._flows) > 1:
-            _, old = self._flows.popitem(last=False)
-            self._cache_bytes -= old.nbytes
+        with self._lock:
+            if key not in self._flows:
+                self._flows[key] = flow
+                self._cache_bytes += flow.nbytes
+            while self._cache_bytes > self._cache_limit and len(self._flows) > 1:
+                _, old = self._flows.popitem(last=False)
+                self._cache_bytes -= old.nbytes
         return flow
+
+    def displacements(self, keyframe: int, frames: range) -> list[np.ndarray]:
+        """Displacement from each of ``frames`` (walking away from ``keyframe`` one frame at a time) to it.
+
+        With ``chain`` each frame's displacement is the flow to the frame before it composed with that frame's
+        displacement; otherwise the frame before's displacement is the prediction. With ``anchor`` the
+        prediction is then corrected by matching the frame with the keyframe carried along it.
+        """
+        s = self.settings
+        out: list[np.ndarray] = []
+        previous: int = keyframe
+        current: np.ndarray | None = None
+        for t in frames:
+            if s.chain or current is None:
+                current = self.compose(self.flow(t, previous), current)
+            if s.anchor:
+                current = self.anchor(current, t, keyframe)
+            out.append(current)
+            previous = t
+        return out
 
     def anchor(self, displacement: np.ndarray, frame: int, keyframe: int) -> np.ndarray:
         """Correct a chained ``displacement`` from ``frame`` to ``keyframe`` by matching them directly.
@@ -157,14 +205,27 @@ class RigidState:
     angle: float = 0.0
     shift: tuple[float, float] = (0.0, 0.0)  # x, y
 
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray, centre: tuple[float, float]) -> RigidState:
+        """The state of a 3 x 3 rigid map about ``centre`` (inverse of :meth:`matrix`)."""
+        c = np.asarray(centre, dtype=np.float64)
+        angle = float(np.arctan2(matrix[1, 0], matrix[0, 0]))
+        shift = np.linalg.solve(matrix[:2, :2], c - matrix[:2, 2]) - c
+        return cls(angle, (float(shift[0]), float(shift[1])))
 
-def _ncc(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> float:
-    w = weight / max(float(weight.sum()), 1e-6)
-    ma, mb = float((a * w).sum()), float((b * w).sum())
-    da, db = a - ma, b - mb
-    num = float((da * db * w).sum())
-    den = np.sqrt(float((da * da * w).sum()) * float((db * db * w).sum()))
-    return num / den if den > 1e-9 else -1.0
+    def matrix(self, centre: tuple[float, float]) -> np.ndarray:
+        """The map as a 3 x 3 matrix acting on (x, y, 1), about the label's centre ``c`` on the keyframe."""
+        c = np.asarray(centre, dtype=np.float64)
+        rot = _rotation(self.angle)
+        out = np.eye(3)
+        out[:2, :2] = rot
+        out[:2, 2] = c - rot @ (c + np.asarray(self.shift, dtype=np.float64))
+        return out
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]], dtype=np.float64)
 
 
 def _peak(values: np.ndarray, i: int) -> float:
@@ -176,31 +237,27 @@ def _peak(values: np.ndarray, i: int) -> float:
     return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)) if den < 0 else 0.0
 
 
-def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndarray,
-                predicted: RigidState) -> tuple[RigidState, float]:
-    """Rigid map from ``frame`` to ``keyframe`` matching the keyframe around ``label_mask`` (drawn on it).
+def _match_rigid(cv2, key_image: np.ndarray, image: np.ndarray, label_mask: np.ndarray,  # type: ignore[no-untyped-def]
+                 predicted: RigidState, angles: list[float], step: float, search: int,
+                 margin: int, refine_peak: bool = False) -> tuple[RigidState, float]:
+    """Best rigid map from ``image`` to ``key_image`` around ``label_mask`` (drawn on the key image).
 
-    Rotations of the keyframe patch are matched over translations (normalised cross-correlation with a mask)
-    near the ``predicted`` map; returns the best map and its correlation.
+    Rotations of the key patch (``angles``, then half a ``step`` either side of the best, or with
+    ``refine_peak`` the peak of a parabola through the best and its neighbours) are matched over
+    translations within ``search`` pixels of the ``predicted`` map by normalised cross-correlation with a mask.
     """
-    cv2 = field._cv2
-    s = field.settings
     ys, xs = np.nonzero(label_mask)
     cx, cy = float(xs.mean()), float(ys.mean())
-    half = int(np.ceil(max(np.abs(xs - cx).max(), np.abs(ys - cy).max()))) + s.rigid_margin + 1
+    half = int(np.ceil(max(np.abs(xs - cx).max(), np.abs(ys - cy).max()))) + margin + 1
     size = 2 * half + 1
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * s.rigid_margin + 1,) * 2)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
     weight = cv2.dilate(label_mask.astype(np.uint8), kernel).astype(np.float32)
-    key_image = field.prepared(keyframe).astype(np.float32)
-    image = field.prepared(frame).astype(np.float32)
-    r = s.rigid_search
-    centre = (cx + predicted.shift[0], cy + predicted.shift[1])
-    base = (round(centre[0]), round(centre[1]))
+    r = search
+    base = (round(cx + predicted.shift[0]), round(cy + predicted.shift[1]))
     window = cv2.getRectSubPix(image, (size + 2 * r, size + 2 * r), (float(base[0]), float(base[1])))
 
     def score(angle: float) -> tuple[float, float, float]:
-        c, sn = np.cos(angle), np.sin(angle)
-        rot = np.array([[c, -sn], [sn, c]], dtype=np.float64)
+        rot = _rotation(angle)
         offset = np.array([cx, cy]) - rot @ np.array([half, half], dtype=np.float64)
         matrix = np.hstack([rot, offset[:, None]])
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -213,30 +270,150 @@ def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndar
         dy = iy + _peak(result[:, ix], iy) - r
         return float(result[iy, ix]), base[0] + dx - cx, base[1] + dy - cy
 
-    angles = [predicted.angle + a for a in s.rigid_angles]
     results = [score(a) for a in angles]
     best = int(np.argmax([v[0] for v in results]))
-    step = s.rigid_angles[1] - s.rigid_angles[0] if len(s.rigid_angles) > 1 else 0.0
-    fine = [angles[best] - step / 2, angles[best] + step / 2]
-    candidates = list(zip(angles, results)) + [(a, score(a)) for a in fine]
+    if refine_peak:
+        # A parabola through the best angle's neighbours places the peak between the angles tried.
+        offset = _peak(np.array([v[0] for v in results]), best)
+        if offset:
+            results.append(score(angles[best] + offset * step))
+            angles = [*angles, angles[best] + offset * step]
+        candidates = list(zip(angles, results))
+    else:
+        fine = [angles[best] - step / 2, angles[best] + step / 2]
+        candidates = list(zip(angles, results)) + [(a, score(a)) for a in fine]
     angle, (value, sx, sy) = max(candidates, key=lambda item: item[1][0])
     return RigidState(angle, (sx, sy)), value
 
 
-def rigid_displacement(field: FlowField, label_mask_centre: tuple[float, float], state: RigidState) -> np.ndarray:
-    """Displacement field (rows x cols x 2) of a rigid map from a frame to its keyframe."""
+def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndarray,
+                predicted: RigidState, refine: bool = False) -> tuple[RigidState, float]:
+    """Rigid map from ``frame`` to ``keyframe`` matching the keyframe around ``label_mask`` (drawn on it).
+
+    Rotations of the keyframe patch are matched over translations (normalised cross-correlation with a mask)
+    near the ``predicted`` map; returns the best map and its correlation. With ``refine`` the prediction is
+    already close: five angles within a sixth of the range, and half the search range, are tried.
+    """
+    s = field.settings
+    angles = np.asarray(s.rigid_angles)
+    if refine:
+        angles = np.linspace(-1.0, 1.0, 5) * float(np.max(np.abs(angles))) / 6
+    search = max(s.rigid_search // 2, 2) if refine else s.rigid_search
+    step = float(angles[1] - angles[0]) if len(angles) > 1 else 0.0
+    return _match_rigid(field._cv2, field.prepared(keyframe, s.rigid_smoothing).astype(np.float32),
+                        field.prepared(frame, s.rigid_smoothing).astype(np.float32), label_mask, predicted,
+                        [predicted.angle + float(a) for a in angles], step, search, s.rigid_margin,
+                        refine_peak=refine)
+
+
+def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Rigid map (3 x 3, on x, y, 1) from the frame of ``mask`` to that of ``key_mask``, and the Dice it reaches.
+
+    Both masks are one label on two keyframes; a Dice near 1 says the label moved as a rigid body between them.
+    """
+    cv2 = _cv2()
+    ys, xs = np.nonzero(key_mask)
+    centre = (float(xs.mean()), float(ys.mean()))
+    ys2, xs2 = np.nonzero(mask)
+    predicted = RigidState(0.0, (float(xs2.mean()) - centre[0], float(ys2.mean()) - centre[1]))
+    key_image = cv2.GaussianBlur(key_mask.astype(np.float32), (0, 0), 1.5)
+    image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
+    coarse = 0.1
+    state, _ = _match_rigid(cv2, key_image, image, key_mask, predicted,
+                            list(np.arange(-np.pi, np.pi, coarse)), coarse, 3, 3)
+    fine = 0.02
+    state, _ = _match_rigid(cv2, key_image, image, key_mask, state,
+                            list(state.angle + np.arange(-2, 3) * fine), fine, 2, 3)
+    matrix = state.matrix(centre)
+    rows, cols = key_mask.shape
+    gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    mx = (matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2]).astype(np.float32)
+    my = (matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2]).astype(np.float32)
+    carried = cv2.remap(key_mask.astype(np.float32), mx, my, cv2.INTER_LINEAR) > 0.5
+    other = mask.astype(bool)
+    dice = 2.0 * np.count_nonzero(carried & other) / max(np.count_nonzero(carried) + np.count_nonzero(other), 1)
+    return matrix, float(dice)
+
+
+def matrix_displacement(field: FlowField, matrix: np.ndarray) -> np.ndarray:
+    """Displacement field (rows x cols x 2) of a 3 x 3 map acting on (x, y, 1)."""
     gx, gy = field._grid
-    cx, cy = label_mask_centre
-    c, sn = np.cos(state.angle), np.sin(state.angle)
-    ux, uy = gx - cx - state.shift[0], gy - cy - state.shift[1]
     out = np.empty((*gx.shape, 2), dtype=np.float32)
-    out[..., 0] = cx + c * ux - sn * uy - gx
-    out[..., 1] = cy + sn * ux + c * uy - gy
+    out[..., 0] = matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2] - gx
+    out[..., 1] = matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2] - gy
     return out
 
 
-def warped_correlation(field: FlowField, frame: int, keyframe: int, displacement: np.ndarray,
-                       weight: np.ndarray) -> float:
-    """Correlation of ``frame`` with the keyframe carried onto it by ``displacement``, within ``weight``."""
-    carried = field.warp(field.prepared(keyframe).astype(np.float32), displacement)
-    return _ncc(field.prepared(frame).astype(np.float32), carried, weight)
+def pose_distance(first: np.ndarray, second: np.ndarray, centre: tuple[float, float], radius: float) -> float:
+    """Mean distance (pixels) between where two maps to a keyframe put the points of a label there.
+
+    The label is taken as its ``centre`` and eight points at ``radius`` around it.
+    """
+    cx, cy = centre
+    points = np.array([[cx + dx, cy + dy, 1.0] for dx in (-radius, 0.0, radius) for dy in (-radius, 0.0, radius)]).T
+    moved = np.linalg.solve(first, points) - np.linalg.solve(second, points)
+    return float(np.hypot(moved[0], moved[1]).mean())
+
+
+def smooth_poses(forward: list[np.ndarray], backward: list[np.ndarray], end: np.ndarray, weights: np.ndarray,
+                 centre: tuple[float, float], degree: int, *, scores: tuple[list[float], list[float]] | None = None,
+                 radius: float = 10.0, disagreement: float = 2.5) -> list[np.ndarray]:
+    """Smooth the noisy rigid maps of the frames between two keyframes, knowing both ends exactly.
+
+    ``forward[i]`` and ``backward[i]`` are two estimates of the map from frame i to the left keyframe (the
+    right keyframe's estimate already composed with ``end``, the right keyframe's map to the left one, found
+    from the two drawn masks). Each map is written as the angle turned and where the left keyframe's label
+    centre lies in the frame; each of the three is fitted over time (``weights``: 0 at the left keyframe,
+    1 at the right) by a polynomial through both exact ends, robust to a few outliers.
+
+    With ``scores`` (the match correlation of every estimate), a frame whose two estimates put the label
+    (``centre``, ``radius``) more than ``disagreement`` pixels apart keeps only the better matching one: a
+    track that lost the label in a dropout then cannot pull the curve away, and estimates count by their
+    correlation.
+    """
+    c = np.asarray(centre, dtype=np.float64)
+
+    def params(matrix: np.ndarray) -> np.ndarray:
+        angle = float(np.arctan2(matrix[1, 0], matrix[0, 0]))
+        position = np.linalg.solve(matrix[:2, :2], c - matrix[:2, 2])
+        return np.array([angle, position[0], position[1]])
+
+    n = len(weights)
+    start_p, end_p = np.array([0.0, c[0], c[1]]), params(end)
+    tau = np.concatenate([weights, weights])
+    data = np.array([params(m) for m in [*forward, *backward]])
+    line = start_p[None, :] + tau[:, None] * (end_p - start_p)[None, :]
+    residual = data - line
+    residual[:, 0] = np.angle(np.exp(1j * residual[:, 0]))  # turn by the short way round
+    keep = np.ones(2 * n, dtype=bool)
+    trust = np.ones(2 * n)
+    if scores is not None:
+        value = np.asarray([*scores[0], *scores[1]], dtype=np.float64)
+        trust = np.clip(value, 0.05, 1.0)
+        for i in range(n):
+            if pose_distance(forward[i], backward[i], centre, radius) > disagreement:
+                keep[n + i if value[i] >= value[n + i] else i] = False
+    fitted = np.zeros((n, 3))
+    if degree > 0:
+        basis = np.stack([tau * (1 - tau) * tau**k for k in range(degree)], axis=1)
+        coef = np.zeros((degree, 3))
+        for _ in range(2):
+            sw = trust[keep][:, None]
+            coef, *_ = np.linalg.lstsq(basis[keep] * sw, residual[keep] * sw, rcond=None)
+            error = np.abs(residual - basis @ coef)
+            scale = 1.4826 * np.median(error[keep], axis=0) + np.array([0.02, 0.3, 0.3])
+            inliers = keep & np.all(error <= 3.0 * scale, axis=1)
+            if inliers.sum() < degree + 1:
+                break
+            keep = inliers
+        w = np.asarray(weights, dtype=np.float64)
+        fitted = np.stack([w * (1 - w) * w**k for k in range(degree)], axis=1) @ coef
+    out = []
+    for i, w in enumerate(weights):
+        angle, px, py = start_p + w * (end_p - start_p) + fitted[i]
+        rot = _rotation(angle)
+        matrix = np.eye(3)
+        matrix[:2, :2] = rot
+        matrix[:2, 2] = c - rot @ np.array([px, py])
+        out.append(matrix)
+    return out
