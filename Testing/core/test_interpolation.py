@@ -169,6 +169,107 @@ def test_motion_needs_an_image_of_the_same_size():
         interpolate_labels(labels, [0, 7], image=image[:, :, :30], method="motion")
 
 
+# ---------------------------------------------------------------------------- rigid labels
+def turning_crescent(frames: int = 11, size: int = 112, seed: int = 5,
+                     turn: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """A textured crescent turning ``turn`` rad per frame about its outer disc's centre and drifting 1 px/frame.
+
+    Its speckle moves with it (plus 40 % fresh noise per frame); the background has speckle of its own that only
+    drifts. The shape never changes: a rigid body, which dense optical flow smears at the speed it turns.
+    """
+    rng = np.random.default_rng(seed)
+    texture = rng.normal(0, 1, (4 * size, 4 * size)).astype(np.float32)
+    background = rng.normal(0, 1, (4 * size, 4 * size)).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = np.zeros((frames, size, size), np.uint8)
+    labels = np.zeros((frames, size, size), np.uint8)
+    for f in range(frames):
+        cy, cx, angle = 56.0 + 0.5 * f, 50.0 + f, turn * f
+        outer = np.hypot(yy - cy, xx - cx) < 26
+        inner = np.hypot(yy - cy - 12 * np.sin(angle), xx - cx - 12 * np.cos(angle)) < 20
+        labels[f] = outer & ~inner
+        qy, qx = yy - cy, xx - cx  # material coordinates of the crescent
+        my = (2 * size + np.cos(-angle) * qy + np.sin(-angle) * qx).astype(int)
+        mx = (2 * size - np.sin(-angle) * qy + np.cos(-angle) * qx).astype(int)
+        moving = np.where(labels[f] > 0, texture[my, mx], background[(yy - 0.5 * f).astype(int) + size,
+                                                                     (xx - f).astype(int) + size])
+        value = np.where(labels[f] > 0, 150.0, 90.0) + 25 * (0.77 * moving + 0.63 * rng.normal(0, 1, (size, size)))
+        image[f] = np.clip(value, 0, 255).astype(np.uint8)
+    return image, labels
+
+
+def test_align_masks_finds_the_rotation_between_two_drawn_crescents():
+    from medannot.interpolation.motion import RigidState, align_masks
+
+    _, labels = turning_crescent(frames=7)
+    matrix, dice_after = align_masks(labels[0] > 0, labels[6] > 0)
+    ys, xs = np.nonzero(labels[0])
+    state = RigidState.from_matrix(matrix, (float(xs.mean()), float(ys.mean())))
+    # Frame 6 is frame 0 turned 1.5 rad; the map goes from frame 6 back to frame 0, so it turns the other way.
+    assert state.angle == pytest.approx(-1.5, abs=0.05)  # 0.05 rad: 1 px at the rim, the pixel grid of the masks
+    assert dice_after > 0.97
+
+
+def test_a_turning_crescent_is_tracked_as_a_rigid_body_and_keeps_its_shape():
+    from medannot.interpolation import FlowSettings
+
+    image, labels = turning_crescent()
+    keys = {0: labels[0], 10: labels[10]}
+    rigid = Interpolator(keys, 11, image=image, method="motion").run().labels
+    dense = Interpolator(keys, 11, image=image, method="motion",
+                         flow_settings=FlowSettings(rigid_labels=False)).run().labels
+    rigid_dice = [dice(rigid[t] > 0, labels[t] > 0) for t in range(1, 10)]
+    dense_dice = [dice(dense[t] > 0, labels[t] > 0) for t in range(1, 10)]
+    assert min(rigid_dice) > 0.95, rigid_dice
+    assert np.mean(rigid_dice) > np.mean(dense_dice) + 0.015, (rigid_dice, dense_dice)
+
+
+def test_a_label_touching_another_is_not_taken_for_a_rigid_body():
+    image, labels = turning_crescent(frames=5)
+    touching = labels.copy()
+    touching[:, :, :4] = 2  # a second label along the edge, nowhere near: the crescent stays rigid
+    interp = Interpolator({0: touching[0], 4: touching[4]}, 5, image=image, method="motion")
+    assert 1 in interp._rigid_poses(0, 4, interp._weights(0, 4))
+    ring = labels.copy()
+    ring[(ring == 0) & (np.roll(ring, 3, axis=2) == 1)] = 2  # a rim drawn against the crescent
+    interp = Interpolator({0: ring[0], 4: ring[4]}, 5, image=image, method="motion")
+    assert interp._rigid_poses(0, 4, interp._weights(0, 4)) == {}
+
+
+def test_smoothed_poses_ignore_a_track_that_lost_the_label():
+    from medannot.interpolation.motion import RigidState, pose_distance, smooth_poses
+
+    centre = (50.0, 50.0)
+    n = 9
+    weights = np.arange(1, n + 1) / (n + 1)
+    truth = [RigidState(0.6 * w, (8.0 * w, -3.0 * w)).matrix(centre) for w in weights]
+    end = RigidState(0.6, (8.0, -3.0)).matrix(centre)
+    rng = np.random.default_rng(0)
+    noisy = [RigidState(0.6 * w + rng.normal(0, 0.02), (8.0 * w + rng.normal(0, 0.3), -3.0 * w)).matrix(centre)
+             for w in weights]
+    lost = list(noisy)
+    for i in range(4):  # the right keyframe's track lost the label on the first four frames
+        lost[i] = RigidState(0.6 * weights[i] - 0.5, (8.0 * weights[i] + 12.0, 9.0)).matrix(centre)
+    scores = ([0.5] * n, [0.3] * 4 + [0.5] * (n - 4))
+    kept = smooth_poses(noisy, lost, end, weights, centre, 2, scores=scores, radius=10.0)
+    pulled = smooth_poses(noisy, lost, end, weights, centre, 2, radius=10.0)
+    kept_error = max(pose_distance(p, t, centre, 10.0) for p, t in zip(kept, truth, strict=True))
+    pulled_error = max(pose_distance(p, t, centre, 10.0) for p, t in zip(pulled, truth, strict=True))
+    assert kept_error < 1.0
+    assert pulled_error > 2 * kept_error
+
+
+def test_spans_computed_side_by_side_equal_spans_computed_one_by_one():
+    image, labels = cine_phantom(frames=21, rows=64, cols=80)
+    keys = {k: labels[k] for k in (0, 5, 10, 15, 20)}
+    together = Interpolator(keys, 21, image=image, method="motion")
+    assert together.workers == min(2, __import__("os").cpu_count() or 1)
+    together.workers = 2
+    alone = Interpolator(keys, 21, image=image, method="motion")
+    alone.workers = 1
+    np.testing.assert_array_equal(together.run().labels, alone.run().labels)
+
+
 # ---------------------------------------------------------------------------- incremental updates
 def test_editing_a_keyframe_recomputes_only_the_two_spans_beside_it(monkeypatch):
     image, labels = cine_phantom(frames=21, rows=64, cols=80)
