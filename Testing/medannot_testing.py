@@ -15,7 +15,7 @@ CLI_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
 
 
 def run_medannot(*args: object, stdin: str | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
+                 timeout: float = 300, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m medannot.cli ARGS` from this checkout, as a user would, and capture what it prints."""
     return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
-                          input=stdin, env={**CLI_ENV, **(env or {})}, timeout=timeout, check=False)
+                          input=stdin, env={**CLI_ENV, **(env or {})}, timeout=timeout, check=False, cwd=cwd)

@@ -69,7 +69,7 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2) -> tuple[int, d
     for i in range(1, cases + 1):
         hu, _ = ct_phantom(SHAPE)
         folder = make_ct_series(root / "pacs" / f"case-{i}", SHAPE, hu=hu)
-        lines.append(f"case-{i},{folder}")
+        lines.append(f"case-{i},{Path(folder).resolve()}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     with transaction(session_factory(engine)) as session:

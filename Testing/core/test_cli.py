@@ -82,15 +82,16 @@ def test_validate_fails_on_a_broken_seg(ct_case, liver_guideline_path, tmp_path)
 
 
 def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
-    out = tmp_path / "demo"
-    proc = medannot("demo", "--output", out)
+    # As the README runs it: no --output, so everything goes to ./medannot-demo (a relative path).
+    proc = run_medannot("demo", cwd=tmp_path)
+    out = tmp_path / "medannot-demo"
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "0 error(s)" in proc.stdout and "LV cavity" in proc.stdout
     segs = sorted(out.glob("results/*/seg-*.dcm"))
     srs = sorted(out.glob("results/*/sr-*.dcm"))
     assert len(segs) == 2 and len(srs) == 2
     for path in segs:
-        assert str(path) in proc.stdout
+        assert str(path.relative_to(tmp_path)) in proc.stdout
     again = medannot("demo", "--output", out)  # re-running replaces its own folder
     assert again.returncode == 0
     foreign = tmp_path / "foreign"
