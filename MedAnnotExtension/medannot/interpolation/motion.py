@@ -53,7 +53,7 @@ class FlowSettings:
     The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines).
     """
 
-    smoothing: float = 1.5
+    smoothing: float = 0.8
     preset: str = "medium"
     patch_size: int = 16
     patch_stride: int = 5
