@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -203,6 +204,30 @@ def test_audit_chain_catches_an_edited_and_a_deleted_record(lab, tmp_path):
     _tamper(lab.db_url, "DELETE FROM audit_records WHERE seq = 3")
     deleted = medannot("audit", "verify", db=lab.db_url)
     assert deleted.returncode == 1 and "audit record 3" in deleted.stderr and "missing" in deleted.stderr
+
+
+def test_an_anchor_catches_records_cut_from_the_end_of_the_trail(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    auth(client, "r1")
+    anchors = tmp_path / "worm" / "audit-anchors.jsonl"
+    first = medannot("audit", "anchor", "--output", anchors, db=lab.db_url)
+    assert first.returncode == 0, first.stderr
+    head = json.loads(first.stdout)["seq"]
+    auth(client, "r2")  # more records after the anchor
+    second = medannot("audit", "anchor", "--output", anchors, db=lab.db_url)
+    assert second.returncode == 0 and len(anchors.read_text().splitlines()) == 2
+    ok = medannot("audit", "verify", "--anchor", anchors, db=lab.db_url)
+    assert ok.returncode == 0 and "2 anchor(s) hold" in ok.stdout, ok.stderr
+    # Removing the last records leaves a valid, shorter chain: only the anchor shows it.
+    _tamper(lab.db_url, f"DELETE FROM audit_records WHERE seq > {head}")
+    assert medannot("audit", "verify", db=lab.db_url).returncode == 0
+    cut = medannot("audit", "verify", "--anchor", anchors, db=lab.db_url)
+    assert cut.returncode == 1 and "missing" in cut.stderr and f"ends at record {head}" in cut.stderr, cut.stderr
+    assert str(anchors) in cut.stderr and "Traceback" not in cut.stderr
+    bad = tmp_path / "not-anchors.txt"
+    bad.write_text("hello\n")
+    refused = medannot("audit", "verify", "--anchor", bad, db=lab.db_url)
+    assert refused.returncode == 1 and f"{bad}:1" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_audit_rows_cannot_be_updated_or_deleted_by_the_server_role_on_postgresql(lab):

@@ -1,5 +1,19 @@
-"""Hash-chained audit records: each record carries the sha256 of the previous one, so an edit or a removal shows."""
+"""Hash-chained audit records: each record carries the sha256 of the previous one, so an edit or a removal shows.
 
-from medannot.audit.chain import GENESIS_HASH, AuditBreak, AuditEntry, AuditTrailBroken, record_hash, verify_chain
+Anchors (the head's sequence number and hash, kept outside the database) make a trail cut at its end show too.
+"""
 
-__all__ = ["GENESIS_HASH", "AuditBreak", "AuditEntry", "AuditTrailBroken", "record_hash", "verify_chain"]
+from medannot.audit.chain import (
+    GENESIS_HASH,
+    AuditAnchor,
+    AuditBreak,
+    AuditEntry,
+    AuditTrailBroken,
+    check_anchors,
+    read_anchors,
+    record_hash,
+    verify_chain,
+)
+
+__all__ = ["GENESIS_HASH", "AuditAnchor", "AuditBreak", "AuditEntry", "AuditTrailBroken", "check_anchors",
+           "read_anchors", "record_hash", "verify_chain"]

@@ -80,3 +80,63 @@ def verify_chain(entries: Iterable[AuditEntry]) -> tuple[int, AuditBreak | None]
         prev = entry.hash
         expected_seq += 1
     return count, None
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """A record's sequence number and hash, copied out of the database when it was the last one (the head).
+
+    Kept where the database's users cannot change it (write-once storage, a signed ticket, an e-mail), anchors
+    make removing the *last* records detectable: the hash chain alone cannot tell a trail cut at its end from
+    a shorter one.
+    """
+
+    seq: int
+    hash: str
+    time: str  # when the anchor was taken (ISO 8601 UTC)
+    source: str = ""  # where the anchor was read from (file and line), for messages
+
+    def to_json(self) -> str:
+        return json.dumps({"seq": self.seq, "hash": self.hash, "time": self.time}, sort_keys=True)
+
+
+def read_anchors(path: Any) -> list[AuditAnchor]:
+    """Anchors from a file of JSON lines as written by ``medannot audit anchor``."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise MedAnnotError(f"{path}: cannot read audit anchors ({exc.strerror or exc})") from exc
+    anchors = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            anchor = AuditAnchor(int(data["seq"]), str(data["hash"]), str(data.get("time", "")),
+                                 f"{path}:{number}")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MedAnnotError(f"{path}:{number}: not an audit anchor (a JSON line with seq and hash, as "
+                                f"written by 'medannot audit anchor'): {exc}") from exc
+        if anchor.seq < 1 or len(anchor.hash) != 64:
+            raise MedAnnotError(f"{path}:{number}: not an audit anchor: seq must be >= 1 and hash 64 hex digits")
+        anchors.append(anchor)
+    if not anchors:
+        raise MedAnnotError(f"{path}: no audit anchors in the file")
+    return anchors
+
+
+def check_anchors(entries: Iterable[AuditEntry], anchors: Iterable[AuditAnchor]) -> AuditBreak | None:
+    """The first anchor the trail does not hold: its record is gone (the trail was cut) or has another hash."""
+    by_seq = {entry.seq: entry.hash for entry in entries}
+    last = max(by_seq, default=0)
+    for anchor in sorted(anchors, key=lambda a: a.seq):
+        taken = f"anchored {anchor.time or 'earlier'}" + (f" in {anchor.source}" if anchor.source else "")
+        if anchor.seq not in by_seq:
+            return AuditBreak(anchor.seq, f"missing: the trail now ends at record {last}, but record {anchor.seq} "
+                              f"was {taken} (records were removed from the end)")
+        if by_seq[anchor.seq] != anchor.hash:
+            return AuditBreak(anchor.seq, f"its hash differs from the one {taken} (the trail was rewritten)")
+    return None

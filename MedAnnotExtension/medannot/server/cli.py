@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from medannot.cli_common import CONTEXT, MedAnnotGroup
+from medannot.errors import MedAnnotError
 
 DB_OPTION = click.option("--db", envvar="MEDANNOT_DB", default=None,
                          help="Database URL (default: SQLite file in $MEDANNOT_HOME/server; env MEDANNOT_DB). "
@@ -146,19 +148,63 @@ def audit() -> None:
 
 @audit.command("verify", context_settings=CONTEXT)
 @DB_OPTION
-def audit_verify(db: str | None) -> None:
+@click.option("--anchor", "anchor_files", multiple=True, type=click.Path(path_type=Path),
+              help="File of anchors written by 'medannot audit anchor' (repeatable): the records they name must "
+                   "still be there with the same hash, so a trail cut at its end is caught too.")
+def audit_verify(db: str | None, anchor_files: tuple[Path, ...]) -> None:
     """Check the audit hash chain: exit 0 when intact, 1 naming the first bad record."""
-    from medannot.audit import verify_chain
+    from medannot.audit import AuditTrailBroken, check_anchors, read_anchors, verify_chain
+    from medannot.server.audit import audit_entries
+    from medannot.server.db import transaction
+
+    anchors = [anchor for path in anchor_files for anchor in read_anchors(path)]
+    with transaction(_factory(db)) as session:
+        entries = audit_entries(session)
+    count, problem = verify_chain(entries)
+    if problem is None and anchors:
+        problem = check_anchors(entries, anchors)
+    if problem is not None:
+        raise AuditTrailBroken(f"audit trail broken at {problem} ({count} records read)")
+    checked = f"; {len(anchors)} anchor(s) hold" if anchors else ""
+    click.echo(f"audit trail intact: {count} records, hash chain verified{checked}")
+
+
+@audit.command("anchor", context_settings=CONTEXT)
+@DB_OPTION
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="File to append the anchor to (one JSON line per anchor). Keep it where the database's users "
+                   "cannot change it, e.g. write-once storage, or send the printed line to someone who keeps it.")
+def audit_anchor(db: str | None, output: Path) -> None:
+    """Append the audit trail's head (last record's number and hash) to an anchor file, after verifying the chain.
+
+    Run it on a schedule (e.g. nightly from cron). 'medannot audit verify --anchor FILE' then also catches
+    records removed from the end of the trail, which the hash chain alone cannot see.
+    """
+    from datetime import datetime, timezone
+
+    from medannot.audit import AuditAnchor, AuditTrailBroken, verify_chain
     from medannot.server.audit import audit_entries
     from medannot.server.db import transaction
 
     with transaction(_factory(db)) as session:
-        count, problem = verify_chain(audit_entries(session))
+        entries = audit_entries(session)
+    count, problem = verify_chain(entries)
     if problem is not None:
-        from medannot.audit import AuditTrailBroken
-
-        raise AuditTrailBroken(f"audit trail broken at {problem} ({count} records read)")
-    click.echo(f"audit trail intact: {count} records, hash chain verified")
+        raise AuditTrailBroken(f"not anchoring a broken trail: {problem} ({count} records read)")
+    if not entries:
+        raise MedAnnotError("the audit trail is empty: nothing to anchor yet")
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    anchor = AuditAnchor(entries[-1].seq, entries[-1].hash, when)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("a", encoding="utf-8") as handle:
+            handle.write(anchor.to_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise MedAnnotError(f"{output}: cannot write the anchor ({exc.strerror or exc})") from exc
+    click.echo(anchor.to_json())
+    click.echo(f"anchored audit record {anchor.seq} of {count} in {output}", err=True)
 
 
 @admin.command("grant-server-role", context_settings=CONTEXT)
