@@ -335,6 +335,51 @@ def test_points_move_linearly_in_time():
 
 
 # ---------------------------------------------------------------------------- cine input
+def textured_disc_on_a_curve(frames: int = 11, size: int = 96, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A textured disc (radius 14) that moves 40 px right along an arc 16 px high; returns image and centres."""
+    rng = np.random.default_rng(seed)
+    texture = rng.normal(0, 1, (3 * size, 3 * size)).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = np.zeros((frames, size, size), np.uint8)
+    centres = []
+    for f in range(frames):
+        u = f / (frames - 1)
+        cx, cy = 25 + 40 * u, 48 - 16 * np.sin(np.pi * u)
+        centres.append((cx, cy))
+        disc = np.hypot(xx - cx, yy - cy) < 14
+        moving = texture[(yy - cy).astype(int) + size, (xx - cx).astype(int) + size]
+        still = texture[yy.astype(int), xx.astype(int)]
+        value = np.where(disc, 150 + 30 * moving, 80 + 20 * still) + rng.normal(0, 8, (size, size))
+        image[f] = np.clip(value, 0, 255).astype(np.uint8)
+    return image, np.asarray(centres)
+
+
+def test_points_and_outlines_follow_the_image_motion_when_the_image_is_given():
+    image, centres = textured_disc_on_a_curve()
+    offsets = np.array([[0.0, 0.0], [5.0, 3.0]])
+    keys = {0: centres[0] + offsets, 10: centres[10] + offsets}
+    guided = interpolate_track(keys, "points", image=image)
+    linear = interpolate_track(keys, "points")
+    guided_error = max(float(np.abs(guided[t] - (centres[t] + offsets)).max()) for t in range(11))
+    linear_error = max(float(np.abs(linear[t] - (centres[t] + offsets)).max()) for t in range(11))
+    assert guided_error < 1.0
+    assert linear_error > 15.0  # the arc's height: a straight line misses it
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    ring = np.column_stack([np.cos(angles), np.sin(angles)]) * 12.0
+    outlines = interpolate_track({0: centres[0] + ring, 10: centres[10] + ring}, "polygon", image=image)
+    for t in range(1, 10):
+        radius = np.hypot(*(outlines[t] - centres[t]).T)
+        assert np.abs(radius - 12.0).max() < 1.5, (t, radius)
+
+
+def test_image_guided_tracks_need_2d_pixel_coordinates_and_a_covering_image():
+    image, centres = textured_disc_on_a_curve(frames=5)
+    with pytest.raises(InterpolationError, match="covering frame 6"):
+        interpolate_track({0: centres[:1], 6: centres[:1]}, "points", image=image)
+    with pytest.raises(InterpolationError, match="2D pixel coordinates"):
+        interpolate_track({0: np.zeros((1, 3)), 4: np.ones((1, 3))}, "points", image=image)
+
+
 def test_real_colour_jpeg_ultrasound_loads_as_a_grey_cine():
     from pydicom import dcmread
     from pydicom.data import get_testdata_file

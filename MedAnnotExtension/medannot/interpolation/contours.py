@@ -2,7 +2,9 @@
 
 Polygons are matched by arc length: both keyframe outlines are resampled to the same number of vertices at
 equal arc-length steps, a closed outline is turned to the same orientation and rotated to the start vertex that
-fits best, and matched vertices move linearly in time. Points move linearly in time.
+fits best. Matched vertices (and points, matched by order) then move linearly in time or, when the image is
+given, along its motion: each vertex is carried forward from the left keyframe and backward from the right one
+along the same optical flow the label maps follow, and the two positions are blended by time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from itertools import pairwise
 import numpy as np
 
 from medannot.interpolation.errors import InterpolationError
+from medannot.interpolation.motion import FlowField, FlowSettings
 
 KINDS = ("polygon", "polyline", "points")
 
@@ -58,7 +61,8 @@ def match_outlines(start: np.ndarray, end: np.ndarray, closed: bool = True,
 
 def interpolate_track(keyframes: Mapping[int, np.ndarray], kind: str = "polygon",
                       frame_times: Sequence[float] | None = None,
-                      count: int | None = None) -> dict[int, np.ndarray]:
+                      count: int | None = None, image: np.ndarray | None = None,
+                      flow_settings: FlowSettings | None = None) -> dict[int, np.ndarray]:
     """Interpolate one annotation drawn on some frames to every frame between the first and last of them.
 
     Parameters
@@ -72,6 +76,9 @@ def interpolate_track(keyframes: Mapping[int, np.ndarray], kind: str = "polygon"
         Time of every frame (ms), indexed by frame number; weights follow time. ``None``: evenly spaced.
     count
         Vertices per interpolated outline (default: the most vertices of the two keyframes, at least 16).
+    image
+        Frames x rows x cols image the annotation is drawn on. Vertices are then 2D pixel coordinates
+        (column, row) and follow the image's motion instead of moving linearly.
 
     Returns
     -------
@@ -87,6 +94,15 @@ def interpolate_track(keyframes: Mapping[int, np.ndarray], kind: str = "polygon"
     if times is not None and (len(times) <= frames[-1] or np.any(np.diff(times) <= 0)):
         raise InterpolationError(f"frame times must increase and cover frame {frames[-1]}")
     out = {k: np.asarray(keyframes[k], dtype=float).copy() for k in frames}
+    field = None
+    if image is not None:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[0] <= frames[-1]:
+            raise InterpolationError(f"image must be frames x rows x cols covering frame {frames[-1]}; "
+                                     f"got shape {image.shape}")
+        if any(v.ndim != 2 or v.shape[1] != 2 for v in out.values()):
+            raise InterpolationError("with an image, vertices must be 2D pixel coordinates (column, row)")
+        field = FlowField(image, flow_settings)
     for a, b in pairwise(frames):
         if kind == "points":
             start, end = out[a], out[b]
@@ -95,7 +111,38 @@ def interpolate_track(keyframes: Mapping[int, np.ndarray], kind: str = "polygon"
                                          "points are matched by order, so every keyframe needs the same number")
         else:
             start, end = match_outlines(out[a], out[b], closed=kind == "polygon", count=count)
-        for t in range(a + 1, b):
+        if b - a < 2:
+            continue
+        forward = backward = None
+        if field is not None:
+            forward = field.displacements(a, range(a + 1, b))
+            backward = list(reversed(field.displacements(b, range(b - 1, a, -1))))
+        for i, t in enumerate(range(a + 1, b)):
             w = (t - a) / (b - a) if times is None else (times[t] - times[a]) / (times[b] - times[a])
-            out[t] = (1.0 - w) * start + w * end
+            if forward is None or backward is None:
+                out[t] = (1.0 - w) * start + w * end
+            else:
+                out[t] = (1.0 - w) * _carry_points(start, forward[i]) + w * _carry_points(end, backward[i])
     return dict(sorted(out.items()))
+
+
+def _carry_points(points: np.ndarray, displacement: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Where in a frame the keyframe ``points`` (column, row) are, given the frame's ``displacement`` to the keyframe.
+
+    The displacement field maps each pixel of the frame to the keyframe; the points are found by inverting it
+    (fixed-point iteration ``x = p - D(x)``, which converges for the smooth fields of optical flow).
+    """
+    import cv2
+
+    p = np.asarray(points, dtype=np.float32)
+    x = p.copy()
+    for _ in range(iterations):
+        map_x = x[:, 0].reshape(1, -1).astype(np.float32)
+        map_y = x[:, 1].reshape(1, -1).astype(np.float32)
+        d = cv2.remap(displacement, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+        moved = p - d
+        if float(np.abs(moved - x).max(initial=0.0)) < 1e-3:
+            x = moved
+            break
+        x = moved
+    return x.astype(float)
