@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 import MedAnnotLib
 from medannot.errors import SourceImageError
-from medannot.imaging import SourceImage, load_source
+from medannot.imaging import SourceImage, load_source, modality_volume
 from MedAnnotLib.dicomsource import INSTANCE_UIDS_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
@@ -79,86 +79,14 @@ def loadCaseVolume(imagesFolder: Path, name: str, scene=None):
 def voxelsOfSource(source: SourceImage) -> np.ndarray:
     """Return the (slices, rows, columns) modality values of a source image, in the source's slice order.
 
-    The stored values go through the modality LUT or rescale slope/intercept (per frame for enhanced multi-frame
-    images). The result is int16 or int32 when all values are whole numbers, float32 otherwise.
+    See :func:`medannot.imaging.modality_volume`, which this is.
 
     Raises
     ------
     SourceImageError
         If an image is colour or its pixel data cannot be decoded.
     """
-    if source.is_multiframe:
-        dataset = _readPixels(source.paths[0])
-        frames = _storedValues(dataset, source.paths[0])
-        if frames.ndim == 2:
-            frames = frames[np.newaxis]
-        slices = [_modalityValues(dataset, frame, index) for index, frame in enumerate(frames)]
-    else:
-        slices = []
-        for path in source.paths:
-            dataset = _readPixels(path)
-            slices.append(_modalityValues(dataset, _storedValues(dataset, path), None))
-    return _compactStack(slices)
-
-
-def _readPixels(path: Path) -> Dataset:
-    try:
-        return dcmread(path)
-    except Exception as error:  # noqa: BLE001 - any failure is an unreadable case file
-        raise SourceImageError(f"{path}: cannot read the DICOM file ({error}); download the case again.") from None
-
-
-def _storedValues(dataset: Dataset, path: Path) -> np.ndarray:
-    if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
-        raise SourceImageError(
-            f"{path}: a colour image ({dataset.get('PhotometricInterpretation', '?')}); the worklist loads grey-level "
-            "images only."
-        )
-    try:
-        return dataset.pixel_array
-    except Exception as error:  # noqa: BLE001 - pydicom raises several types for missing decoders
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-        raise SourceImageError(
-            f"{path}: cannot decode the pixel data ({name}: {error}); ask your lab to serve this case uncompressed "
-            "or install a pydicom decoder for it (pylibjpeg)."
-        ) from None
-
-
-def _modalityValues(dataset: Dataset, stored: np.ndarray, frameIndex: int | None) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
-    rescale = _frameRescale(dataset, frameIndex) if frameIndex is not None else None
-    if rescale is not None:
-        slope, intercept = rescale
-        return stored.astype(np.float64) * slope + intercept
-    return np.asarray(apply_modality_lut(stored, dataset))
-
-
-def _frameRescale(dataset: Dataset, frameIndex: int) -> tuple[float, float] | None:
-    """Slope and intercept of one frame of an enhanced image (its own functional group, else the shared one)."""
-    groups = []
-    perFrame = dataset.get("PerFrameFunctionalGroupsSequence")
-    if perFrame and frameIndex < len(perFrame):
-        groups.append(perFrame[frameIndex])
-    shared = dataset.get("SharedFunctionalGroupsSequence")
-    if shared:
-        groups.append(shared[0])
-    for group in groups:
-        transformation = group.get("PixelValueTransformationSequence")
-        if transformation and "RescaleSlope" in transformation[0] and "RescaleIntercept" in transformation[0]:
-            return float(transformation[0].RescaleSlope), float(transformation[0].RescaleIntercept)
-    return None
-
-
-def _compactStack(slices: list[np.ndarray]) -> np.ndarray:
-    whole = all(np.issubdtype(s.dtype, np.integer) or np.array_equal(s, np.round(s)) for s in slices)
-    if not whole:
-        return np.stack([s.astype(np.float32) for s in slices])
-    low = min(int(s.min()) for s in slices)
-    high = max(int(s.max()) for s in slices)
-    fitsInt16 = np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max
-    return np.stack([s.astype(np.int16 if fitsInt16 else np.int32) for s in slices])
+    return modality_volume(source)
 
 
 def _applyDicomWindow(volumeNode, dataset: Dataset) -> None:

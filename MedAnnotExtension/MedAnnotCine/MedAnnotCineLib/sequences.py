@@ -21,7 +21,6 @@ from medannot.errors import SourceImageError
 
 logger = logging.getLogger(__name__)
 
-# ITU-R BT.601 luma, as the core turns colour ultrasound into grey (medannot.interpolation.cine).
 _MS_PER_INDEX_UNIT = {"ms": 1.0, "msec": 1.0, "s": 1000.0, "sec": 1000.0}
 
 
@@ -73,7 +72,7 @@ def frameArray(volumeNode) -> np.ndarray:
         if frame.shape[2] not in (3, 4):
             raise SourceImageError(f"Frame '{volumeNode.GetName()}' has {frame.shape[2]} components per pixel; "
                                    "expected grey or RGB.")
-        from medannot.interpolation.cine import rgb_to_grey
+        from medannot.imaging import rgb_to_grey  # as the core reads colour ultrasound
 
         return rgb_to_grey(frame)
     return frame
