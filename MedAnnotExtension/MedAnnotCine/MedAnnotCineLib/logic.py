@@ -21,7 +21,7 @@ import numpy as np
 
 import MedAnnotLib
 from MedAnnotCineLib import sequences
-from medannot.errors import GuidelineError, MedAnnotError, SegmentContentError, SourceImageError
+from medannot.errors import MedAnnotError, SegmentContentError, SourceImageError
 from medannot.interpolation import InterpolationError, Interpolator, SegmentFrames
 
 from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
@@ -395,19 +395,14 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
                           names, segments, self._method)
 
     def loadGuideline(self, guidelinePath) -> Guideline:
-        """Read and validate a guideline YAML file.
+        """Read and validate a guideline YAML file (as MedAnnotExport does).
 
         Raises
         ------
         medannot.errors.GuidelineError
             If the file is missing or invalid; the message names the file and the problem.
         """
-        self.ensureDependencies()
-        from medannot.guideline import load_guideline
-
-        if not guidelinePath or not Path(guidelinePath).is_file():
-            raise GuidelineError(f"Choose a guideline file (.yaml); '{guidelinePath or ''}' is not a file.")
-        return load_guideline(guidelinePath, require_reference_images=False)  # export needs no images
+        return _exportLogic().loadGuideline(guidelinePath)
 
     def exportSegmentation(self, guidelinePath, readerName: str, readerId: str, outputDir,
                            readerRole: str = "Annotator", institution: str = "",
@@ -449,22 +444,15 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         if not outputDir or str(outputDir) in ("", "."):
             raise ValueError("Choose an output folder for the DICOM-SEG and SR files.")
         frames = self.exportFrames()
-        guideline = self.loadGuideline(guidelinePath)
-        from medannot.dicomseg import ReaderInfo, export_segmentation
-        from medannot.imaging import load_source
-
-        reader = ReaderInfo(name=readerName, reader_id=readerId, role=readerRole or "Annotator",
-                            institution=institution or None)
+        exportLogic = _exportLogic()
+        guideline = exportLogic.loadGuideline(guidelinePath)
+        reader = exportLogic.readerInfo(readerName, readerId, readerRole, institution)
         labels, provenance = _guidelineLabelsAndProvenance(frames, guideline, confidences or {},
                                                            self._requireSession().segmentationNode.GetName())
         with self._sourcePath(sourcePath, dicomDatabase) as path:
-            source = load_source(path)
-            outputDir = Path(outputDir)
-            outputDir.mkdir(parents=True, exist_ok=True)
-            result = export_segmentation(
-                source=source, labels=labels, labels_geometry=None, guideline=guideline, reader=reader,
-                output_dir=outputDir, segments=provenance, task_id=taskId, checklist=checklist,
-                labels_name=f"segmentation sequence '{self.session.segmentationSequenceNode.GetName()}'")
+            result = exportLogic.exportLabels(
+                labels, None, path, guideline, reader, outputDir, provenance, taskId=taskId, checklist=checklist,
+                labelsName=f"segmentation sequence '{self.session.segmentationSequenceNode.GetName()}'")
         logger.info("Exported cine segmentation to %s and %s", result.seg_path, result.sr_path)
         return result
 
@@ -610,6 +598,17 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
                 f"The frames of '{volumeSequence.GetName()}' come from {len(uids)} different DICOM instances; "
                 "export needs the one multi-frame cine they were drawn on: give its file as the source.")
         return MedAnnotLib.sourcePathOfVolume(volumeSequence.GetNthDataNode(0), dicomDatabase)
+
+
+def _exportLogic():
+    """MedAnnotExport's logic, which writes every MedAnnot SEG + SR.
+
+    Imported on use: Slicer puts each module's folder on the path as it loads the module, so MedAnnotExport's may
+    not be there yet while this one is being imported at startup.
+    """
+    from MedAnnotExportLib.logic import MedAnnotExportLogic
+
+    return MedAnnotExportLogic()
 
 
 def _statesFor(keyframes, frameCount: int, interpolated: bool) -> list[str]:
