@@ -1,4 +1,5 @@
-"""Load a case's downloaded DICOM files into the scene as a volume that MedAnnot Export can trace back to them.
+"""Load a case's downloaded DICOM files into the scene, so that MedAnnot Export can trace the result back to them:
+a CT/MR series as a volume, an ultrasound cine as a sequence browsed as MedAnnotCine works on it.
 
 Slicer's DICOM module is not involved: the files live in the case's cache folder, so the volume gets the same
 ``DICOM.instanceUIDs`` attribute Slicer's DICOM plugins set, and :class:`CachedInstances` answers
@@ -8,7 +9,9 @@ Slicer's DICOM module is not involved: the files live in the case's cache folder
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -16,7 +19,7 @@ from pydicom.multival import MultiValue
 
 import MedAnnotLib
 from medannot.errors import SourceImageError
-from medannot.imaging import SourceImage, load_source, modality_volume
+from medannot.imaging import SourceImage, grey_frames, load_source, modality_volume
 from MedAnnotLib.dicomsource import INSTANCE_UIDS_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,78 @@ class CachedInstances:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+@dataclass
+class LoadedCase:
+    """A case's images in the scene.
+
+    ``volumeNode`` is what the segmentation is drawn on: the volume, or for a cine the browser's proxy volume
+    (the frame shown). ``browserNode`` and ``volumeSequenceNode`` are set for a cine only.
+    """
+
+    volumeNode: Any
+    source: SourceImage
+    instances: CachedInstances
+    browserNode: Any = None
+    volumeSequenceNode: Any = None
+
+    @property
+    def isCine(self) -> bool:
+        return self.browserNode is not None
+
+
+def isCineSource(source: SourceImage) -> bool:
+    """Whether a case is an ultrasound cine (2D+t): modality US in one multi-frame instance.
+
+    Such a source has no slice axis in patient space; its frames are time points.
+    """
+    return source.is_multiframe and source.modality.upper() == "US"
+
+
+def loadCase(imagesFolder: Path, name: str, scene=None) -> LoadedCase:
+    """Add a case's images to the scene: an ultrasound cine (see :func:`isCineSource`) as a sequence of frames
+    with a browser, anything else as a volume (:func:`loadCaseVolume`).
+
+    Raises
+    ------
+    SourceImageError
+        If the folder does not hold one usable series or multi-frame file, or its pixel data cannot be read.
+    """
+    source = load_source(imagesFolder)
+    if isCineSource(source):
+        return _loadCine(source, name, scene)
+    volumeNode, source, instances = _loadVolume(source, imagesFolder, name, scene)
+    return LoadedCase(volumeNode, source, instances)
+
+
+def _loadCine(source: SourceImage, name: str, scene) -> LoadedCase:
+    from MedAnnotCineLib import sequences
+
+    frames = grey_frames(source)
+    if np.array_equal(frames, np.round(frames)) and frames.min() >= 0 and frames.max() <= 255:
+        frames = frames.astype(np.uint8)  # 8-bit grey ultrasound: a quarter of the memory, the same values
+    browserNode, volumeSequence = sequences.addCineSequence(
+        frames, name, spacing=_pixelSpacing(source.first), frameTimesMs=source.frame_times_ms,
+        instanceUid=str(source.first.SOPInstanceUID), scene=scene)
+    return LoadedCase(browserNode.GetProxyNode(volumeSequence), source, CachedInstances(source), browserNode,
+                      volumeSequence)
+
+
+def _pixelSpacing(dataset: Dataset) -> tuple[float, float]:
+    """Row and column spacing in mm: PixelSpacing, else the first ultrasound region's physical deltas (in cm), else
+    1 mm (areas are then in pixels)."""
+    try:
+        if "PixelSpacing" in dataset:
+            rowSpacing, columnSpacing = (float(v) for v in dataset.PixelSpacing)
+            return rowSpacing, columnSpacing
+        for region in dataset.get("SequenceOfUltrasoundRegions", []):
+            units = (int(region.get("PhysicalUnitsXDirection", 0)), int(region.get("PhysicalUnitsYDirection", 0)))
+            if units == (3, 3):  # cm
+                return abs(float(region.PhysicalDeltaY)) * 10.0, abs(float(region.PhysicalDeltaX)) * 10.0
+    except (TypeError, ValueError, AttributeError):
+        logger.warning("Unreadable pixel spacing in %s; frames are shown with 1 mm pixels", dataset.SOPInstanceUID)
+    return 1.0, 1.0
 
 
 def loadCaseVolume(imagesFolder: Path, name: str, scene=None):
@@ -63,7 +138,10 @@ def loadCaseVolume(imagesFolder: Path, name: str, scene=None):
     SourceImageError
         If the folder does not hold one placeable series, the images are colour, or the pixel data cannot be read.
     """
-    source = load_source(imagesFolder)
+    return _loadVolume(load_source(imagesFolder), imagesFolder, name, scene)
+
+
+def _loadVolume(source: SourceImage, imagesFolder: Path, name: str, scene):
     if source.geometry is None:
         raise SourceImageError(
             f"{imagesFolder}: the case's images ({source.description}) have no patient coordinate system (no Frame "
