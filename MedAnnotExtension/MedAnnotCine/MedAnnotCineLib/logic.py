@@ -462,6 +462,8 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
 
         Interpolated segments are recorded as SEMIAUTOMATIC with the interpolation method and MedAnnot's version;
         the SR lists each segment's keyframes and interpolated frames (numbered from 1, as DICOM frames are).
+        The files are written by MedAnnotExport's logic (:meth:`MedAnnotExportLogic.exportLabels`), as every MedAnnot
+        export is; the MedAnnot worklist submits a cine case through this method.
 
         Parameters
         ----------
