@@ -262,6 +262,16 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.fillChecklistTable(session.guideline.checklist)
         self.fillConfidenceTable(session.segmentNames, required=session.guideline.confidence == "required")
         self.showFindings(None)
+        if session.isCine:
+            self.showCine(session)
+
+    def showCine(self, session) -> None:
+        """An ultrasound cine: keyframes and interpolation are MedAnnotCine's panel, given this case's cine logic;
+        the reader comes back here to check and submit. Untested in a real Slicer."""
+        slicer.modules.sequences.showSequenceBrowser(session.browserNode)
+        cineWidget = slicer.modules.medannotcine.widgetRepresentation().self()
+        cineWidget.annotateWith(session.cine)
+        slicer.util.selectModule("MedAnnotCine")
 
     def clearCase(self) -> None:
         self.segmentEditorWidget.setActiveEffect(None)

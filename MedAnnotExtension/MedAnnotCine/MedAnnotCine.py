@@ -276,6 +276,16 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.enabled = bool(session and node and node.guidelinePath.is_file() and node.readerName
                                             and node.readerId and str(node.outputDir) not in ("", "."))
 
+    def annotateWith(self, cineLogic) -> None:
+        """Work on the cine another module opened, with that module's logic instance (the MedAnnot worklist's case),
+        so that the keyframes marked here are the ones it checks and submits. Untested in a real Slicer."""
+        self.logic = cineLogic
+        if self._parameterNode is None:
+            self.initializeParameterNode()
+        self._parameterNode.browserNode = cineLogic.session.browserNode
+        self._parameterNode.segmentationNode = cineLogic.session.segmentationNode
+        self.onParameterNodeModified()
+
     # ------------------------------------------------------------ actions
     def ensureSession(self) -> None:
         node = self._parameterNode

@@ -1,7 +1,14 @@
 """Parts of the MedAnnot module that need no Qt: the worklist logic, case loading and the guideline's guidance,
 importable by scripts, modules and tests."""
 
-from MedAnnotWorklistLib.caseimages import CachedInstances, loadCaseVolume, voxelsOfSource
+from MedAnnotWorklistLib.caseimages import (
+    CachedInstances,
+    LoadedCase,
+    isCineSource,
+    loadCase,
+    loadCaseVolume,
+    voxelsOfSource,
+)
 from MedAnnotWorklistLib.guidance import CaseCheck, CaseNotReadyError, LocatedFinding, allowedEffectNames
 from MedAnnotWorklistLib.logic import (
     HEARTBEAT_INTERVAL_SECONDS,
@@ -19,11 +26,14 @@ __all__ = [
     "CaseNotReadyError",
     "CaseSession",
     "CaseSubmitResult",
+    "LoadedCase",
     "LocatedFinding",
     "MedAnnotLogic",
     "OutboxStatus",
     "ProjectProgress",
     "allowedEffectNames",
+    "isCineSource",
+    "loadCase",
     "loadCaseVolume",
     "voxelsOfSource",
 ]

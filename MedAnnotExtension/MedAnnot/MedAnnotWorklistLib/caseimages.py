@@ -1,4 +1,5 @@
-"""Load a case's downloaded DICOM files into the scene as a volume that MedAnnot Export can trace back to them.
+"""Load a case's downloaded DICOM files into the scene, so that MedAnnot Export can trace the result back to them:
+a CT/MR series as a volume, an ultrasound cine as a sequence browsed as MedAnnotCine works on it.
 
 Slicer's DICOM module is not involved: the files live in the case's cache folder, so the volume gets the same
 ``DICOM.instanceUIDs`` attribute Slicer's DICOM plugins set, and :class:`CachedInstances` answers
@@ -8,15 +9,17 @@ Slicer's DICOM module is not involved: the files live in the case's cache folder
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 import MedAnnotLib
 from medannot.errors import SourceImageError
-from medannot.imaging import SourceImage, load_source
+from medannot.imaging import SourceImage, grey_frames, load_source, modality_volume
 from MedAnnotLib.dicomsource import INSTANCE_UIDS_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,78 @@ class CachedInstances:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+@dataclass
+class LoadedCase:
+    """A case's images in the scene.
+
+    ``volumeNode`` is what the segmentation is drawn on: the volume, or for a cine the browser's proxy volume
+    (the frame shown). ``browserNode`` and ``volumeSequenceNode`` are set for a cine only.
+    """
+
+    volumeNode: Any
+    source: SourceImage
+    instances: CachedInstances
+    browserNode: Any = None
+    volumeSequenceNode: Any = None
+
+    @property
+    def isCine(self) -> bool:
+        return self.browserNode is not None
+
+
+def isCineSource(source: SourceImage) -> bool:
+    """Whether a case is an ultrasound cine (2D+t): modality US in one multi-frame instance.
+
+    Such a source has no slice axis in patient space; its frames are time points.
+    """
+    return source.is_multiframe and source.modality.upper() == "US"
+
+
+def loadCase(imagesFolder: Path, name: str, scene=None) -> LoadedCase:
+    """Add a case's images to the scene: an ultrasound cine (see :func:`isCineSource`) as a sequence of frames
+    with a browser, anything else as a volume (:func:`loadCaseVolume`).
+
+    Raises
+    ------
+    SourceImageError
+        If the folder does not hold one usable series or multi-frame file, or its pixel data cannot be read.
+    """
+    source = load_source(imagesFolder)
+    if isCineSource(source):
+        return _loadCine(source, name, scene)
+    volumeNode, source, instances = _loadVolume(source, imagesFolder, name, scene)
+    return LoadedCase(volumeNode, source, instances)
+
+
+def _loadCine(source: SourceImage, name: str, scene) -> LoadedCase:
+    from MedAnnotCineLib import sequences
+
+    frames = grey_frames(source)
+    if np.array_equal(frames, np.round(frames)) and frames.min() >= 0 and frames.max() <= 255:
+        frames = frames.astype(np.uint8)  # 8-bit grey ultrasound: a quarter of the memory, the same values
+    browserNode, volumeSequence = sequences.addCineSequence(
+        frames, name, spacing=_pixelSpacing(source.first), frameTimesMs=source.frame_times_ms,
+        instanceUid=str(source.first.SOPInstanceUID), scene=scene)
+    return LoadedCase(browserNode.GetProxyNode(volumeSequence), source, CachedInstances(source), browserNode,
+                      volumeSequence)
+
+
+def _pixelSpacing(dataset: Dataset) -> tuple[float, float]:
+    """Row and column spacing in mm: PixelSpacing, else the first ultrasound region's physical deltas (in cm), else
+    1 mm (areas are then in pixels)."""
+    try:
+        if "PixelSpacing" in dataset:
+            rowSpacing, columnSpacing = (float(v) for v in dataset.PixelSpacing)
+            return rowSpacing, columnSpacing
+        for region in dataset.get("SequenceOfUltrasoundRegions", []):
+            units = (int(region.get("PhysicalUnitsXDirection", 0)), int(region.get("PhysicalUnitsYDirection", 0)))
+            if units == (3, 3):  # cm
+                return abs(float(region.PhysicalDeltaY)) * 10.0, abs(float(region.PhysicalDeltaX)) * 10.0
+    except (TypeError, ValueError, AttributeError):
+        logger.warning("Unreadable pixel spacing in %s; frames are shown with 1 mm pixels", dataset.SOPInstanceUID)
+    return 1.0, 1.0
 
 
 def loadCaseVolume(imagesFolder: Path, name: str, scene=None):
@@ -63,7 +138,10 @@ def loadCaseVolume(imagesFolder: Path, name: str, scene=None):
     SourceImageError
         If the folder does not hold one placeable series, the images are colour, or the pixel data cannot be read.
     """
-    source = load_source(imagesFolder)
+    return _loadVolume(load_source(imagesFolder), imagesFolder, name, scene)
+
+
+def _loadVolume(source: SourceImage, imagesFolder: Path, name: str, scene):
     if source.geometry is None:
         raise SourceImageError(
             f"{imagesFolder}: the case's images ({source.description}) have no patient coordinate system (no Frame "
@@ -79,86 +157,14 @@ def loadCaseVolume(imagesFolder: Path, name: str, scene=None):
 def voxelsOfSource(source: SourceImage) -> np.ndarray:
     """Return the (slices, rows, columns) modality values of a source image, in the source's slice order.
 
-    The stored values go through the modality LUT or rescale slope/intercept (per frame for enhanced multi-frame
-    images). The result is int16 or int32 when all values are whole numbers, float32 otherwise.
+    See :func:`medannot.imaging.modality_volume`, which this is.
 
     Raises
     ------
     SourceImageError
         If an image is colour or its pixel data cannot be decoded.
     """
-    if source.is_multiframe:
-        dataset = _readPixels(source.paths[0])
-        frames = _storedValues(dataset, source.paths[0])
-        if frames.ndim == 2:
-            frames = frames[np.newaxis]
-        slices = [_modalityValues(dataset, frame, index) for index, frame in enumerate(frames)]
-    else:
-        slices = []
-        for path in source.paths:
-            dataset = _readPixels(path)
-            slices.append(_modalityValues(dataset, _storedValues(dataset, path), None))
-    return _compactStack(slices)
-
-
-def _readPixels(path: Path) -> Dataset:
-    try:
-        return dcmread(path)
-    except Exception as error:  # noqa: BLE001 - any failure is an unreadable case file
-        raise SourceImageError(f"{path}: cannot read the DICOM file ({error}); download the case again.") from None
-
-
-def _storedValues(dataset: Dataset, path: Path) -> np.ndarray:
-    if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
-        raise SourceImageError(
-            f"{path}: a colour image ({dataset.get('PhotometricInterpretation', '?')}); the worklist loads grey-level "
-            "images only."
-        )
-    try:
-        return dataset.pixel_array
-    except Exception as error:  # noqa: BLE001 - pydicom raises several types for missing decoders
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-        raise SourceImageError(
-            f"{path}: cannot decode the pixel data ({name}: {error}); ask your lab to serve this case uncompressed "
-            "or install a pydicom decoder for it (pylibjpeg)."
-        ) from None
-
-
-def _modalityValues(dataset: Dataset, stored: np.ndarray, frameIndex: int | None) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
-    rescale = _frameRescale(dataset, frameIndex) if frameIndex is not None else None
-    if rescale is not None:
-        slope, intercept = rescale
-        return stored.astype(np.float64) * slope + intercept
-    return np.asarray(apply_modality_lut(stored, dataset))
-
-
-def _frameRescale(dataset: Dataset, frameIndex: int) -> tuple[float, float] | None:
-    """Slope and intercept of one frame of an enhanced image (its own functional group, else the shared one)."""
-    groups = []
-    perFrame = dataset.get("PerFrameFunctionalGroupsSequence")
-    if perFrame and frameIndex < len(perFrame):
-        groups.append(perFrame[frameIndex])
-    shared = dataset.get("SharedFunctionalGroupsSequence")
-    if shared:
-        groups.append(shared[0])
-    for group in groups:
-        transformation = group.get("PixelValueTransformationSequence")
-        if transformation and "RescaleSlope" in transformation[0] and "RescaleIntercept" in transformation[0]:
-            return float(transformation[0].RescaleSlope), float(transformation[0].RescaleIntercept)
-    return None
-
-
-def _compactStack(slices: list[np.ndarray]) -> np.ndarray:
-    whole = all(np.issubdtype(s.dtype, np.integer) or np.array_equal(s, np.round(s)) for s in slices)
-    if not whole:
-        return np.stack([s.astype(np.float32) for s in slices])
-    low = min(int(s.min()) for s in slices)
-    high = max(int(s.max()) for s in slices)
-    fitsInt16 = np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max
-    return np.stack([s.astype(np.int16 if fitsInt16 else np.int32) for s in slices])
+    return modality_volume(source)
 
 
 def _applyDicomWindow(volumeNode, dataset: Dataset) -> None:

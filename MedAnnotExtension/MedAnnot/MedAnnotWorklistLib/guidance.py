@@ -146,16 +146,23 @@ def checkSegmentation(segmentationNode, referenceVolumeNode, guideline: Guidelin
     medannot.errors.SegmentContentError
         If a segment is not in the guideline or segments overlap (the message says how to fix it).
     """
-    from medannot.guideline.qa import check_labels
-
     labels = MedAnnotLib.labelMapFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline)
     geometry = MedAnnotLib.geometryFromVolumeNode(referenceVolumeNode)
+    return checkLabelMap(labels, geometry, guideline, isCine=isCine, name=segmentationNode.GetName())
+
+
+def checkLabelMap(labels: np.ndarray, geometry, guideline: Guideline, isCine: bool = False,
+                  name: str = "label map") -> CaseCheck:
+    """Run the guideline's QA rules on a label map with the guideline's label values (see
+    :func:`checkSegmentation`); ``geometry`` may be None (then areas and volumes are in voxels)."""
+    from medannot.guideline.qa import check_labels
+
     report = check_labels(labels, geometry, guideline, is_cine=isCine)
     present = set(np.unique(labels).tolist())
     drawn = tuple(spec.name for spec in guideline.segments if spec.label in present)
     findings = tuple(LocatedFinding.fromCoreFinding(finding) for finding in report.findings)
-    logger.info("Checked '%s': %d error(s), %d warning(s)", segmentationNode.GetName(),
-                sum(f.isError for f in findings), sum(not f.isError for f in findings))
+    logger.info("Checked '%s': %d error(s), %d warning(s)", name, sum(f.isError for f in findings),
+                sum(not f.isError for f in findings))
     return CaseCheck(guideline=report.guideline, findings=findings, drawnSegments=drawn, notes=report.notes)
 
 

@@ -1,6 +1,9 @@
 """MedAnnot logic: the annotator's worklist on a task server (log in, claim a case, load it, check it against its
 guideline, submit), without GUI.
 
+A case is a CT/MR volume, or an ultrasound cine (a multi-frame US instance), which opens as a sequence annotated
+with MedAnnotCine's logic: keyframes, interpolation, and an export that records which frames were interpolated.
+
 Kept out of MedAnnot.py so that it imports without Qt: scripts and the tests that run on the slicer-core wheel
 (real MRML, no Qt) use this very class, which is also the one the module's widget runs.
 """
@@ -19,15 +22,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 import MedAnnotLib
 from MedAnnotExportLib.logic import MedAnnotExportLogic
-from MedAnnotWorklistLib.caseimages import CachedInstances, loadCaseVolume
+from MedAnnotWorklistLib.caseimages import CachedInstances, loadCase
 from MedAnnotWorklistLib.guidance import (
     CaseCheck,
     CaseNotReadyError,
     LocatedFinding,
     allowedEffectNames,
     checklistProblems,
+    checkLabelMap,
     checkSegmentation,
     confidenceProblems,
     instructionsMarkdown,
@@ -63,6 +69,8 @@ AUTOSAVE_INTERVAL_SECONDS = 60
 AUTOSAVE_FOLDER = "autosave"
 AUTOSAVE_SEGMENTATION = "segmentation.seg.nrrd"
 AUTOSAVE_INFO = "autosave.json"
+# A cine's autosave: every frame's labels (the cine logic's values; the info maps them to segments) and keyframes.
+AUTOSAVE_CINE_LABELS = "frames.nrrd"
 
 
 @dataclass
@@ -72,6 +80,11 @@ class CaseSession:
     ``cacheDir`` holds the downloaded images (``images/``), the project's guideline, the exported result and the
     last autosave of the drawing (``autosave/``); it is removed when the case is submitted or released.
     ``restoredFrom`` is the autosave the segmentation was restored from when the case was opened, if any.
+
+    For an ultrasound cine (:attr:`isCine`), ``volumeNode`` is the frame shown (the browser's proxy volume),
+    ``segmentationNode`` the drawing on it (the proxy of a segmentation sequence holding every frame's drawing),
+    ``cine`` the :class:`MedAnnotCineLib.MedAnnotCineLogic` annotating it (keyframes, interpolation, export) and
+    ``browserNode`` the sequence browser playing it.
     """
 
     serverUrl: str
@@ -89,6 +102,13 @@ class CaseSession:
     instances: CachedInstances = field(repr=False)
     username: str = ""
     restoredFrom: Path | None = None
+    sourcePath: Path | None = None
+    browserNode: Any = None
+    cine: Any = field(default=None, repr=False)
+
+    @property
+    def isCine(self) -> bool:
+        return self.cine is not None
 
     @property
     def autosaveDir(self) -> Path:
@@ -236,6 +256,10 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     def nextCase(self, projectId, cacheDir=None) -> CaseSession | None:
         """Claim the next case of a project and open it: images as a volume, an empty segmentation per guideline.
 
+        An ultrasound cine (a multi-frame US instance) opens as a sequence of frames with a browser; its
+        segmentation is a segmentation sequence annotated through :attr:`CaseSession.cine` (MedAnnotCine's logic:
+        mark keyframes, interpolate, review).
+
         When the server hands back a task this reader still holds (Slicer was closed or crashed with the case open)
         and :meth:`autosave` saved its drawing in the same cache folder, the segmentation is restored from it.
 
@@ -302,7 +326,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
 
     def autosave(self, session: CaseSession | None = None) -> Path | None:
         """Save the open case's segmentation in its cache folder (``autosave/segmentation.seg.nrrd`` plus
-        ``autosave/autosave.json``), so that :meth:`nextCase` restores it after a crash.
+        ``autosave/autosave.json``), so that :meth:`nextCase` restores it after a crash. A cine's drawing is
+        saved as every frame's labels (``autosave/frames.nrrd``) with its keyframes and interpolation method.
 
         The files are written under temporary names and then renamed over the previous autosave, so an autosave
         that fails half-way leaves the previous one complete.
@@ -326,17 +351,25 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         # The storage node picks its writer by the file's extension, so the temporary name keeps ".seg.nrrd".
         temporary = folder / f".writing-{os.getpid()}.seg.nrrd"
         infoTemporary = folder / f".writing-{os.getpid()}.json"
+        if session.isCine:
+            target = folder / AUTOSAVE_CINE_LABELS
+            temporary = folder / f".writing-{os.getpid()}.nrrd"
         try:
-            _writeSegmentation(session.segmentationNode, temporary)
-            segmentation = session.segmentationNode.GetSegmentation()
-            segments = [segmentation.GetSegment(segmentation.GetNthSegmentID(i))
-                        for i in range(segmentation.GetNumberOfSegments())]
-            infoTemporary.write_text(json.dumps({
+            info = {
                 "server_url": session.serverUrl, "username": session.username, "task_id": str(session.taskId),
                 "case_id": session.caseId, "series_uid": session.seriesUid,
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "segments": [{"name": s.GetName(), "color": [round(c, 4) for c in s.GetColor()]} for s in segments],
-            }, indent=2), encoding="utf-8")
+            }
+            if session.isCine:
+                info.update(_writeCineDrawing(self._cineOf(session), temporary))
+            else:
+                _writeSegmentation(session.segmentationNode, temporary)
+                segmentation = session.segmentationNode.GetSegmentation()
+                segments = [segmentation.GetSegment(segmentation.GetNthSegmentID(i))
+                            for i in range(segmentation.GetNumberOfSegments())]
+                info["segments"] = [{"name": s.GetName(), "color": [round(c, 4) for c in s.GetColor()]}
+                                    for s in segments]
+            infoTemporary.write_text(json.dumps(info, indent=2), encoding="utf-8")
             # The info first: it names the task and reader, which never change for this folder, so a crash between
             # the two renames leaves a usable pair (a first autosave has no segmentation yet to pair with).
             os.replace(infoTemporary, infoTarget)
@@ -392,17 +425,29 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         ------
         CaseNotReadyError
             Listing every QA error, checklist and confidence problem; the case stays in the scene.
+        MedAnnotCineLib.UnmarkedEditsError
+            A cine's frame was drawn or corrected without being marked as a keyframe; the case stays in the scene.
         medannot.errors.MedAnnotError
             The export fails (unknown or overlapping segments, missing reader details), or the server refuses the
             result; the case then stays in the scene.
         """
         session = self._inSceneSession(session)
         answers = self._checkReadyToSubmit(session, confidences or {}, checklistAnswers or {})
-        exported = MedAnnotExportLogic().exportSegmentation(
-            segmentationNode=session.segmentationNode, referenceVolumeNode=session.volumeNode,
-            guidelinePath=session.guidelinePath, readerName=readerName, readerId=readerId, readerRole=readerRole,
-            institution=institution, outputDir=session.cacheDir / "result", confidences=confidences,
-            taskId=str(session.taskId), dicomDatabase=session.instances, checklist=answers)
+        if session.isCine:
+            # MedAnnotCine's export (through MedAnnotExport's): interpolated segments are SEMIAUTOMATIC and the SR
+            # lists the keyframes and interpolated frames.
+            exported = self._cineOf(session).exportSegmentation(
+                guidelinePath=session.guidelinePath, readerName=readerName, readerId=readerId,
+                readerRole=readerRole, institution=institution, outputDir=session.cacheDir / "result",
+                confidences=confidences, taskId=str(session.taskId), checklist=answers,
+                sourcePath=session.sourcePath)
+        else:
+            exported = MedAnnotExportLogic().exportSegmentation(
+                segmentationNode=session.segmentationNode, referenceVolumeNode=session.volumeNode,
+                guidelinePath=session.guidelinePath, readerName=readerName, readerId=readerId,
+                readerRole=readerRole, institution=institution, outputDir=session.cacheDir / "result",
+                confidences=confidences, taskId=str(session.taskId), dicomDatabase=session.instances,
+                checklist=answers)
         with self._clientFor(session.serverUrl) as client:
             delivery = self.outbox.submit(client, session.taskId, session.leaseToken, exported.seg_path,
                                           exported.sr_path)
@@ -441,10 +486,19 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             The case left the scene, or its segments cannot form a label map (unknown or overlapping segments).
         """
         session = self._inSceneSession(session)
+        if session.isCine:
+            labels = self._cineOf(session).guidelineLabels(session.guideline)
+            geometry = MedAnnotLib.geometryFromVolumeNode(session.volumeNode)  # one frame's plane
+            return checkLabelMap(labels, geometry, session.guideline, isCine=True,
+                                 name=session.segmentationNode.GetName())
         return checkSegmentation(session.segmentationNode, session.volumeNode, session.guideline)
 
     def jumpSlicesToFinding(self, finding: LocatedFinding) -> bool:
-        """Centre the slice views on a finding; False when the finding has no place (an empty segment)."""
+        """Centre the slice views on a finding (showing its frame, in a cine); False when the finding has no place
+        (an empty segment)."""
+        session = self.session
+        if session is not None and session.isCine and finding.axis == "frame" and finding.index is not None:
+            self._cineOf(session).goToFrame(finding.index)
         return jumpSlicesToFinding(finding)
 
     # ------------------------------------------------------------ outbox
@@ -477,8 +531,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 f"claimed under (sha256 {str(expected)[:12]}); the project's guideline changed meanwhile. Press "
                 "Next case again."
             )
-        volumeNode, source, instances = loadCaseVolume(caseDir / "images", name=str(task.case_id))
-        segmentationNode = None
+        loaded = loadCase(caseDir / "images", name=str(task.case_id))
+        volumeNode, source, instances = loaded.volumeNode, loaded.source, loaded.instances
+        segmentationNode = cine = None
         try:
             expectedSeries = task.raw.get("series_uid")
             if expectedSeries and source.series_uid != expectedSeries:
@@ -488,24 +543,30 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 )
             segmentationNode = MedAnnotLib.addSegmentationNodeFromGuideline(
                 guideline, name=f"{task.case_id} segmentation", referenceVolumeNode=volumeNode)
+            if loaded.isCine:
+                from MedAnnotCineLib import MedAnnotCineLogic
+
+                cine = MedAnnotCineLogic()
+                cine.startCine(loaded.browserNode, segmentationNode, dicomDatabase=instances)
             restoredFrom = self._restoreAutosave(client, task, source.series_uid, caseDir, segmentationNode,
-                                                 guideline)
+                                                 guideline, cine)
         except BaseException:
-            _removeNodes(volumeNode, segmentationNode)
+            _removeNodes(*_caseNodes(volumeNode, segmentationNode, loaded.browserNode, loaded.volumeSequenceNode))
             raise
         return CaseSession(
             serverUrl=client.base_url, projectId=task.project_id if task.project_id is not None else projectId,
             taskId=task.task_id, caseId=str(task.case_id), leaseToken=task.lease_token,
             leaseExpiresAt=task.lease_expires_at, volumeNode=volumeNode, segmentationNode=segmentationNode,
             guidelinePath=guidelinePath, guideline=guideline, cacheDir=caseDir, seriesUid=source.series_uid,
-            instances=instances, username=self._username, restoredFrom=restoredFrom)
+            instances=instances, username=self._username, restoredFrom=restoredFrom, sourcePath=source.paths[0],
+            browserNode=loaded.browserNode, cine=cine)
 
     def _restoreAutosave(self, client: TaskServerClient, task: Task, seriesUid: str, caseDir: Path,
-                         segmentationNode, guideline: Guideline) -> Path | None:
+                         segmentationNode, guideline: Guideline, cine=None) -> Path | None:
         """Fill the new segmentation from the case folder's autosave, if it is this reader's drawing of this task
         and series; an autosave that is someone else's or cannot be read is set aside, not used."""
         folder = caseDir / AUTOSAVE_FOLDER
-        saved = folder / AUTOSAVE_SEGMENTATION
+        saved = folder / (AUTOSAVE_CINE_LABELS if cine is not None else AUTOSAVE_SEGMENTATION)
         if not saved.is_file():
             return None
         try:
@@ -518,15 +579,21 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         problem = f"it is not of this task and reader ({mismatches})" if mismatches else None
         if problem is None:
             try:
-                _readSegmentation(segmentationNode, saved)
-                # Segments the guideline defines but the autosave lacks (or lost its colour for) are put back.
-                for spec in guideline.segments:
-                    _segmentIdForSpec(segmentationNode, spec)
+                if cine is not None:
+                    _readCineDrawing(cine, saved, info)
+                else:
+                    _readSegmentation(segmentationNode, saved)
+                    # Segments the guideline defines but the autosave lacks (or lost its colour for) are put back.
+                    for spec in guideline.segments:
+                        _segmentIdForSpec(segmentationNode, spec)
             except Exception as error:  # noqa: BLE001  (a broken autosave must not stop the case from opening)
                 problem = f"it could not be read ({error})"
-                segmentationNode.GetSegmentation().RemoveAllSegments()
-                for spec in guideline.segments:
-                    _segmentIdForSpec(segmentationNode, spec)
+                if cine is not None:
+                    cine.restoreFrames(np.zeros_like(cine.session.image, dtype=np.uint16), [], None)
+                else:
+                    segmentationNode.GetSegmentation().RemoveAllSegments()
+                    for spec in guideline.segments:
+                        _segmentIdForSpec(segmentationNode, spec)
         if problem is not None:
             aside = folder.with_name(f"{AUTOSAVE_FOLDER}-unused-{datetime.now().strftime('%Y%m%dT%H%M%S%f')}")
             folder.rename(aside)
@@ -552,10 +619,21 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
 
     def _closeCase(self, session: CaseSession) -> None:
         """Remove a submitted or released case from the scene and its folder from the cache, autosave included."""
-        _removeNodes(session.volumeNode, session.segmentationNode)
+        sequenceNodes = (None, None)
+        if session.isCine and session.cine.session is not None:
+            sequenceNodes = (session.cine.session.volumeSequenceNode, session.cine.session.segmentationSequenceNode)
+        _removeNodes(*_caseNodes(session.volumeNode, session.segmentationNode, session.browserNode, *sequenceNodes))
         shutil.rmtree(session.cacheDir, ignore_errors=True)
         if self.session is session:
             self.session = None
+
+    @staticmethod
+    def _cineOf(session: CaseSession):
+        """The case's cine logic (the MedAnnotCine module's widget is given this same instance, so keyframes marked
+        there are the ones exported here)."""
+        if session.cine.session is None:
+            raise MedAnnotError(f"Case {session.caseId}'s cine is no longer open; release the case and take it again.")
+        return session.cine
 
     def _openSession(self, session: CaseSession | None) -> CaseSession:
         session = session or self.session
@@ -609,6 +687,52 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 f"The task server at {self.serverUrl} no longer accepts your login ({error.detail or 'expired'}); "
                 "log in again.", server_url=self.serverUrl, status_code=error.status_code, detail=error.detail,
             ) from None
+
+
+def _caseNodes(volumeNode, segmentationNode, browserNode=None, *sequenceNodes) -> list:
+    """The nodes of a case in the order to remove them: the browser first, which would otherwise make new proxy
+    nodes for its sequences when the shown ones go, then the sequences, then the shown volume and segmentation."""
+    return [browserNode, *sequenceNodes, volumeNode, segmentationNode]
+
+
+def _writeCineDrawing(cine, path: Path) -> dict:
+    """Write every frame's labels of a cine to ``path``; returns what the autosave info records to read them back:
+    keyframes, method and which label is which segment."""
+    from medannot.imaging import write_label_map
+
+    write_label_map(cine.frameLabels(), None, path)
+    segmentation = cine.session.segmentationNode.GetSegmentation()
+    segments = []
+    for segmentId, label in sorted(cine.session.labelOfSegment.items(), key=lambda item: item[1]):
+        segment = segmentation.GetSegment(segmentId)
+        if segment is not None:
+            segments.append({"name": segment.GetName(), "label": label,
+                             "color": [round(c, 4) for c in segment.GetColor()]})
+    return {"segments": segments, "keyframes": cine.keyframes(), "method": cine.method}
+
+
+def _readCineDrawing(cine, path: Path, info: Mapping[str, Any]) -> None:
+    """Put an autosaved cine drawing (see :func:`_writeCineDrawing`) back into the case's cine, matching the saved
+    segments to the case's by name; a saved segment the case lacks is added."""
+    from medannot.imaging import read_label_map
+
+    saved, _ = read_label_map(path)
+    segmentation = cine.session.segmentationNode.GetSegmentation()
+    byName = {segmentation.GetSegment(segmentId).GetName().lower(): label
+              for segmentId, label in cine.session.labelOfSegment.items() if segmentation.GetSegment(segmentId)}
+    lookup = np.zeros(max([int(saved.max()), *(int(s["label"]) for s in info.get("segments", []))]) + 1,
+                      dtype=np.uint16)
+    for segment in info.get("segments", []):
+        label = byName.get(str(segment["name"]).lower())
+        if label is None:
+            segmentId = segmentation.AddEmptySegment("", str(segment["name"]), segment.get("color"))
+            cine.syncSegments()
+            label = cine.session.labelOfSegment[segmentId]
+        lookup[int(segment["label"])] = label
+    unknown = sorted(set(np.unique(saved).tolist()) - {0} - {int(s["label"]) for s in info.get("segments", [])})
+    if unknown:
+        raise MedAnnotError(f"{path}: label values {unknown} are not any saved segment's")
+    cine.restoreFrames(lookup[saved], info.get("keyframes", []), info.get("method"))
 
 
 def _removeNodes(*nodes) -> None:

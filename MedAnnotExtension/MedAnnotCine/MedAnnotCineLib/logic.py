@@ -21,7 +21,7 @@ import numpy as np
 
 import MedAnnotLib
 from MedAnnotCineLib import sequences
-from medannot.errors import GuidelineError, MedAnnotError, SegmentContentError, SourceImageError
+from medannot.errors import MedAnnotError, SegmentContentError, SourceImageError
 from medannot.interpolation import InterpolationError, Interpolator, SegmentFrames
 
 from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
@@ -364,6 +364,58 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         self._syncSegments()
         return self._unmarkedEdits(self._readAllFrames())
 
+    def frameLabels(self) -> np.ndarray:
+        """What is drawn on every frame now, frames x rows x cols, with the values of ``session.labelOfSegment``
+        (edits not marked as keyframes included).
+
+        Raises
+        ------
+        medannot.errors.SegmentContentError
+            If segments overlap on a frame (the message names the frame).
+        """
+        self._syncSegments()
+        return self._readAllFrames()
+
+    def guidelineLabels(self, guideline: Guideline) -> np.ndarray:
+        """What is drawn on every frame now (as :meth:`frameLabels`), with the guideline's label values: the label
+        map its QA rules check.
+
+        Raises
+        ------
+        medannot.errors.SegmentContentError
+            If a segment is not in the guideline, two segments are one guideline segment, or segments overlap.
+        """
+        session = self._requireSession()
+        labels = self.frameLabels()
+        lookup = _guidelineLookup(self._segmentNames(), guideline, session.segmentationNode.GetName())
+        return lookup[labels]
+
+    def restoreFrames(self, labels: np.ndarray, keyframes, method: str | None) -> None:
+        """Put back a saved drawing: every frame's labels (values of ``session.labelOfSegment``), which frames are
+        keyframes, and the interpolation method (None when nothing was interpolated). Undo starts afresh.
+
+        Raises
+        ------
+        medannot.interpolation.InterpolationError
+            If the labels do not have the cine's frames, rows and columns.
+        """
+        session = self._requireSession()
+        self._syncSegments()
+        labels = np.asarray(labels)
+        if labels.shape != session.image.shape:
+            raise InterpolationError(f"The saved drawing has {labels.shape} frames x rows x cols; the cine has "
+                                     f"{tuple(session.image.shape)}.")
+        self._writeFrames({frame: labels[frame] for frame in range(session.frameCount)})
+        sequenceNode = session.segmentationSequenceNode
+        sequenceNode.SetAttribute(KEYFRAMES_ATTRIBUTE, " ".join(str(int(frame)) for frame in sorted(keyframes)))
+        if method:
+            sequenceNode.SetAttribute(METHOD_ATTRIBUTE, method)
+        else:
+            sequenceNode.RemoveAttribute(METHOD_ATTRIBUTE)
+        self._interpolator, self._method = None, None
+        self._history.clear()
+        self._restoreFromScene()
+
     def exportFrames(self) -> CineFrames:
         """The segmentation of every frame as one label map, with the keyframes and interpolated frames.
 
@@ -387,27 +439,19 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
             present = {frame: set(np.unique(mask).tolist()) - {0} for frame, mask in self._keyframes.items()}
             segments = [SegmentFrames(label, [f for f in sorted(present) if label in present[f]], [])
                         for label in sorted(set().union(*present.values()))]
-        segmentation = session.segmentationNode.GetSegmentation()
-        names = {label: segmentation.GetSegment(segmentId).GetName()
-                 for segmentId, label in session.labelOfSegment.items() if segmentation.GetSegment(segmentId)}
         return CineFrames(labels, self.keyframes(),
                           [frame for frame, state in enumerate(self._states) if state == FRAME_INTERPOLATED],
-                          names, segments, self._method)
+                          self._segmentNames(), segments, self._method)
 
     def loadGuideline(self, guidelinePath) -> Guideline:
-        """Read and validate a guideline YAML file.
+        """Read and validate a guideline YAML file (as MedAnnotExport does).
 
         Raises
         ------
         medannot.errors.GuidelineError
             If the file is missing or invalid; the message names the file and the problem.
         """
-        self.ensureDependencies()
-        from medannot.guideline import load_guideline
-
-        if not guidelinePath or not Path(guidelinePath).is_file():
-            raise GuidelineError(f"Choose a guideline file (.yaml); '{guidelinePath or ''}' is not a file.")
-        return load_guideline(guidelinePath, require_reference_images=False)  # export needs no images
+        return _exportLogic().loadGuideline(guidelinePath)
 
     def exportSegmentation(self, guidelinePath, readerName: str, readerId: str, outputDir,
                            readerRole: str = "Annotator", institution: str = "",
@@ -418,6 +462,8 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
 
         Interpolated segments are recorded as SEMIAUTOMATIC with the interpolation method and MedAnnot's version;
         the SR lists each segment's keyframes and interpolated frames (numbered from 1, as DICOM frames are).
+        The files are written by MedAnnotExport's logic (:meth:`MedAnnotExportLogic.exportLabels`), as every MedAnnot
+        export is; the MedAnnot worklist submits a cine case through this method.
 
         Parameters
         ----------
@@ -449,22 +495,15 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         if not outputDir or str(outputDir) in ("", "."):
             raise ValueError("Choose an output folder for the DICOM-SEG and SR files.")
         frames = self.exportFrames()
-        guideline = self.loadGuideline(guidelinePath)
-        from medannot.dicomseg import ReaderInfo, export_segmentation
-        from medannot.imaging import load_source
-
-        reader = ReaderInfo(name=readerName, reader_id=readerId, role=readerRole or "Annotator",
-                            institution=institution or None)
+        exportLogic = _exportLogic()
+        guideline = exportLogic.loadGuideline(guidelinePath)
+        reader = exportLogic.readerInfo(readerName, readerId, readerRole, institution)
         labels, provenance = _guidelineLabelsAndProvenance(frames, guideline, confidences or {},
                                                            self._requireSession().segmentationNode.GetName())
         with self._sourcePath(sourcePath, dicomDatabase) as path:
-            source = load_source(path)
-            outputDir = Path(outputDir)
-            outputDir.mkdir(parents=True, exist_ok=True)
-            result = export_segmentation(
-                source=source, labels=labels, labels_geometry=None, guideline=guideline, reader=reader,
-                output_dir=outputDir, segments=provenance, task_id=taskId, checklist=checklist,
-                labels_name=f"segmentation sequence '{self.session.segmentationSequenceNode.GetName()}'")
+            result = exportLogic.exportLabels(
+                labels, None, path, guideline, reader, outputDir, provenance, taskId=taskId, checklist=checklist,
+                labelsName=f"segmentation sequence '{self.session.segmentationSequenceNode.GetName()}'")
         logger.info("Exported cine segmentation to %s and %s", result.seg_path, result.sr_path)
         return result
 
@@ -500,6 +539,13 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
                  for index in range(sequenceNode.GetNumberOfDataNodes())]
         if any(added):  # the shown segmentation follows its frame's item
             sequencesLogic.UpdateProxyNodesFromSequences(session.browserNode)
+
+    def _segmentNames(self) -> dict[int, str]:
+        """Segment names by label value, for the segments the shown segmentation holds."""
+        session = self._requireSession()
+        segmentation = session.segmentationNode.GetSegmentation()
+        return {label: segmentation.GetSegment(segmentId).GetName()
+                for segmentId, label in session.labelOfSegment.items() if segmentation.GetSegment(segmentId)}
 
     def _readFrame(self, frame: int) -> np.ndarray:
         """What is drawn on a frame, rows x cols; the shown frame is read from the segmentation being edited."""
@@ -612,6 +658,17 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         return MedAnnotLib.sourcePathOfVolume(volumeSequence.GetNthDataNode(0), dicomDatabase)
 
 
+def _exportLogic():
+    """MedAnnotExport's logic, which writes every MedAnnot SEG + SR.
+
+    Imported on use: Slicer puts each module's folder on the path as it loads the module, so MedAnnotExport's may
+    not be there yet while this one is being imported at startup.
+    """
+    from MedAnnotExportLib.logic import MedAnnotExportLogic
+
+    return MedAnnotExportLogic()
+
+
 def _statesFor(keyframes, frameCount: int, interpolated: bool) -> list[str]:
     states = [FRAME_EMPTY] * frameCount
     if keyframes and interpolated:
@@ -627,18 +684,12 @@ def _frameList(frames) -> str:
     return ", ".join(str(frame + 1) for frame in sorted(frames))
 
 
-def _guidelineLabelsAndProvenance(frames: CineFrames, guideline: Guideline, confidences: dict[str, int],
-                                  segmentationName: str) -> tuple[np.ndarray, dict]:
-    """The label map with the guideline's label values, and each drawn segment's provenance."""
-    from medannot.interpolation.provenance import segment_provenance
-
-    ratings = {name.strip().lower(): value for name, value in confidences.items()}
+def _guidelineLookup(segmentNames: dict[int, str], guideline: Guideline, segmentationName: str) -> np.ndarray:
+    """A table from the cine's label values to the guideline's, matching segments by name."""
     labelType = np.uint8 if max(guideline.labels, default=0) < 256 else np.uint16
-    lookup = np.zeros(max(frames.segmentNames, default=0) + 1, dtype=labelType)
-    present = set(np.unique(frames.labels).tolist()) - {0}
+    lookup = np.zeros(max(segmentNames, default=0) + 1, dtype=labelType)
     claimed: dict[int, str] = {}
-    provenance: dict[str, object] = {}
-    for label, name in sorted(frames.segmentNames.items()):
+    for label, name in sorted(segmentNames.items()):
         spec = next((s for s in guideline.segments if s.name.lower() == name.strip().lower()), None)
         if spec is None:
             known = ", ".join(f"{s.name} ({s.label})" for s in guideline.segments)
@@ -651,8 +702,22 @@ def _guidelineLabelsAndProvenance(frames: CineFrames, guideline: Guideline, conf
                 f"guideline segment '{spec.name}'; merge them or delete one.")
         claimed[spec.label] = name
         lookup[label] = spec.label
+    return lookup
+
+
+def _guidelineLabelsAndProvenance(frames: CineFrames, guideline: Guideline, confidences: dict[str, int],
+                                  segmentationName: str) -> tuple[np.ndarray, dict]:
+    """The label map with the guideline's label values, and each drawn segment's provenance."""
+    from medannot.interpolation.provenance import segment_provenance
+
+    ratings = {name.strip().lower(): value for name, value in confidences.items()}
+    lookup = _guidelineLookup(frames.segmentNames, guideline, segmentationName)
+    present = set(np.unique(frames.labels).tolist()) - {0}
+    provenance: dict[str, object] = {}
+    for label, name in sorted(frames.segmentNames.items()):
         if label not in present:
             continue  # an empty optional segment is not exported; the core refuses an empty required one
+        spec = next(s for s in guideline.segments if s.label == int(lookup[label]))
         drawn = next((s for s in frames.segments if s.label == label), SegmentFrames(label, [], []))
         rating = ratings.get(spec.name.lower(), ratings.get(name.strip().lower()))
         provenance[spec.name] = segment_provenance(drawn, frames.method, rating)

@@ -21,7 +21,6 @@ from medannot.errors import SourceImageError
 
 logger = logging.getLogger(__name__)
 
-# ITU-R BT.601 luma, as the core turns colour ultrasound into grey (medannot.interpolation.cine).
 _MS_PER_INDEX_UNIT = {"ms": 1.0, "msec": 1.0, "s": 1000.0, "sec": 1000.0}
 
 
@@ -56,6 +55,59 @@ def volumeSequenceOfBrowser(browserNode):
                      "DICOM module (or Sequences > Add data) and choose its browser.")
 
 
+def addCineSequence(frames: np.ndarray, name: str, spacing: tuple[float, float] = (1.0, 1.0),
+                    frameTimesMs: list[float] | None = None, instanceUid: str = "", scene=None):
+    """Add a cine as Slicer's DICOM image-sequence plugin loads one: a sequence of single-slice volumes and a
+    browser playing it.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        Frames x rows x cols.
+    name : str
+        Name of the sequence (the browser is named after it); the scene makes it unique.
+    spacing : tuple of float
+        Pixel spacing (row, column) in mm.
+    frameTimesMs : list of float, optional
+        Each frame's time; the index is then the time in seconds, as the plugin sets it, else the frame number.
+    instanceUid : str
+        SOP Instance UID of the multi-frame instance, set as every frame's ``DICOM.instanceUIDs`` (as the plugin
+        marks them), so that the export finds the file.
+    scene : vtkMRMLScene, optional
+        Defaults to ``slicer.mrmlScene``.
+
+    Returns
+    -------
+    tuple
+        ``(browserNode, volumeSequenceNode)``.
+    """
+    scene = scene if scene is not None else slicer.mrmlScene
+    frames = np.asarray(frames)
+    sequenceNode = scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName(name))
+    timed = frameTimesMs is not None and len(frameTimesMs) == frames.shape[0] and _increasing(frameTimesMs)
+    sequenceNode.SetIndexName("time" if timed else "frame")
+    sequenceNode.SetIndexUnit("s" if timed else "")
+    frameVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
+    ijkToRas = vtk.vtkMatrix4x4()  # the plugin turns the image 180 degrees about the view axis so that it is upright
+    ijkToRas.SetElement(0, 0, -1.0)
+    ijkToRas.SetElement(1, 1, -1.0)
+    frameVolume.SetIJKToRASMatrix(ijkToRas)
+    frameVolume.SetSpacing(float(spacing[1]), float(spacing[0]), 1.0)
+    if instanceUid:
+        frameVolume.SetAttribute("DICOM.instanceUIDs", instanceUid)
+    try:
+        for frame in range(frames.shape[0]):
+            slicer.util.updateVolumeFromArray(frameVolume, frames[frame:frame + 1])
+            indexValue = f"{frameTimesMs[frame] / 1000.0:.6g}" if timed else str(frame + 1)
+            sequenceNode.SetDataNodeAtValue(frameVolume, indexValue)  # stores a copy
+    finally:
+        scene.RemoveNode(frameVolume)
+    browserNode = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{sequenceNode.GetName()} browser")
+    browserNode.AddSynchronizedSequenceNode(sequenceNode)
+    browserNode.GetProxyNode(sequenceNode).SetName(sequenceNode.GetName())
+    return browserNode, sequenceNode
+
+
 def frameArray(volumeNode) -> np.ndarray:
     """One frame's pixels (rows x cols), grey; colour frames become luminance.
 
@@ -73,7 +125,7 @@ def frameArray(volumeNode) -> np.ndarray:
         if frame.shape[2] not in (3, 4):
             raise SourceImageError(f"Frame '{volumeNode.GetName()}' has {frame.shape[2]} components per pixel; "
                                    "expected grey or RGB.")
-        from medannot.interpolation.cine import rgb_to_grey
+        from medannot.imaging import rgb_to_grey  # as the core reads colour ultrasound
 
         return rgb_to_grey(frame)
     return frame

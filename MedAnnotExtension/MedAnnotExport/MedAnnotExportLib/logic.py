@@ -118,11 +118,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
         if not outputDir or str(outputDir) in ("", "."):
             raise ValueError("Choose an output folder for the DICOM-SEG and SR files.")
         guideline = self.loadGuideline(guidelinePath)
-        from medannot.dicomseg import ReaderInfo, export_segmentation
-        from medannot.imaging import load_source
-
-        reader = ReaderInfo(name=readerName, reader_id=readerId, role=readerRole or "Annotator",
-                            institution=institution or None)
+        reader = self.readerInfo(readerName, readerId, readerRole, institution)
         if MedAnnotLib.hasParentTransform(referenceVolumeNode):
             raise SourceImageError(
                 f"Volume '{referenceVolumeNode.GetName()}' is under a transform, so it no longer lies where its DICOM "
@@ -132,14 +128,61 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
         geometry = MedAnnotLib.geometryFromVolumeNode(referenceVolumeNode)
         segments = self._segmentProvenance(labels, guideline, confidences or {})
         with MedAnnotLib.sourcePathOfVolume(referenceVolumeNode, dicomDatabase) as sourcePath:
-            source = load_source(sourcePath)
-            outputDir = Path(outputDir)
-            outputDir.mkdir(parents=True, exist_ok=True)
-            result = export_segmentation(source=source, labels=labels, labels_geometry=geometry,
-                                         guideline=guideline, reader=reader, output_dir=outputDir,
-                                         segments=segments, task_id=taskId, checklist=checklist)
+            result = self.exportLabels(labels, geometry, sourcePath, guideline, reader, outputDir, segments,
+                                       taskId=taskId, checklist=checklist)
         logger.info("Exported '%s' to %s and %s", segmentationNode.GetName(), result.seg_path, result.sr_path)
         return result
+
+    @staticmethod
+    def readerInfo(readerName: str, readerId: str, readerRole: str = "Annotator", institution: str = ""):
+        """Who drew a segmentation, as the export records it (``medannot.dicomseg.ReaderInfo``).
+
+        Raises
+        ------
+        medannot.errors.ProvenanceError
+            If the name or id is missing or not a valid DICOM person name.
+        """
+        from medannot.dicomseg import ReaderInfo
+
+        return ReaderInfo(name=readerName, reader_id=readerId, role=readerRole or "Annotator",
+                          institution=institution or None)
+
+    def exportLabels(self, labels, labelsGeometry, sourcePath, guideline: Guideline, reader, outputDir,
+                     segments: dict, taskId: str | None = None, checklist: dict[str, str | bool] | None = None,
+                     labelsName: str | None = None) -> ExportResult:
+        """Write a label map on its DICOM source as SEG + SR: the step every MedAnnot export ends in (a volume's
+        segmentation here, a cine's segmentation sequence in MedAnnotCine).
+
+        Parameters
+        ----------
+        labels : numpy.ndarray
+            Slices (or frames) x rows x cols with the guideline's label values.
+        labelsGeometry : medannot.imaging.Geometry or None
+            The label map's grid, checked against the source's; None for a source without a patient coordinate
+            system (an ultrasound cine), where only the size is checked.
+        sourcePath : str or pathlib.Path
+            The DICOM series folder or multi-frame file the labels were drawn on.
+        guideline : medannot.guideline.Guideline
+            The guideline the reader followed.
+        reader : medannot.dicomseg.ReaderInfo
+            From :meth:`readerInfo`.
+        outputDir : str or pathlib.Path
+            Folder for the SEG and SR files; created if needed.
+        segments : dict
+            ``medannot.dicomseg.SegmentProvenance`` by guideline segment name, for the segments that hold voxels.
+        taskId, checklist, labelsName
+            Task-server task id, checklist answers by item id, and what to call the labels in error messages.
+        """
+        from medannot.dicomseg import export_segmentation
+        from medannot.imaging import load_source
+
+        source = load_source(sourcePath)
+        outputDir = Path(outputDir)
+        outputDir.mkdir(parents=True, exist_ok=True)
+        options = {"labels_name": labelsName} if labelsName else {}
+        return export_segmentation(source=source, labels=labels, labels_geometry=labelsGeometry,
+                                   guideline=guideline, reader=reader, output_dir=outputDir, segments=segments,
+                                   task_id=taskId, checklist=checklist, **options)
 
     @staticmethod
     def _segmentProvenance(labels, guideline: Guideline, confidences: dict[str, int]) -> dict:
