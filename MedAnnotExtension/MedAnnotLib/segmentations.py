@@ -120,6 +120,39 @@ def addSegmentationNodeFromLabelMap(labels: np.ndarray, geometry: Geometry, guid
     return segmentationNode
 
 
+def segmentMasksFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline: Guideline) -> dict[str, np.ndarray]:
+    """Return one boolean (slices, rows, columns) mask per segment, on the reference volume's grid, keyed by the
+    guideline segment it is named after. Segments may overlap here.
+
+    Raises
+    ------
+    SegmentContentError
+        If a segment's name is not in the guideline, or two segments have the same guideline name.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    nodeName = segmentationNode.GetName()
+    claimed: dict[str, str] = {}
+    masks: dict[str, np.ndarray] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        segmentName = segmentation.GetSegment(segmentId).GetName()
+        spec = _specNamed(guideline, segmentName)
+        if spec is None:
+            raise SegmentContentError(
+                f"Segmentation '{nodeName}': segment '{segmentName}' is not in guideline {guideline.id} "
+                f"{guideline.version}, which defines {_describeSegments(guideline)}; rename or delete the segment."
+            )
+        if spec.name in claimed:
+            raise SegmentContentError(
+                f"Segmentation '{nodeName}': segments '{claimed[spec.name]}' and '{segmentName}' are both "
+                f"guideline segment '{spec.name}'; merge them or delete one."
+            )
+        claimed[spec.name] = segmentName
+        masks[spec.name] = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId,
+                                                                      referenceVolumeNode) > 0
+    return masks
+
+
 def labelMapFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline: Guideline) -> np.ndarray:
     """Return a (slices, rows, columns) label map on the reference volume's grid with guideline label values.
 
@@ -131,40 +164,25 @@ def labelMapFromSegmentationNode(segmentationNode, referenceVolumeNode, guidelin
         If a segment's name is not in the guideline, two segments have the same guideline name, or segments
         overlap (a label map holds one label per voxel).
     """
-    segmentation = segmentationNode.GetSegmentation()
     nodeName = segmentationNode.GetName()
-    claimed: dict[int, str] = {}
-    labels: np.ndarray | None = None
-    for index in range(segmentation.GetNumberOfSegments()):
-        segmentId = segmentation.GetNthSegmentID(index)
-        segmentName = segmentation.GetSegment(segmentId).GetName()
-        spec = _specNamed(guideline, segmentName)
-        if spec is None:
-            raise SegmentContentError(
-                f"Segmentation '{nodeName}': segment '{segmentName}' is not in guideline {guideline.id} "
-                f"{guideline.version}, which defines {_describeSegments(guideline)}; rename or delete the segment."
-            )
-        if spec.label in claimed:
-            raise SegmentContentError(
-                f"Segmentation '{nodeName}': segments '{claimed[spec.label]}' and '{segmentName}' are both "
-                f"guideline segment '{spec.name}'; merge them or delete one."
-            )
-        claimed[spec.label] = segmentName
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode) > 0
-        if labels is None:
-            labels = np.zeros(mask.shape, dtype=_labelType(guideline))
+    masks = segmentMasksFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline)
+    if not masks:
+        shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+        return np.zeros(shape, dtype=_labelType(guideline))
+    labels = np.zeros(next(iter(masks.values())).shape, dtype=_labelType(guideline))
+    names: dict[int, str] = {}
+    for name, mask in masks.items():
+        spec = guideline.segment(name)
         overlap = mask & (labels != 0)
         if overlap.any():
-            others = sorted({claimed[int(v)] for v in np.unique(labels[overlap])})
+            others = sorted({names[int(v)] for v in np.unique(labels[overlap])})
             raise SegmentContentError(
-                f"Segmentation '{nodeName}': segment '{segmentName}' overlaps {', '.join(repr(o) for o in others)} "
+                f"Segmentation '{nodeName}': segment '{name}' overlaps {', '.join(repr(o) for o in others)} "
                 f"in {int(overlap.sum())} voxels; each voxel may belong to one segment only. In the Segment Editor "
                 "use Logical operators > Subtract, or paint with Masking > Modify other segments: Overwrite all."
             )
         labels[mask] = spec.label
-    if labels is None:
-        shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
-        labels = np.zeros(shape, dtype=_labelType(guideline))
+        names[spec.label] = name
     return labels
 
 

@@ -224,6 +224,23 @@ def test_label_maps_never_overlap_but_masks_may():
     assert check_masks({"A": a, "B": b}, geometry(a.shape), g).passed
 
 
+def test_masks_for_a_label_map_report_every_overlap_as_a_located_error_without_a_rule():
+    g = guideline()  # no no_overlap rule: the overlap matters because the result is one label per voxel
+    a = np.zeros((5, 12, 12), bool)
+    b = np.zeros_like(a)
+    a[1:4, 0:6, 0:6] = True
+    b[3:5, 5:9, 4:9] = True  # shares slice 3, rows 5, columns 4-5 with A
+    assert check_masks({"A": a, "B": b}, geometry(a.shape), g).passed
+    report = check_masks({"A": a, "B": b}, geometry(a.shape), g, one_label_per_voxel=True)
+    finding = only(report, "overlap")
+    assert finding.severity == "error" and finding.segment == "A"
+    assert "A and B overlap in 2 voxels" in finding.message and "slice(s) 3" in finding.message
+    assert "Subtract" in finding.message
+    assert a[finding.location.voxel] and b[finding.location.voxel]
+    b[3, 5, 4:6] = False
+    assert check_masks({"A": a, "B": b}, geometry(a.shape), g, one_label_per_voxel=True).passed
+
+
 def test_masks_keyed_by_an_unknown_segment_are_refused():
     with pytest.raises(GuidelineError, match="has no segment 'Spleen'"):
         check_masks({"Spleen": np.zeros((1, 2, 2), bool)}, None, guideline())

@@ -239,6 +239,28 @@ def test_lesion_reaching_outside_the_liver_is_found_where_it_is_outside(scene):
 
 
 @needsMrml
+def test_overlapping_segments_are_a_finding_that_jumps_onto_the_overlap(scene):
+    labels = np.zeros(OBLIQUE_SHAPE, np.uint8)
+    labels[LIVER] = 1
+    volumeNode, segmentationNode = drawnCase(scene, labels, projectGuideline())
+    lesion = np.zeros(OBLIQUE_SHAPE, np.uint8)
+    lesion[3:5, 10:13, 8:12] = 1  # drawn over the liver without "Overwrite all": both segments hold these voxels
+    segmentation = segmentationNode.GetSegmentation()
+    slicer.util.updateSegmentBinaryLabelmapFromArray(lesion, segmentationNode,
+                                                     segmentation.GetSegmentIdBySegmentName("Lesion"), volumeNode)
+
+    check = checkSegmentation(segmentationNode, volumeNode, projectGuideline())
+
+    assert not check.passed
+    [finding] = [f for f in check.findings if f.rule == "overlap"]
+    assert (finding.severity, finding.segment) == ("error", "Liver")
+    assert "Liver and Lesion overlap in 24 voxels" in finding.message and "Overwrite all" in finding.message
+    k, j, i = voxelAt(volumeNode, finding.pointRas)
+    assert lesion[k, j, i] and labels[k, j, i] == 1, "the jump point must be a voxel both segments hold"
+    assert check.drawnSegments == ("Liver", "Lesion")
+
+
+@needsMrml
 def test_segmentation_following_the_guideline_passes_and_an_empty_one_has_nowhere_to_jump(scene):
     labels = np.zeros(OBLIQUE_SHAPE, np.uint8)
     labels[LIVER] = 1

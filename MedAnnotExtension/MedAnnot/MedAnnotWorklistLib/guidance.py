@@ -141,14 +141,24 @@ def checkSegmentation(segmentationNode, referenceVolumeNode, guideline: Guidelin
     isCine : bool
         Axis 0 of the volume is time: components, areas and containment are checked frame by frame.
 
+    Segments that overlap are ``overlap`` error findings located on the shared voxels (the result is exported
+    as one label per voxel), so Check can jump there.
+
     Raises
     ------
     medannot.errors.SegmentContentError
-        If a segment is not in the guideline or segments overlap (the message says how to fix it).
+        If a segment is not in the guideline (the message says how to fix it).
     """
-    labels = MedAnnotLib.labelMapFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline)
+    from medannot.guideline.qa import check_masks
+
+    masks = MedAnnotLib.segmentMasksFromSegmentationNode(segmentationNode, referenceVolumeNode, guideline)
     geometry = MedAnnotLib.geometryFromVolumeNode(referenceVolumeNode)
-    return checkLabelMap(labels, geometry, guideline, isCine=isCine, name=segmentationNode.GetName())
+    if not masks:
+        shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+        masks = {guideline.segments[0].name: np.zeros(shape, dtype=bool)}
+    report = check_masks(masks, geometry, guideline, is_cine=isCine, one_label_per_voxel=True)
+    drawn = tuple(spec.name for spec in guideline.segments if spec.name in masks and masks[spec.name].any())
+    return _caseCheck(report, drawn, segmentationNode.GetName())
 
 
 def checkLabelMap(labels: np.ndarray, geometry, guideline: Guideline, isCine: bool = False,
@@ -160,6 +170,10 @@ def checkLabelMap(labels: np.ndarray, geometry, guideline: Guideline, isCine: bo
     report = check_labels(labels, geometry, guideline, is_cine=isCine)
     present = set(np.unique(labels).tolist())
     drawn = tuple(spec.name for spec in guideline.segments if spec.label in present)
+    return _caseCheck(report, drawn, name)
+
+
+def _caseCheck(report, drawn: tuple[str, ...], name: str) -> CaseCheck:
     findings = tuple(LocatedFinding.fromCoreFinding(finding) for finding in report.findings)
     logger.info("Checked '%s': %d error(s), %d warning(s)", name, sum(f.isError for f in findings),
                 sum(not f.isError for f in findings))

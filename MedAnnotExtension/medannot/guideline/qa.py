@@ -516,11 +516,13 @@ def check_labels(labels: np.ndarray, geometry: Geometry | None, guideline: Guide
 
 
 def check_masks(masks: Mapping[str | int, np.ndarray], geometry: Geometry | None, guideline: Guideline,
-                is_cine: bool = False) -> QAReport:
+                is_cine: bool = False, one_label_per_voxel: bool = False) -> QAReport:
     """Check one boolean mask per segment (which may overlap, unlike a label map) against the guideline.
 
     ``masks`` is keyed by segment name or label value; segments not given are empty. Otherwise as
-    :func:`check_labels`, plus ``no_overlap`` findings where masks overlap.
+    :func:`check_labels`, plus ``no_overlap`` findings where masks overlap. With ``one_label_per_voxel`` (the
+    result will be written as a label map, e.g. from a Slicer segmentation) every overlapping pair is an
+    ``overlap`` error located on its overlap, whatever the rules say.
     """
     resolved: dict[str, _Mask] = {spec.name: _Mask(None) for spec in guideline.segments}
     shape: tuple[int, ...] | None = None
@@ -535,4 +537,34 @@ def check_masks(masks: Mapping[str | int, np.ndarray], geometry: Geometry | None
         resolved[spec.name] = _Mask.from_full(array)
     if shape is None:
         raise LabelMapError("no segment masks given")
-    return _run(_grid(shape, geometry, is_cine, "masks"), guideline, resolved, exclusive=False, extra=[])
+    grid = _grid(shape, geometry, is_cine, "masks")
+    extra = _overlap_findings(grid, guideline, resolved) if one_label_per_voxel else []
+    return _run(grid, guideline, resolved, exclusive=False, extra=extra)
+
+
+def _overlap_findings(grid: _Grid, guideline: Guideline, masks: dict[str, _Mask]) -> list[Finding]:
+    """One error per pair of segments that share voxels, located on a voxel of the overlap."""
+    findings = []
+    drawn = [spec.name for spec in guideline.segments if not masks[spec.name].empty]
+    for i, first in enumerate(drawn):
+        for second in drawn[i + 1:]:
+            a, b = masks[first], masks[second]
+            assert a.crop is not None and b.crop is not None
+            start = tuple(max(p, q) for p, q in zip(a.offset, b.offset, strict=True))
+            stop = tuple(min(p + n, q + m) for p, n, q, m in zip(a.offset, a.crop.shape, b.offset, b.crop.shape,
+                                                                  strict=True))
+            if any(lo >= hi for lo, hi in zip(start, stop, strict=True)):
+                continue
+            window = tuple(slice(lo, hi) for lo, hi in zip(start, stop, strict=True))
+            overlap = (a.crop[tuple(slice(w.start - o, w.stop - o) for w, o in zip(window, a.offset, strict=True))]
+                       & b.crop[tuple(slice(w.start - o, w.stop - o) for w, o in zip(window, b.offset, strict=True))])
+            count = int(np.count_nonzero(overlap))
+            if not count:
+                continue
+            planes = np.flatnonzero(overlap.any(axis=(1, 2))) + start[0]
+            text = (f"{first} and {second} overlap in {grid.size_text(count, grid.cine)} on {grid.axis}(s) "
+                    f"{_ranges(planes)}; each voxel may belong to one segment only. In the Segment Editor use "
+                    "Logical operators > Subtract, or paint with Masking > Modify other segments: Overwrite all.")
+            voxel = _representative_voxel(overlap, start, grid.spacing)  # type: ignore[arg-type]
+            findings.append(Finding("overlap", "error", first, text, grid.location(voxel), text))
+    return findings
