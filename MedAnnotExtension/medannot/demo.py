@@ -55,25 +55,28 @@ def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
         return {}
 
     root = output / "server"
-    with console.status("Task server: users, project, cases ...") as status:
-        project_id, passwords = set_up_lab(root, _bundled_guideline("liver-ct.yaml", output))
+    with console.status("Task server: users, projects, cases ...") as status:
+        projects, passwords = set_up_lab(root, _bundled_guideline("liver-ct.yaml", output),
+                                         cine_guideline_path=_bundled_guideline("echo-lv.yaml", output))
         server = start_local_server(root)
         try:
-            status.update(f"Task server at {server.url}: two readers claim, segment, export and submit ...")
+            status.update(f"Task server at {server.url}: two readers claim, segment (the cine: keyframes, "
+                          "interpolation), export and submit ...")
             rows = []
             for seed, reader in enumerate(("reader1", "reader2")):
-                rows += read_cases(server.url, project_id, reader, passwords[reader], output / "readers" / reader,
-                                   seed)
+                for kind, project_id in projects.items():
+                    rows += read_cases(server.url, project_id, reader, passwords[reader],
+                                       output / "readers" / reader / kind, seed)
         finally:
             server.stop()
         count, problem = verify_audit(root)
-    table = Table(title=f"Task server (SQLite, {server.url}): project {project_id}, 2 readers per case",
-                  title_justify="left")
-    for column in ("reader", "task", "case", "submit", "submission"):
+    names = {project_id: kind for kind, project_id in projects.items()}
+    table = Table(title=f"Task server {server.url} (SQLite)", title_justify="left")
+    for column in ("reader", "project", "task", "case", "submit", "submission"):
         table.add_column(column)
     for row in rows:
-        table.add_row(str(row["reader"]), str(row["task"]), str(row["case"]), str(row["status"]),
-                      str(row["submission"]))
+        table.add_row(str(row["reader"]), f"{row['project']} ({names[row['project']].upper()})", str(row["task"]),
+                      str(row["case"]), str(row["status"]), str(row["submission"]))
     console.print(table)
     console.print(f"  audit trail: {count} records, " + ("hash chain intact" if problem is None else problem))
     if problem is not None or any(row["status"] != "sent" for row in rows):

@@ -1,5 +1,6 @@
-"""The task-server part of ``medannot demo``: a local server (SQLite, loopback), users, a project, cases, and two
-readers working through claim -> download -> export -> submit."""
+"""The task-server part of ``medannot demo``: a local server (SQLite, loopback), users, a CT project and an
+ultrasound cine project with their cases, and two readers working through claim -> download -> segment (the cine:
+draw keyframes, interpolate) -> export -> submit."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import numpy as np
 import uvicorn
 
 from medannot.client import Outbox, TaskServerClient
-from medannot.demo_data import ct_phantom, make_ct_series
-from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation
-from medannot.guideline import load_guideline
-from medannot.imaging import load_source
+from medannot.demo_data import cine_phantom, ct_phantom, make_ct_series, make_us_cine
+from medannot.dicomseg import ExportResult, ReaderInfo, SegmentProvenance, export_segmentation
+from medannot.guideline import Guideline, load_guideline
+from medannot.imaging import SourceImage, load_source
+from medannot.interpolation import interpolate_labels, load_cine
+from medannot.interpolation.provenance import segment_provenance
 
 SHAPE = (12, 64, 64)
 
@@ -53,9 +56,11 @@ def start_local_server(root: Path) -> DemoServer:
     return DemoServer(f"http://127.0.0.1:{port}", server, thread)
 
 
-def set_up_lab(root: Path, guideline_path: Path, cases: int = 2) -> tuple[int, dict[str, str]]:
-    """Users (an admin and two readers with generated passwords), a project and CT cases; returns the project id
-    and the passwords."""
+def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
+               cine_guideline_path: Path | None = None) -> tuple[dict[str, int], dict[str, str]]:
+    """Users (an admin and two readers with generated passwords), a CT project with ``cases`` cases and, with
+    ``cine_guideline_path``, an ultrasound cine project with one cine; returns the project ids by kind ("ct",
+    "cine") and the passwords."""
     from medannot.server.config import resolve_settings
     from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
     from medannot.server.projects import create_project, import_cases
@@ -72,45 +77,81 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2) -> tuple[int, d
         lines.append(f"case-{i},{Path(folder).resolve()}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
+    projects: dict[str, int] = {}
     with transaction(session_factory(engine)) as session:
         for name, password in passwords.items():
             create_user(session, name, "admin" if name == "admin" else "annotator", password, actor="demo")
-        project_id = create_project(session, guideline_path, actor="demo").id
-        import_cases(session, project_id, manifest, actor="demo")
+        projects["ct"] = create_project(session, guideline_path, actor="demo").id
+        import_cases(session, projects["ct"], manifest, actor="demo")
+        if cine_guideline_path is not None:
+            cine = make_us_cine(root / "pacs" / "echo-1" / "cine.dcm")
+            cine_manifest = root / "manifest-echo.csv"
+            cine_manifest.write_text(f"case_id,source\necho-1,{cine.resolve()}\n")
+            projects["cine"] = create_project(session, cine_guideline_path, actor="demo").id
+            import_cases(session, projects["cine"], cine_manifest, actor="demo")
     engine.dispose()
-    return project_id, passwords
+    return projects, passwords
 
 
 def read_cases(url: str, project_id: int, reader: str, password: str, work: Path, seed: int) -> list[dict[str, object]]:
-    """One reader's session: claim until nothing is left; for each task download, segment, export, submit."""
+    """One reader's session: claim until nothing is left; for each task download, segment, export, submit.
+
+    A CT is segmented directly; an ultrasound cine the way its guideline asks: keyframes drawn, the rest
+    interpolated (motion-guided), exported with the interpolation's provenance.
+    """
     client = TaskServerClient(url)
     client.login(reader, password)
-    guideline_path = work / "guideline.yaml"
-    guideline_path.parent.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    guideline_path = work / f"guideline-{project_id}.yaml"
     guideline_path.write_text(client.guideline(project_id))
     guideline = load_guideline(guideline_path)
     outbox = Outbox(work / "outbox")
     rng = np.random.default_rng(seed)
+    reader_info = ReaderInfo(f"Demo^{reader.capitalize()}", reader)
     done: list[dict[str, object]] = []
     while (task := client.claim(project_id)) is not None:
         images = client.download_instances(task.task_id, task.lease_token, work / f"task-{task.task_id}" / "images")
         source = load_source(images)
-        _, labels = ct_phantom(source.shape)
-        labels = labels.copy()
-        # a reader's own hand: this reader misses a few liver voxels at the border
-        border = np.argwhere(labels == 1)
-        drop = border[rng.choice(len(border), size=len(border) // 50, replace=False)]
-        labels[tuple(drop.T)] = 0
         client.heartbeat(task.task_id, task.lease_token)
-        result = export_segmentation(
-            source, labels, source.geometry, guideline, ReaderInfo(f"Demo^{reader.capitalize()}", reader),
-            work / f"task-{task.task_id}" / "result",
-            segments={"Liver": SegmentProvenance(confidence=int(rng.integers(70, 99)))}, task_id=str(task.task_id))
+        out = work / f"task-{task.task_id}" / "result"
+        if source.is_multiframe and source.modality == "US":
+            result = _segment_cine(images, source, guideline, reader_info, out, rng, str(task.task_id))
+        else:
+            result = _segment_ct(source, guideline, reader_info, out, rng, str(task.task_id))
         delivery = outbox.submit(client, task.task_id, task.lease_token, result.seg_path, result.sr_path)
-        done.append({"reader": reader, "task": task.task_id, "case": task.case_id, "status": delivery.status,
-                     "submission": delivery.submission_id, "seg": result.seg_path})
+        done.append({"reader": reader, "project": project_id, "task": task.task_id, "case": task.case_id,
+                     "status": delivery.status, "submission": delivery.submission_id, "seg": result.seg_path})
     client.logout()
     return done
+
+
+def _segment_ct(source: SourceImage, guideline: Guideline, reader: ReaderInfo, out: Path,
+                rng: np.random.Generator, task_id: str) -> ExportResult:
+    _, labels = ct_phantom(source.shape)
+    labels = labels.copy()
+    # a reader's own hand: this reader misses a few liver voxels at the border
+    border = np.argwhere(labels == 1)
+    drop = border[rng.choice(len(border), size=len(border) // 50, replace=False)]
+    labels[tuple(drop.T)] = 0
+    return export_segmentation(source, labels, source.geometry, guideline, reader, out,
+                               segments={"Liver": SegmentProvenance(confidence=int(rng.integers(70, 99)))},
+                               task_id=task_id)
+
+
+def _segment_cine(images: Path, source: SourceImage, guideline: Guideline, reader: ReaderInfo, out: Path,
+                  rng: np.random.Generator, task_id: str) -> ExportResult:
+    cine = load_cine(source.paths[0])
+    _, truth = cine_phantom(*cine.frames.shape)
+    n = truth.shape[0]
+    keyframes = sorted({0, *range(int(rng.integers(5, 8)), n - 1, 6), n - 1})
+    drawn = np.zeros_like(truth)
+    drawn[keyframes] = truth[keyframes]  # the reader draws the keyframes only
+    filled = interpolate_labels(drawn, keyframes, image=cine.frames, frame_times=cine.frame_times_ms)
+    confidences = {1: int(rng.integers(75, 95)), 2: int(rng.integers(55, 80))}
+    return export_segmentation(
+        source, filled.labels, None, guideline, reader, out,
+        segments={s.label: segment_provenance(s, filled.method, confidences.get(s.label)) for s in filled.segments},
+        task_id=task_id)
 
 
 def verify_audit(root: Path) -> tuple[int, str | None]:

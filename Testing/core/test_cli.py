@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medannot.dicomseg import read_segmentation
 from medannot.imaging import write_label_map
 
 
@@ -92,6 +93,14 @@ def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
     assert len(segs) == 2 and len(srs) == 2
     for path in segs:
         assert str(path.relative_to(tmp_path)) in proc.stdout
+    # Through the task server: two CT cases and one cine, each read by both readers; the cine's keyframes drawn,
+    # the rest interpolated, and that is what the submitted SEG records.
+    assert proc.stdout.count(" sent ") == 6 and "hash chain intact" in proc.stdout
+    cine_segs = sorted(out.glob("readers/*/cine/task-*/result/seg-*.dcm"))
+    assert len(cine_segs) == 2
+    summary = read_segmentation(cine_segs[0]).summary
+    assert {s["algorithm_type"] for s in summary["segments"]} == {"SEMIAUTOMATIC"}
+    assert all("interpolation" in s["algorithm_name"] for s in summary["segments"])
     again = medannot("demo", "--output", out)  # re-running replaces its own folder
     assert again.returncode == 0
     foreign = tmp_path / "foreign"
