@@ -372,11 +372,15 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.passwordLineEdit.clear()  # never kept: not in the parameter node, the widget or the logic
         try:
             with self.errorsShown(_("Failed to log in.")):
-                self.logic.login(self._parameterNode.serverUrl, self._parameterNode.username, password)
+                delivered = self.logic.login(self._parameterNode.serverUrl, self._parameterNode.username, password)
                 if not self._parameterNode.readerId:
                     self._parameterNode.readerId = self._parameterNode.username[:16]
                 self.refreshWorklist()
-                self.ui.statusLabel.text = _("Select a project and press Next case.")
+                status = [_("Select a project and press Next case.")]
+                if delivered:
+                    status.insert(0, _("{sent} of {total} waiting results sent.").format(
+                        sent=sum(d.status == "sent" for d in delivered), total=len(delivered)))
+                self.ui.statusLabel.text = " ".join(status)
         finally:
             del password
 

@@ -290,6 +290,29 @@ def test_submit_while_the_server_is_down_waits_in_the_outbox_and_is_delivered_ex
 
 
 @needsMrmlAndServer
+def test_results_queued_before_slicer_closed_are_sent_at_the_next_login(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    paintLiverAndLesion(session)
+    server.stop()
+    assert submit(logic, session).status == "queued"
+    del logic  # Slicer closed: nothing of the logic survives but its folders on disk
+    restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
+    try:
+        fresh = MedAnnotLogic(outboxFolder=tmp_path / "outbox-r1", cacheFolder=tmp_path / "cases-r1")
+        assert fresh.outboxStatus().pending == 1
+
+        delivered = fresh.login(server.url, "r1", PASSWORD)
+
+        assert [(d.status, d.task_id) for d in delivered] == [("sent", session.taskId)]
+        assert submissionsOfTask(lab, session.taskId) == 1
+        assert (fresh.outboxStatus().pending, fresh.outboxStatus().sent) == (0, 1)
+        assert fresh.login(server.url, "r1", PASSWORD) == []  # nothing left to send
+    finally:
+        restarted.stop()
+
+
+@needsMrmlAndServer
 def test_next_case_delivers_a_waiting_result_before_claiming(scene, lab, server, tmp_path):
     logic = readerLogic(tmp_path, server)
     session = logic.nextCase(lab.project_id)

@@ -194,8 +194,11 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     def username(self) -> str:
         return self._username if self.isLoggedIn else ""
 
-    def login(self, serverUrl: str, username: str, password: str) -> None:
+    def login(self, serverUrl: str, username: str, password: str) -> list[DeliveryResult]:
         """Log in to a task server. The password goes to the server and is not kept anywhere.
+
+        Results left in the outbox for this server (e.g. queued before Slicer was closed) are sent right away;
+        returns what became of them. A delivery problem does not fail the login: the results keep waiting.
 
         Raises
         ------
@@ -223,6 +226,15 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             self._client.close()
         self._client, self._username = client, username.strip()
         logger.info("Logged in to %s as %s", client.base_url, self._username)
+        try:
+            delivered = self.outbox.flush(client)
+        except MedAnnotError as error:  # the login stands; the results wait for the next try
+            logger.warning("Results in the outbox not sent after login: %s", error)
+            return []
+        if delivered:
+            logger.info("After login: %d of %d waiting result(s) sent", sum(d.status == "sent" for d in delivered),
+                        len(delivered))
+        return delivered
 
     def logout(self) -> None:
         """Revoke the login on the server. An open case stays in the scene; its result can still be submitted
