@@ -102,9 +102,7 @@ def read_cases(url: str, project_id: int, reader: str, password: str, work: Path
     client = TaskServerClient(url)
     client.login(reader, password)
     work.mkdir(parents=True, exist_ok=True)
-    guideline_path = work / f"guideline-{project_id}.yaml"
-    guideline_path.write_text(client.guideline(project_id))
-    guideline = load_guideline(guideline_path)
+    guideline = load_guideline(client.download_guideline(project_id, work / f"guideline-{project_id}"))
     outbox = Outbox(work / "outbox")
     rng = np.random.default_rng(seed)
     reader_info = ReaderInfo(f"Demo^{reader.capitalize()}", reader)

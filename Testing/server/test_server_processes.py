@@ -141,3 +141,52 @@ def test_a_case_served_by_orthanc_over_dicomweb_reaches_the_lease_holder(orthanc
         assert refused.status_code == 409 and orthanc.password not in refused.text
     finally:
         server.stop()
+
+
+def _guideline_with_a_reference_image(folder: Path, version: str, image: str = "figures/liver-outline.png") -> Path:
+    """The bundled liver guideline as a new version whose instructions show a reference image."""
+    import yaml
+
+    from harness import GUIDELINE
+
+    doc = yaml.safe_load(GUIDELINE.read_text())
+    doc["version"] = version
+    doc["instructions"] = {"text": doc["instructions"], "reference_images": [image]}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "liver-ct.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_reference_images_travel_with_the_guideline_and_are_checked(db_url, tmp_path):  # noqa: F811
+    from medannot.guideline import load_guideline
+    from harness import medannot
+
+    lab = make_lab(db_url, tmp_path / "lab", cases=1)
+    guideline = _guideline_with_a_reference_image(tmp_path / "g", "1.1.0")
+    picture = bytes(range(256)) * 40  # any bytes: the server keeps and serves them as they are
+    (tmp_path / "g" / "figures").mkdir()
+    (tmp_path / "g" / "figures" / "liver-outline.png").write_bytes(picture)
+    added = medannot("admin", "project", "guideline", lab.project_id, "--guideline", guideline, db=db_url)
+    assert added.returncode == 0, added.stderr
+    outside = _guideline_with_a_reference_image(tmp_path / "g2", "1.2.0", image="../g/figures/liver-outline.png")
+    refused = medannot("admin", "project", "guideline", lab.project_id, "--guideline", outside, db=db_url)
+    assert refused.returncode == 1 and "outside the guideline's folder" in refused.stderr, refused.stderr
+
+    server = ServerProcess(db_url, tmp_path / "data").start()
+    try:
+        client = TaskServerClient(server.url)
+        client.login("r1", PASSWORD)
+        path = client.download_guideline(lab.project_id, tmp_path / "reader")
+        assert path.read_bytes() == guideline.read_bytes()  # byte for byte: its sha256 is what results record
+        assert (tmp_path / "reader" / "figures" / "liver-outline.png").read_bytes() == picture
+        loaded = load_guideline(path)  # requires the images to be there
+        assert loaded.version == "1.1.0" and loaded.reference_images[0].read_bytes() == picture
+        listing = requests.get(f"{server.url}/api/v1/projects/{lab.project_id}/guideline/files",
+                               headers=login(server.url, "r1"), timeout=30).json()
+        assert [(f["name"], f["size"]) for f in listing] == [("figures/liver-outline.png", len(picture))]
+        missing = requests.get(f"{server.url}/api/v1/projects/{lab.project_id}/guideline/files/nope.png",
+                               headers=login(server.url, "r1"), timeout=30)
+        assert missing.status_code == 404 and "has no file 'nope.png'" in missing.text
+    finally:
+        server.stop()

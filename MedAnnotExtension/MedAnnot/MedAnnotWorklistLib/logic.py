@@ -532,10 +532,10 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         _emptyCaseFolder(caseDir, keep=AUTOSAVE_FOLDER)
         caseDir.mkdir(parents=True, exist_ok=True)
         client.download_instances(task.task_id, task.lease_token, caseDir / "images")
-        guidelinePath = caseDir / "guideline.yaml"
-        # Bytes, not text: the guideline's sha256 (recorded in the SEG, checked by the server) is over the bytes.
-        guidelinePath.write_bytes(client.guideline(task.project_id).encode("utf-8"))
-        guideline = load_guideline(guidelinePath, require_reference_images=False)  # only the YAML is sent
+        # The YAML as bytes (the guideline's sha256, recorded in the SEG and checked by the server, is over the
+        # bytes) and its reference images beside it, each checked against its sha256.
+        guidelinePath = client.download_guideline(task.project_id, caseDir / "guideline")
+        guideline = load_guideline(guidelinePath)
         expected = task.raw.get("guideline_sha256")
         if expected and guideline.sha256 != expected:
             raise GuidelineError(

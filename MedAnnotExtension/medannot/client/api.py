@@ -6,6 +6,7 @@ to repeat because the server stores each Idempotency-Key once. Every failure is 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -249,6 +250,33 @@ class TaskServerClient:
         except UnicodeDecodeError:
             raise self._unexpected(f"the guideline of project {project_id}", "not UTF-8 text") from None
 
+    def download_guideline(self, project_id: int | str, dest_dir: str | os.PathLike[str],
+                           name: str = "guideline.yaml") -> Path:
+        """Save the project's current guideline as ``dest_dir/name`` with its reference images beside it, where
+        the YAML says they are; every image is checked against the sha256 the server lists. Returns the YAML's
+        path (``load_guideline`` then finds the images)."""
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / name
+        _write_atomically(target, self.guideline(project_id).encode("utf-8"))
+        what = f"list the files of the guideline of project {project_id}"
+        listing = self._json(self._call("GET", f"/projects/{project_id}/guideline/files", what), what)
+        root = dest.resolve()
+        for entry in listing:
+            file_name, digest = str(entry.get("name", "")), str(entry.get("sha256", ""))
+            parts = PurePosixPath(file_name).parts
+            path = (dest / file_name).resolve()
+            if not file_name or file_name.startswith("/") or ".." in parts or not path.is_relative_to(root):
+                raise UnsafeArchiveError(f"guideline file {file_name!r} from {self.base_url} would be written "
+                                         f"outside {dest}; nothing of it was saved")
+            response = self._call("GET", f"/projects/{project_id}/guideline/files/{file_name}",
+                                  f"fetch {file_name} of the guideline of project {project_id}")
+            if hashlib.sha256(response.content).hexdigest() != digest:
+                raise self._unexpected(f"guideline file {file_name}", "its content does not match its sha256")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, response.content)
+        return target
+
     # ------------------------------------------------------------ plumbing
     def _call(self, method: str, path: str, what: str, *, authenticated: bool = True, repeat_safe: bool = True,
               lease_token: str | None = None, headers: dict[str, str] | None = None,
@@ -310,6 +338,12 @@ class TaskServerClient:
         return ServerResponseError(f"{what} from {self.base_url} is not what a MedAnnot task server sends "
                                    f"({problem}); check that the address points at the lab's MedAnnot server",
                                    server_url=self.base_url)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- zip archives

@@ -112,6 +112,17 @@ def projects(as_json: bool) -> None:
     Console(soft_wrap=True).print(table)
 
 
+@client_group.command("guideline", context_settings=CONTEXT)
+@click.argument("project_id")
+@click.option("--output", "-o", "output_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Folder to save guideline.yaml and its reference images in.")
+def guideline(project_id: str, output_dir: Path) -> None:
+    """Save PROJECT_ID's current guideline (YAML, byte for byte) and its reference images; prints the YAML's path."""
+    with _client() as client:
+        path = client.download_guideline(project_id, output_dir)
+    click.echo(str(path))
+
+
 @client_group.command("next", context_settings=CONTEXT)
 @click.argument("project_id")
 @click.option("--download", "download_dir", type=click.Path(path_type=Path), default=None,

@@ -123,6 +123,28 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return PlainTextResponse(version.yaml_text, media_type="text/yaml",
                                  headers={"X-Guideline-Version": version.version, "X-Guideline-Sha256": version.sha256})
 
+    @api.get("/projects/{project_id}/guideline/files", tags=["projects"])
+    def project_guideline_files(project_id: int, session: DB, _user: AnyUser) -> list[dict[str, object]]:
+        """The files of the current guideline version (reference images), to put next to its YAML."""
+        project = project_service.get_project(session, project_id)
+        version = project_service.current_version(session, project)
+        assert version is not None
+        return [{"name": f.name, "sha256": f.sha256, "size": len(f.content)}
+                for f in project_service.guideline_files(session, version)]
+
+    @api.get("/projects/{project_id}/guideline/files/{name:path}", tags=["projects"],
+             response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+    def project_guideline_file(project_id: int, name: str, session: DB, _user: AnyUser) -> Response:
+        project = project_service.get_project(session, project_id)
+        version = project_service.current_version(session, project)
+        assert version is not None
+        for stored in project_service.guideline_files(session, version):
+            if stored.name == name:
+                return Response(stored.content, media_type="application/octet-stream",
+                                headers={"X-Sha256": stored.sha256})
+        raise HTTPException(status_code=404, detail=f"guideline {version.guideline_id} {version.version} of "
+                                                    f"project {project_id} has no file {name!r}")
+
     def task_body(task: Task, case: Case, project: Project, session: Session) -> dict[str, object]:
         version = project_service.current_version(session, project)
         return {"task_id": task.id, "case_id": case.case_key, "project_id": project.id, "slot": task.slot,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("admin", "annotator", "reviewer")
@@ -61,6 +61,18 @@ class GuidelineVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     yaml_text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class GuidelineFile(Base):
+    """A file a guideline version refers to (a reference image of its instructions), kept with the version."""
+
+    __tablename__ = "guideline_files"
+    __table_args__ = (UniqueConstraint("guideline_version_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guideline_version_id: Mapped[int] = mapped_column(ForeignKey("guideline_versions.id"))
+    name: Mapped[str] = mapped_column(String(512))  # path relative to the guideline file, with "/"
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Case(Base):

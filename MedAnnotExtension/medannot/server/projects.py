@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from medannot.errors import MedAnnotError
 from medannot.guideline import Guideline, load_guideline, parse_guideline
 from medannot.server.audit import append_audit
-from medannot.server.models import TASK_SUBMITTED, Case, GuidelineVersion, Project, Task, utcnow
+from medannot.server.models import TASK_SUBMITTED, Case, GuidelineFile, GuidelineVersion, Project, Task, utcnow
 
 
 class ProjectError(MedAnnotError):
@@ -21,7 +22,9 @@ class ProjectError(MedAnnotError):
 
 def create_project(session: Session, guideline_path: str | Path, name: str | None = None,
                    actor: str | None = None) -> Project:
-    """Create a project from a guideline file; its version becomes the project's first guideline version."""
+    """Create a project from a guideline file; its version becomes the project's first guideline version.
+
+    The reference images of its instructions are stored with the version and served with it."""
     guideline, text = _read_guideline(guideline_path)
     project = Project(name=name or guideline.title, guideline_id=guideline.id,
                       readers_per_case=guideline.readers_per_case, created_at=utcnow())
@@ -54,7 +57,19 @@ def _read_guideline(path: str | Path) -> tuple[Guideline, str]:
     (reading it as text would turn CRLF line ends into LF and change the hash)."""
     path = Path(path)
     guideline = load_guideline(path)
+    for image in guideline.reference_images:
+        try:
+            Path(image).resolve().relative_to(path.parent.resolve())
+        except ValueError:
+            raise ProjectError(f"{path}: reference image {image} lies outside the guideline's folder; keep "
+                               "reference images in that folder or below it, so they travel with the guideline") from None
     return guideline, path.read_bytes().decode("utf-8")
+
+
+def guideline_files(session: Session, version: GuidelineVersion) -> list[GuidelineFile]:
+    """The files stored with a guideline version (reference images), by name."""
+    return list(session.scalars(select(GuidelineFile).where(GuidelineFile.guideline_version_id == version.id)
+                                .order_by(GuidelineFile.name)))
 
 
 def _add_version(session: Session, project: Project, guideline: Guideline, text: str,
@@ -64,6 +79,12 @@ def _add_version(session: Session, project: Project, guideline: Guideline, text:
                                sha256=guideline.sha256, yaml_text=text, created_at=utcnow())
     session.add(version)
     session.flush()
+    folder = guideline.source_path.parent.resolve() if guideline.source_path else None
+    for image in guideline.reference_images:
+        data = Path(image).read_bytes()
+        name = Path(image).resolve().relative_to(folder).as_posix() if folder else Path(image).as_posix()
+        session.add(GuidelineFile(guideline_version_id=version.id, name=name,
+                                  sha256=hashlib.sha256(data).hexdigest(), content=data))
     project.current_guideline_version_id = version.id
     project.readers_per_case = guideline.readers_per_case
     append_audit(session, actor, "guideline.version", f"project:{project.id}",
