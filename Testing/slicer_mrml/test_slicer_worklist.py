@@ -92,6 +92,17 @@ def readerLogic(tmp_path: Path, server, user: str = "r1") -> MedAnnotLogic:
     return logic
 
 
+def queueOneResultAndRestartTheServer(lab, server, tmp_path: Path):
+    """Reader r1 claims and paints a case, submits while the server is down (queued), then the server restarts;
+    returns the logic, the session and the restarted server (stop it)."""
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    paintLiverAndLesion(session)
+    server.stop()
+    assert submit(logic, session).status == "queued"
+    return logic, session, ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
+
+
 def paintLiverAndLesion(session) -> np.ndarray:
     """Set a liver with a lesion inside it that the project's guideline accepts as the session's segmentation (the
     CT phantom's liver is below the guideline's 1 ml minimum at this size); returns the label map painted."""
@@ -291,13 +302,8 @@ def test_submit_while_the_server_is_down_waits_in_the_outbox_and_is_delivered_ex
 
 @needsMrmlAndServer
 def test_results_queued_before_slicer_closed_are_sent_at_the_next_login(scene, lab, server, tmp_path):
-    logic = readerLogic(tmp_path, server)
-    session = logic.nextCase(lab.project_id)
-    paintLiverAndLesion(session)
-    server.stop()
-    assert submit(logic, session).status == "queued"
+    logic, session, restarted = queueOneResultAndRestartTheServer(lab, server, tmp_path)
     del logic  # Slicer closed: nothing of the logic survives but its folders on disk
-    restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
     try:
         fresh = MedAnnotLogic(outboxFolder=tmp_path / "outbox-r1", cacheFolder=tmp_path / "cases-r1")
         assert fresh.outboxStatus().pending == 1
@@ -314,12 +320,7 @@ def test_results_queued_before_slicer_closed_are_sent_at_the_next_login(scene, l
 
 @needsMrmlAndServer
 def test_next_case_delivers_a_waiting_result_before_claiming(scene, lab, server, tmp_path):
-    logic = readerLogic(tmp_path, server)
-    session = logic.nextCase(lab.project_id)
-    paintLiverAndLesion(session)
-    server.stop()
-    assert submit(logic, session).status == "queued"
-    restarted = ServerProcess(lab.db_url, tmp_path / "data", port=server.port).start()
+    logic, session, restarted = queueOneResultAndRestartTheServer(lab, server, tmp_path)
     try:
         nextSession = logic.nextCase(lab.project_id)
 
