@@ -72,11 +72,11 @@ def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
         count, problem = verify_audit(root)
     names = {project_id: kind for kind, project_id in projects.items()}
     table = Table(title=f"Task server {server.url} (SQLite)", title_justify="left")
-    for column in ("reader", "project", "task", "case", "submit", "submission"):
+    for column in ("reader", "project", "task", "case", "QA", "submit", "submission"):
         table.add_column(column)
     for row in rows:
         table.add_row(str(row["reader"]), f"{row['project']} ({names[row['project']].upper()})", str(row["task"]),
-                      str(row["case"]), str(row["status"]), str(row["submission"]))
+                      str(row["case"]), str(row["qa"]).split(" ")[0], str(row["status"]), str(row["submission"]))
     console.print(table)
     console.print(f"  audit trail: {count} records, " + ("hash chain intact" if problem is None else problem))
     if problem is not None or any(row["status"] != "sent" for row in rows):

@@ -1,6 +1,6 @@
 """The task-server part of ``medannot demo``: a local server (SQLite, loopback), users, a CT project and an
 ultrasound cine project with their cases, and two readers working through claim -> download -> segment (the cine:
-draw keyframes, interpolate) -> export -> submit."""
+draw keyframes, interpolate) -> QA -> export -> submit."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from medannot.client import Outbox, TaskServerClient
 from medannot.demo_data import cine_phantom, ct_phantom, make_ct_series, make_us_cine
 from medannot.dicomseg import ExportResult, ReaderInfo, SegmentProvenance, export_segmentation
 from medannot.guideline import Guideline, load_guideline
+from medannot.guideline.qa import QAReport, check_labels
 from medannot.imaging import SourceImage, load_source
 from medannot.interpolation import interpolate_labels, load_cine
 from medannot.interpolation.provenance import segment_provenance
@@ -113,31 +114,38 @@ def read_cases(url: str, project_id: int, reader: str, password: str, work: Path
         client.heartbeat(task.task_id, task.lease_token)
         out = work / f"task-{task.task_id}" / "result"
         if source.is_multiframe and source.modality == "US":
-            result = _segment_cine(images, source, guideline, reader_info, out, rng, str(task.task_id))
+            result, qa = _segment_cine(images, source, guideline, reader_info, out, rng, str(task.task_id))
         else:
-            result = _segment_ct(source, guideline, reader_info, out, rng, str(task.task_id))
+            result, qa = _segment_ct(source, guideline, reader_info, out, rng, str(task.task_id))
+        row = {"reader": reader, "project": project_id, "task": task.task_id, "case": task.case_id,
+               "qa": f"{'passed' if qa.passed else 'FAILED'} ({len(qa.errors)} error(s), {len(qa.warnings)} "
+                     "warning(s))", "status": "not submitted", "submission": None, "seg": result.seg_path}
+        done.append(row)
+        if not qa.passed:  # as in Slicer: a result with an error finding is not submitted; the case goes back
+            client.release(task.task_id, task.lease_token)
+            break  # claiming again would hand this reader the same case
         delivery = outbox.submit(client, task.task_id, task.lease_token, result.seg_path, result.sr_path)
-        done.append({"reader": reader, "project": project_id, "task": task.task_id, "case": task.case_id,
-                     "status": delivery.status, "submission": delivery.submission_id, "seg": result.seg_path})
+        row.update(status=delivery.status, submission=delivery.submission_id)
     client.logout()
     return done
 
 
 def _segment_ct(source: SourceImage, guideline: Guideline, reader: ReaderInfo, out: Path,
-                rng: np.random.Generator, task_id: str) -> ExportResult:
+                rng: np.random.Generator, task_id: str) -> tuple[ExportResult, QAReport]:
     _, labels = ct_phantom(source.shape)
     labels = labels.copy()
     # a reader's own hand: this reader misses a few liver voxels at the border
     border = np.argwhere(labels == 1)
     drop = border[rng.choice(len(border), size=len(border) // 50, replace=False)]
     labels[tuple(drop.T)] = 0
+    qa = check_labels(labels, source.geometry, guideline)
     return export_segmentation(source, labels, source.geometry, guideline, reader, out,
                                segments={"Liver": SegmentProvenance(confidence=int(rng.integers(70, 99)))},
-                               task_id=task_id)
+                               task_id=task_id), qa
 
 
 def _segment_cine(images: Path, source: SourceImage, guideline: Guideline, reader: ReaderInfo, out: Path,
-                  rng: np.random.Generator, task_id: str) -> ExportResult:
+                  rng: np.random.Generator, task_id: str) -> tuple[ExportResult, QAReport]:
     cine = load_cine(source.paths[0])
     _, truth = cine_phantom(*cine.frames.shape)
     n = truth.shape[0]
@@ -146,10 +154,11 @@ def _segment_cine(images: Path, source: SourceImage, guideline: Guideline, reade
     drawn[keyframes] = truth[keyframes]  # the reader draws the keyframes only
     filled = interpolate_labels(drawn, keyframes, image=cine.frames, frame_times=cine.frame_times_ms)
     confidences = {1: int(rng.integers(75, 95)), 2: int(rng.integers(55, 80))}
+    qa = check_labels(filled.labels, None, guideline, is_cine=True)
     return export_segmentation(
         source, filled.labels, None, guideline, reader, out,
         segments={s.label: segment_provenance(s, filled.method, confidences.get(s.label)) for s in filled.segments},
-        task_id=task_id)
+        task_id=task_id), qa
 
 
 def verify_audit(root: Path) -> tuple[int, str | None]:

@@ -95,7 +95,8 @@ def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
         assert str(path.relative_to(tmp_path)) in proc.stdout
     # Through the task server: two CT cases and one cine, each read by both readers; the cine's keyframes drawn,
     # the rest interpolated, and that is what the submitted SEG records.
-    assert proc.stdout.count(" sent ") == 6 and "hash chain intact" in proc.stdout
+    assert proc.stdout.count(" sent ") == 6 and proc.stdout.count("│ passed │") == 6  # the QA column
+    assert "hash chain intact" in proc.stdout
     cine_segs = sorted(out.glob("readers/*/cine/task-*/result/seg-*.dcm"))
     assert len(cine_segs) == 2
     summary = read_segmentation(cine_segs[0]).summary
