@@ -166,14 +166,37 @@ def _probability_maps(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     return maps
 
 
-@pytest.mark.parametrize("case", ["ct", "us"])
+@pytest.fixture(scope="module")
+def enhanced_ct_path(ct_case, tmp_path_factory) -> Path:
+    """The CT series as one enhanced multi-frame image (highdicom's legacy conversion), frames in slice order."""
+    series = [pydicom.dcmread(path) for path in load_source(ct_case["folder"]).paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=7,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    z = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+         for item in enhanced.PerFrameFunctionalGroupsSequence]
+    order = np.argsort(z)
+    pixels = enhanced.pixel_array[order]
+    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
+    enhanced.PixelData = pixels.tobytes()
+    path = tmp_path_factory.mktemp("enhanced") / "ct.dcm"
+    pydicom.Dataset.save_as(enhanced, path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("case", ["ct", "enhanced ct", "us"])
 def test_fractional_frames_store_round_p_times_255_only_where_the_segment_is(case, ct_case, us_case,
+                                                                           enhanced_ct_path,
                                                                            liver_guideline_path,
                                                                            echo_guideline_path, tmp_path):
     if case == "ct":
         source, guideline, geometry = load_source(ct_case["folder"]), liver_guideline_path, ct_case["geometry"]
         labels, names = ct_case["labels"], ("Liver", "Lesion")
         plane_of = {(str(ds.SOPInstanceUID), 1): i for i, ds in enumerate(source.datasets)}
+    elif case == "enhanced ct":
+        source, guideline, labels = load_source(enhanced_ct_path), liver_guideline_path, ct_case["labels"]
+        geometry, names = source.geometry, ("Liver", "Lesion")
+        assert geometry is not None and source.is_multiframe
+        plane_of = {(str(source.first.SOPInstanceUID), f + 1): f for f in range(labels.shape[0])}
     else:
         source, guideline, geometry = load_source(us_case["path"]), echo_guideline_path, None
         labels, names = us_case["labels"], ("LV cavity", "LV wall")
@@ -197,7 +220,7 @@ def test_fractional_frames_store_round_p_times_255_only_where_the_segment_is(cas
     # Half-way values round to even, as highdicom rounds.
     first_row = stored[(1, int(np.flatnonzero(maps[0].max(axis=(1, 2)) > 0)[0]))][0, :6]
     assert first_row.tolist() == [0, 2, 128, 128, 254, 255]
-    if case == "ct":
+    if case != "us":
         segment_overlap = hd.seg.segread(result.seg_path).SegmentsOverlap
         assert segment_overlap == "UNDEFINED"
     assert not [f for f in validate_files([result.seg_path, result.sr_path]) if f.severity == "error"]
@@ -217,6 +240,14 @@ def test_fractional_ct_plane_whose_probabilities_all_round_to_zero_gets_no_frame
     assert (1, faint) not in stored and (1, faint - 1) in stored and (1, faint + 1) in stored
     for (number, plane), frame in stored.items():
         np.testing.assert_array_equal(frame, np.round((liver, lesion)[number - 1][plane] * 255).astype(np.uint8))
-    # highdicom's reader puts every frame back on its plane.
-    volume = hd.seg.segread(result.seg_path).get_volume(combine_segments=False, rescale_fractional=False)
-    assert volume is not None
+    # As highdicom numbers the planes of a float array: the faint plane keeps its number, it only has no frame.
+    numbered = int(((liver.max(axis=(1, 2)) > 0) | (lesion.max(axis=(1, 2)) > 0)).sum())
+    spatial = {int(item.FrameContentSequence[0].DimensionIndexValues[1])
+               for item in seg.PerFrameFunctionalGroupsSequence}
+    assert max(spatial) == numbered and len(spatial) == numbered - 1
+    # highdicom's reader puts every frame back on its plane (the faint plane reads as 0, which it rounds to).
+    read_back = hd.seg.segread(result.seg_path).get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in source.datasets], segment_numbers=[1, 2],
+        assert_missing_frames_are_empty=True, rescale_fractional=False)
+    for index, p in enumerate((liver, lesion)):
+        np.testing.assert_array_equal(read_back[..., index], np.round(p * 255).astype(np.uint8))

@@ -88,7 +88,7 @@ def build_seg(
 
 
 def _build_fractional(source: SourceImage, maps: list[np.ndarray], kwargs: dict[str, Any]) -> hd.seg.Segmentation:
-    n_planes, rows, cols = source.shape
+    _, rows, cols = source.shape
     layout = frame_layout(frame_peaks(maps), rows, cols)
     seg = hd.seg.Segmentation(source_images=source.datasets, pixel_array=layout.proxy, **kwargs)
     del seg.PixelData  # highdicom's frames of the proxy; the real ones are written below
