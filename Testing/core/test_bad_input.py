@@ -14,7 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from medannot.demo_data import make_ct_series
-from medannot.imaging import Geometry, write_label_map
+from medannot.dicomseg import ReaderInfo, export_segmentation
+from medannot.errors import LabelMapError
+from medannot.guideline import load_guideline
+from medannot.imaging import Geometry, load_source, write_label_map
 
 
 def medannot(*args: object) -> subprocess.CompletedProcess[str]:
@@ -147,3 +150,24 @@ def test_bad_reader_name_confidence_and_algorithm_are_user_errors(ct_case, liver
 def test_usage_errors_exit_2(tmp_path):
     proc = medannot("seg", "export", "--source", tmp_path)
     assert proc.returncode == 2 and "Missing option" in proc.stderr
+
+
+
+def test_probability_map_all_below_one_step_is_refused_naming_it(ct_case, liver_guideline_path, tmp_path):
+    faint = write_label_map((ct_case["labels"] >= 1).astype(np.float32) * 0.001, ct_case["geometry"],
+                            tmp_path / "faint.nii.gz")
+    proc = medannot("seg", "export", "--source", ct_case["folder"], "--probability", f"Liver={faint}",
+                    "--guideline", liver_guideline_path, "--reader-name", "Doe^Jane", "--reader-id", "jdoe",
+                    "--output", tmp_path / "o")
+    assert_user_error(proc, "probability maps", "below 1/510", "no frame")
+    assert not (tmp_path / "o").exists()
+
+
+def test_probability_map_holding_nan_is_refused_naming_the_segment(ct_case, liver_guideline_path, tmp_path):
+    liver = (ct_case["labels"] >= 1).astype(np.float32)
+    liver[3, 4, 5] = np.nan
+    with pytest.raises(LabelMapError, match=r"^liver\.nii\.gz \(Liver\): probabilities must lie in \[0, 1\]"):
+        export_segmentation(load_source(ct_case["folder"]), None, ct_case["geometry"],
+                            load_guideline(liver_guideline_path), ReaderInfo("Doe^Jane", "jdoe"), tmp_path / "o",
+                            probabilities={"Liver": liver}, labels_name="liver.nii.gz")
+    assert not (tmp_path / "o").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+import pytest
 
 from medannot.dicomseg import ReaderInfo, SegmentProvenance, export_segmentation, read_segmentation
 from medannot.dicomseg.validate import validate_files
@@ -135,3 +136,118 @@ def test_a_correction_is_a_new_instance_that_references_the_one_it_replaces(ct_c
                     for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence]
     assert predecessors == [first.sr_sop_instance_uid]
     assert first.seg_sop_instance_uid in pydicom.dcmread(second.seg_path).DerivationDescription
+
+
+def _stored_frames(seg: pydicom.Dataset, plane_of: dict[tuple[str, int], int]) -> dict[tuple[int, int], np.ndarray]:
+    """(segment number, source plane index) -> stored uint8 frame, in file order, from the SEG's own references."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    frames = np.frombuffer(seg.PixelData, dtype=np.uint8, count=int(seg.NumberOfFrames) * seg.Rows * seg.Columns)
+    frames = frames.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    stored = {}
+    for item, frame in zip(seg.PerFrameFunctionalGroupsSequence, frames):
+        holder = item if "SegmentIdentificationSequence" in item else shared
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        key = (int(holder.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+               plane_of[(str(ref.ReferencedSOPInstanceUID), int(ref.get("ReferencedFrameNumber", 1)))])
+        assert key not in stored
+        stored[key] = frame
+    return stored
+
+
+def _probability_maps(labels: np.ndarray, seed: int) -> list[np.ndarray]:
+    """One map per label: random fractions inside, exact rounding boundaries on one row, 0 outside."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for label in (1, 2):
+        p = np.where(labels == label, rng.uniform(1 / 255, 1.0, labels.shape), 0.0).astype(np.float32)
+        plane = int(np.flatnonzero((labels == label).any(axis=(1, 2)))[0])
+        p[plane, 0, :6] = np.array([0.5, 1.5, 127.5, 128.5, 254.5, 255], dtype=np.float32) / np.float32(255)
+        maps.append(p)
+    return maps
+
+
+@pytest.fixture(scope="module")
+def enhanced_ct_path(ct_case, tmp_path_factory) -> Path:
+    """The CT series as one enhanced multi-frame image (highdicom's legacy conversion), frames in slice order."""
+    series = [pydicom.dcmread(path) for path in load_source(ct_case["folder"]).paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=7,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    z = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+         for item in enhanced.PerFrameFunctionalGroupsSequence]
+    order = np.argsort(z)
+    pixels = enhanced.pixel_array[order]
+    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
+    enhanced.PixelData = pixels.tobytes()
+    path = tmp_path_factory.mktemp("enhanced") / "ct.dcm"
+    pydicom.Dataset.save_as(enhanced, path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("case", ["ct", "enhanced ct", "us"])
+def test_fractional_frames_store_round_p_times_255_only_where_the_segment_is(case, ct_case, us_case,
+                                                                           enhanced_ct_path,
+                                                                           liver_guideline_path,
+                                                                           echo_guideline_path, tmp_path):
+    if case == "ct":
+        source, guideline, geometry = load_source(ct_case["folder"]), liver_guideline_path, ct_case["geometry"]
+        labels, names = ct_case["labels"], ("Liver", "Lesion")
+        plane_of = {(str(ds.SOPInstanceUID), 1): i for i, ds in enumerate(source.datasets)}
+    elif case == "enhanced ct":
+        source, guideline, labels = load_source(enhanced_ct_path), liver_guideline_path, ct_case["labels"]
+        geometry, names = source.geometry, ("Liver", "Lesion")
+        assert geometry is not None and source.is_multiframe
+        plane_of = {(str(source.first.SOPInstanceUID), f + 1): f for f in range(labels.shape[0])}
+    else:
+        source, guideline, geometry = load_source(us_case["path"]), echo_guideline_path, None
+        labels, names = us_case["labels"], ("LV cavity", "LV wall")
+        plane_of = {(source.first.SOPInstanceUID, f + 1): f for f in range(labels.shape[0])}
+    maps = _probability_maps(labels, seed=11)
+    result = export_segmentation(source, None, geometry, load_guideline(guideline), READER, tmp_path,
+                                 probabilities=dict(zip(names, maps)))
+    seg = pydicom.dcmread(result.seg_path)
+    assert (seg.SegmentationType, seg.BitsAllocated, seg.MaximumFractionalValue) == ("FRACTIONAL", 8, 255)
+
+    stored = _stored_frames(seg, plane_of)
+    expected = {(number, plane) for number, p in enumerate(maps, start=1)
+                for plane in np.flatnonzero(p.max(axis=(1, 2)) > 0)}
+    assert set(stored) == expected
+    assert [number for number, _ in stored] == sorted(number for number, _ in stored)  # segment by segment
+    if case == "us":
+        assert list(stored) == sorted(stored)  # and in frame order (CT: in highdicom's order along the normal)
+    for (number, plane), frame in stored.items():
+        np.testing.assert_array_equal(frame, np.round(maps[number - 1][plane] * 255).astype(np.uint8),
+                                      err_msg=f"segment {number}, plane {plane}")
+    # Half-way values round to even, as highdicom rounds.
+    first_row = stored[(1, int(np.flatnonzero(maps[0].max(axis=(1, 2)) > 0)[0]))][0, :6]
+    assert first_row.tolist() == [0, 2, 128, 128, 254, 255]
+    if case != "us":
+        segment_overlap = hd.seg.segread(result.seg_path).SegmentsOverlap
+        assert segment_overlap == "UNDEFINED"
+    assert not [f for f in validate_files([result.seg_path, result.sr_path]) if f.severity == "error"]
+
+
+def test_fractional_ct_plane_whose_probabilities_all_round_to_zero_gets_no_frame(ct_case, liver_guideline_path,
+                                                                                tmp_path):
+    source = load_source(ct_case["folder"])
+    liver, lesion = _probability_maps(ct_case["labels"], seed=12)
+    faint = int(np.flatnonzero(liver.max(axis=(1, 2)) > 0)[1])
+    liver[faint] = np.where(liver[faint] > 0, np.float32(0.4 / 255), 0)
+    lesion[faint] = 0
+    result = export_segmentation(source, None, ct_case["geometry"], load_guideline(liver_guideline_path), READER,
+                                 tmp_path, probabilities={"Liver": liver, "Lesion": lesion})
+    seg = pydicom.dcmread(result.seg_path)
+    stored = _stored_frames(seg, {(str(ds.SOPInstanceUID), 1): i for i, ds in enumerate(source.datasets)})
+    assert (1, faint) not in stored and (1, faint - 1) in stored and (1, faint + 1) in stored
+    for (number, plane), frame in stored.items():
+        np.testing.assert_array_equal(frame, np.round((liver, lesion)[number - 1][plane] * 255).astype(np.uint8))
+    # As highdicom numbers the planes of a float array: the faint plane keeps its number, it only has no frame.
+    numbered = int(((liver.max(axis=(1, 2)) > 0) | (lesion.max(axis=(1, 2)) > 0)).sum())
+    spatial = {int(item.FrameContentSequence[0].DimensionIndexValues[1])
+               for item in seg.PerFrameFunctionalGroupsSequence}
+    assert max(spatial) == numbered and len(spatial) == numbered - 1
+    # highdicom's reader puts every frame back on its plane (the faint plane reads as 0, which it rounds to).
+    read_back = hd.seg.segread(result.seg_path).get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in source.datasets], segment_numbers=[1, 2],
+        assert_missing_frames_are_empty=True, rescale_fractional=False)
+    for index, p in enumerate((liver, lesion)):
+        np.testing.assert_array_equal(read_back[..., index], np.round(p * 255).astype(np.uint8))

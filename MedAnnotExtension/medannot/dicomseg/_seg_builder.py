@@ -4,6 +4,9 @@ Frame of Reference (ultrasound and angiography cine; highdicom issues #284, #200
 For those sources highdicom builds every module from a one-frame proxy of the real source (same UIDs, so every
 reference stays true); we then write the frames ourselves: one per (segment, non-empty source frame), each
 referencing its source frame with ReferencedFrameNumber, indexed by segment number and source frame number.
+
+FRACTIONAL SEGs of sources with a Frame of Reference are laid out by highdicom from a small array that only says
+which frames exist; the quantised frames are then written from the per-segment maps (see ``_fractional_frames``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 
 from medannot.dicomseg import codes
+from medannot.dicomseg._fractional_frames import (
+    MAX_FRACTIONAL_VALUE, frame_layout, frame_peaks, frame_source, quantised_pixel_data, source_plane_index,
+)
+from medannot.errors import DicomSegError
 from medannot.imaging.source import SourceImage
 
 logger = logging.getLogger(__name__)
@@ -33,7 +40,7 @@ _MULTIFRAME_ONLY = (
 
 def build_seg(
     source: SourceImage,
-    pixel_array: np.ndarray,
+    pixels: np.ndarray | Sequence[np.ndarray],
     segment_descriptions: Sequence[hd.seg.SegmentDescription],
     *,
     fractional: bool,
@@ -50,8 +57,9 @@ def build_seg(
 ) -> hd.seg.Segmentation:
     """Build a SEG for ``source``.
 
-    ``pixel_array`` is (frames, rows, cols) of segment numbers (BINARY) or (frames, rows, cols, segments) of
-    probabilities in [0, 1] (FRACTIONAL), frames in the order of the source's frames or sorted slices.
+    ``pixels`` is one (frames, rows, cols) array of segment numbers (BINARY), or one (frames, rows, cols) float32
+    map of probabilities in [0, 1] per segment, in segment-number order (FRACTIONAL); frames in the order of the
+    source's frames or sorted slices. The maps are read, never copied whole.
     """
     kwargs: dict[str, Any] = dict(
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
@@ -69,12 +77,40 @@ def build_seg(
         content_creator_name=content_creator_name,
         content_creator_identification=content_creator_identification,
         contributing_equipment=list(contributing_equipment),
-        max_fractional_value=255,
+        max_fractional_value=MAX_FRACTIONAL_VALUE,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
     )
-    if source.geometry is not None or not source.is_multiframe:
-        return hd.seg.Segmentation(source_images=source.datasets, pixel_array=pixel_array, **kwargs)
-    return _build_without_frame_of_reference(source, pixel_array, fractional, len(segment_descriptions), kwargs)
+    if source.geometry is None and source.is_multiframe:
+        return _build_without_frame_of_reference(source, pixels, fractional, len(segment_descriptions), kwargs)
+    if fractional:
+        return _build_fractional(source, list(pixels), kwargs)
+    return hd.seg.Segmentation(source_images=source.datasets, pixel_array=pixels, **kwargs)
+
+
+def _build_fractional(source: SourceImage, maps: list[np.ndarray], kwargs: dict[str, Any]) -> hd.seg.Segmentation:
+    _, rows, cols = source.shape
+    layout = frame_layout(frame_peaks(maps), rows, cols)
+    seg = hd.seg.Segmentation(source_images=source.datasets, pixel_array=layout.proxy, **kwargs)
+    del seg.PixelData  # highdicom's frames of the proxy; the real ones are written below
+
+    planes = source_plane_index(source.datasets)
+    items: list[Dataset] = []
+    frames: list[tuple[int, int]] = []
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        frame = frame_source(item, shared, planes)
+        if frame not in layout.placeholders:
+            items.append(item)
+            frames.append(frame)
+    if set(frames) != layout.frames or len(frames) != len(layout.frames):
+        raise DicomSegError("highdicom laid out other FRACTIONAL frames than the probability maps hold "
+                            f"({len(frames)} instead of {len(layout.frames)}); please report this")
+    seg.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+    seg.NumberOfFrames = len(frames)
+    seg.PixelData = quantised_pixel_data(maps, frames)
+    # What highdicom infers from a float array of several segments; the proxy is a label map, which cannot overlap.
+    seg.SegmentsOverlap = "UNDEFINED" if len(maps) > 1 else "NO"
+    return seg
 
 
 def _proxy_of(ds: Dataset) -> Dataset:
@@ -95,7 +131,7 @@ def _proxy_of(ds: Dataset) -> Dataset:
 
 def _build_without_frame_of_reference(
     source: SourceImage,
-    pixel_array: np.ndarray,
+    pixels: np.ndarray | Sequence[np.ndarray],
     fractional: bool,
     n_segments: int,
     kwargs: dict[str, Any],
@@ -113,29 +149,34 @@ def _build_without_frame_of_reference(
     seg = hd.seg.Segmentation(source_images=[_proxy_of(src)], pixel_array=dummy, **kwargs)
 
     template = copy.deepcopy(seg.PerFrameFunctionalGroupsSequence[0])
-    frames: list[np.ndarray] = []
-    items: list[Dataset] = []
-    for segment_number in range(1, n_segments + 1):
-        if fractional:
-            planes = pixel_array[..., segment_number - 1]
-            present = np.flatnonzero(planes.reshape(n_frames, -1).max(axis=1) > 0)
-        else:
-            planes = pixel_array == segment_number
-            present = np.flatnonzero(planes.reshape(n_frames, -1).any(axis=1))
-        for index in present:
-            frames.append(planes[index])
-            items.append(_frame_item(template, src, segment_number, int(index) + 1))
-    if not frames:
-        frames.append(np.zeros((rows, cols), dtype=bool))
-        items.append(_frame_item(template, src, 1, 1))
-
-    seg.PerFrameFunctionalGroupsSequence = DicomSequence(items)
-    seg.NumberOfFrames = len(frames)
-    stack = np.stack(frames)
+    del seg.PixelData
     if fractional:
-        seg.PixelData = _pad(np.round(stack * 255).astype(np.uint8).tobytes())
+        maps = list(pixels)
+        # Unlike highdicom's FoR path, a frame is kept whenever a probability on it is above 0, even if it rounds
+        # to 0: that is what this path has always written.
+        peaks = frame_peaks(maps)
+        present_frames = [(number, int(index)) for number in range(1, n_segments + 1)
+                          for index in np.flatnonzero(peaks[number - 1] > 0)]
+        items = [_frame_item(template, src, number, index + 1) for number, index in present_frames]
+        seg.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+        seg.NumberOfFrames = len(items)
+        seg.PixelData = quantised_pixel_data(maps, present_frames)
     else:
-        seg.PixelData = _pad(np.packbits(stack.astype(bool).ravel(), bitorder="little").tobytes())
+        assert isinstance(pixels, np.ndarray)
+        frames: list[np.ndarray] = []
+        items = []
+        for segment_number in range(1, n_segments + 1):
+            planes = pixels == segment_number
+            present = np.flatnonzero(planes.reshape(n_frames, -1).any(axis=1))
+            for index in present:
+                frames.append(planes[index])
+                items.append(_frame_item(template, src, segment_number, int(index) + 1))
+        if not frames:
+            frames.append(np.zeros((rows, cols), dtype=bool))
+            items.append(_frame_item(template, src, 1, 1))
+        seg.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+        seg.NumberOfFrames = len(frames)
+        seg.PixelData = _pad(np.packbits(np.stack(frames).ravel(), bitorder="little").tobytes())
     organization_uid = hd.UID()
     organization = Dataset()
     organization.DimensionOrganizationUID = organization_uid

@@ -20,6 +20,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 import medannot
 from medannot.dicomseg import codes
+from medannot.dicomseg._fractional_frames import MAX_FRACTIONAL_VALUE, quantise
 from medannot.dicomseg._seg_builder import build_seg
 from medannot.dicomseg._sr_builder import SrSegment, build_sr
 from medannot.dicomseg.reader import find_companion_sr, read_dicom
@@ -112,6 +113,13 @@ def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in enumerate(total) if c and v}
 
 
+def _count_at_least(values: np.ndarray, threshold: float) -> int:
+    """Voxels at or above ``threshold``, counted a few slices at a time (no full-size boolean temporary)."""
+    step = max(1, (1 << 22) // max(1, values[0].size)) if values.size else 1
+    return sum(int(np.count_nonzero(values[start:start + step] >= threshold))
+               for start in range(0, values.shape[0], step))
+
+
 def export_segmentation(
     source: SourceImage,
     labels: np.ndarray | None,
@@ -177,21 +185,27 @@ def export_segmentation(
     if fractional:
         assert probabilities is not None
         maps: dict[int, np.ndarray] = {}
+        peaks: dict[int, float] = {}
         for key, prob in probabilities.items():
             spec = guideline.segment(key)
             _check_geometry(source, prob.shape, labels_geometry, f"{labels_name} ({spec.name})")
-            prob = np.asarray(prob, dtype=np.float32)
-            if prob.size and (prob.min() < 0 or prob.max() > 1):
-                raise LabelMapError(f"{labels_name} ({spec.name}): probabilities must lie in [0, 1]")
+            prob = np.asarray(prob, dtype=np.float32)  # no copy when already float32; never stacked
+            low, high = (float(prob.min()), float(prob.max())) if prob.size else (0.0, 0.0)
+            if not (low >= 0.0 and high <= 1.0):  # also refuses NaN
+                raise LabelMapError(f"{labels_name} ({spec.name}): probabilities must lie in [0, 1]; found "
+                                    f"{low:.3g}..{high:.3g}")
             maps[spec.label] = prob
-        missing = [s.name for s in guideline.segments if s.required and
-                   (s.label not in maps or not np.any(maps[s.label] > 0))]
+            peaks[spec.label] = high
+        missing = [s.name for s in guideline.segments if s.required and peaks.get(s.label, 0.0) <= 0.0]
         if missing:
             raise SegmentContentError(f"{labels_name}: required segment(s) {', '.join(missing)} have no probability "
                                       "above 0; give a map for each required segment")
-        included = [s for s in guideline.segments if s.label in maps and np.any(maps[s.label] > 0)]
-        pixel_array = np.stack([maps[s.label] for s in included], axis=-1)
-        counts = {s.label: int(np.count_nonzero(maps[s.label] >= 0.5)) for s in included}
+        included = [s for s in guideline.segments if peaks.get(s.label, 0.0) > 0.0]
+        if all(quantise(np.float32(peaks[s.label])) == 0 for s in included):
+            raise SegmentContentError(f"{labels_name}: every probability is below 1/510, so each rounds to 0 of "
+                                      f"{MAX_FRACTIONAL_VALUE} and the SEG would hold no frame; check the maps' scale")
+        pixels: np.ndarray | list[np.ndarray] = [maps[s.label] for s in included]
+        counts = {s.label: _count_at_least(maps[s.label], 0.5) for s in included}
     else:
         if labels is None:
             raise LabelMapError("no label map given; pass a label map or probability maps")
@@ -213,12 +227,12 @@ def export_segmentation(
                                       "draw them or mark them not required in the guideline")
         included = [s for s in guideline.segments if s.label in counts]
         if [s.label for s in included] == list(range(1, len(included) + 1)) and labels.dtype.kind == "u":
-            pixel_array = labels  # label values already are the segment numbers 1..N: no copy
+            pixels = labels  # label values already are the segment numbers 1..N: no copy
         else:
             lut = np.zeros(max(max(counts), 1) + 1, dtype=np.uint16 if len(included) > 255 else np.uint8)
             for number, spec in enumerate(included, start=1):
                 lut[spec.label] = number
-            pixel_array = lut[labels]
+            pixels = lut[labels]
     unknown_prov = sorted(set(provenance) - {s.label for s in included})
     if unknown_prov:
         names = ", ".join(guideline.segment(v).name for v in unknown_prov)
@@ -263,7 +277,7 @@ def export_segmentation(
     seg_uid, sr_uid = hd.UID(), hd.UID()
     description = f"{guideline.id} {guideline.version}" + (f" task {task_id}" if task_id else "")
     seg = build_seg(
-        source, pixel_array, descriptions,
+        source, pixels, descriptions,
         fractional=fractional,
         series_instance_uid=hd.UID(), sop_instance_uid=seg_uid,
         series_number=SEG_SERIES_NUMBER, instance_number=1,

@@ -62,8 +62,9 @@ def read_probability_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # no second copy when already float32
     if array.ndim == 2:
         array = array[np.newaxis]
-    if array.size and (float(array.min()) < 0.0 or float(array.max()) > 1.0):
-        raise LabelMapError(f"{path}: probabilities must lie in [0, 1]; found {array.min():.3g}..{array.max():.3g}")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if not (low >= 0.0 and high <= 1.0):  # also refuses NaN
+        raise LabelMapError(f"{path}: probabilities must lie in [0, 1]; found {low:.3g}..{high:.3g}")
     return array, Geometry.from_sitk(image)
 
 
