@@ -202,7 +202,8 @@ def test_align_masks_finds_the_rotation_between_two_drawn_crescents():
     from medannot.interpolation.motion import RigidState, align_masks
 
     _, labels = turning_crescent(frames=7)
-    matrix, dice_after = align_masks(labels[0] > 0, labels[6] > 0)
+    matrix, dice_after, unique = align_masks(labels[0] > 0, labels[6] > 0)
+    assert unique
     ys, xs = np.nonzero(labels[0])
     state = RigidState.from_matrix(matrix, (float(xs.mean()), float(ys.mean())))
     # Frame 6 is frame 0 turned 1.5 rad; the map goes from frame 6 back to frame 0, so it turns the other way.
@@ -234,6 +235,45 @@ def test_a_label_touching_another_is_not_taken_for_a_rigid_body():
     ring[(ring == 0) & (np.roll(ring, 3, axis=2) == 1)] = 2  # a rim drawn against the crescent
     interp = Interpolator({0: ring[0], 4: ring[4]}, 5, image=image, method="motion")
     assert interp._rigid_poses(0, 4, interp._weights(0, 4)) == {}
+
+
+def test_shapes_that_look_the_same_turned_are_not_spun_and_flat_images_leave_no_copies():
+    from medannot.interpolation.motion import align_masks
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    ellipse = (((yy - 32) / 6.0) ** 2 + ((xx - 30) / 14.0) ** 2 < 1).astype(np.uint8)
+    _, dice_after, unique = align_masks(ellipse > 0, ellipse > 0)
+    assert dice_after > 0.99 and not unique  # 0 and 180 degrees fit equally: not a rigid body to track
+    rng = np.random.default_rng(2)
+    textured = np.repeat(rng.integers(0, 255, (1, 64, 64)), 7, axis=0).astype(np.uint8)
+    flat = np.full((7, 64, 64), 90, np.uint8)
+    disc = disk((64, 64), 30, 30, 8)
+    for image, shape in ((textured, ellipse), (flat, disc)):
+        labels = Interpolator({0: shape, 6: shape}, 7, image=image, method="motion").run().labels
+        for t in range(1, 6):  # nothing moves: every frame is the keyframe, one piece, not turned or copied
+            assert np.count_nonzero(labels[t] != shape) <= 2, (t, np.count_nonzero(labels[t] != shape))
+
+
+def test_the_rigid_layer_is_measured_in_pixels_whatever_the_pixel_spacing():
+    image, labels = turning_crescent(frames=5)
+    shift = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # a rigid map: 5 px to the right
+    footprints = []
+    for spacing in ((1.0, 1.0), (0.25, 0.25)):
+        interp = Interpolator({0: labels[0], 4: labels[4]}, 5, image=image, method="motion", spacing=spacing)
+        layered = interp._layer(np.zeros((*labels.shape[1:], 2), np.float32), 0, 1, shift)
+        footprints.append(int(np.count_nonzero(layered[..., 0])))
+    # the layer covers the label plus margin and fade in pixels; in mm at 0.25 mm/px it would be 4 times wider
+    assert footprints[1] == pytest.approx(footprints[0], rel=0.05), footprints
+
+
+def test_flow_without_the_keyframe_correction_still_follows_every_frame():
+    from medannot.interpolation import FlowSettings
+
+    image, labels = moving_bean()
+    keys = {0: labels[0], 20: labels[20]}
+    plain = Interpolator(keys, 21, image=image, method="motion",
+                         flow_settings=FlowSettings(anchor=False, rigid_labels=False)).run().labels
+    assert min(dice(plain[t] > 0, labels[t] > 0) for t in range(1, 20)) > 0.9
 
 
 def test_smoothed_poses_ignore_a_track_that_lost_the_label():

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pydicom
 import requests
 from harness import PASSWORD, ServerProcess, db_url, login, make_lab  # noqa: F401
@@ -143,7 +144,7 @@ def test_a_case_served_by_orthanc_over_dicomweb_reaches_the_lease_holder(orthanc
         server.stop()
 
 
-def _guideline_with_a_reference_image(folder: Path, version: str, image: str = "figures/liver-outline.png") -> Path:
+def _guideline_with_a_reference_image(folder: Path, version: str, image: str = "figures/liver outline#1.png") -> Path:
     """The bundled liver guideline as a new version whose instructions show a reference image."""
     import yaml
 
@@ -166,10 +167,10 @@ def test_reference_images_travel_with_the_guideline_and_are_checked(db_url, tmp_
     guideline = _guideline_with_a_reference_image(tmp_path / "g", "1.1.0")
     picture = bytes(range(256)) * 40  # any bytes: the server keeps and serves them as they are
     (tmp_path / "g" / "figures").mkdir()
-    (tmp_path / "g" / "figures" / "liver-outline.png").write_bytes(picture)
+    (tmp_path / "g" / "figures" / "liver outline#1.png").write_bytes(picture)  # a name that needs URL quoting
     added = medannot("admin", "project", "guideline", lab.project_id, "--guideline", guideline, db=db_url)
     assert added.returncode == 0, added.stderr
-    outside = _guideline_with_a_reference_image(tmp_path / "g2", "1.2.0", image="../g/figures/liver-outline.png")
+    outside = _guideline_with_a_reference_image(tmp_path / "g2", "1.2.0", image="../g/figures/liver outline#1.png")
     refused = medannot("admin", "project", "guideline", lab.project_id, "--guideline", outside, db=db_url)
     assert refused.returncode == 1 and "outside the guideline's folder" in refused.stderr, refused.stderr
 
@@ -179,14 +180,23 @@ def test_reference_images_travel_with_the_guideline_and_are_checked(db_url, tmp_
         client.login("r1", PASSWORD)
         path = client.download_guideline(lab.project_id, tmp_path / "reader")
         assert path.read_bytes() == guideline.read_bytes()  # byte for byte: its sha256 is what results record
-        assert (tmp_path / "reader" / "figures" / "liver-outline.png").read_bytes() == picture
+        assert (tmp_path / "reader" / "figures" / "liver outline#1.png").read_bytes() == picture
         loaded = load_guideline(path)  # requires the images to be there
         assert loaded.version == "1.1.0" and loaded.reference_images[0].read_bytes() == picture
         listing = requests.get(f"{server.url}/api/v1/projects/{lab.project_id}/guideline/files",
                                headers=login(server.url, "r1"), timeout=30).json()
-        assert [(f["name"], f["size"]) for f in listing] == [("figures/liver-outline.png", len(picture))]
+        assert [(f["name"], f["size"]) for f in listing] == [("figures/liver outline#1.png", len(picture))]
         missing = requests.get(f"{server.url}/api/v1/projects/{lab.project_id}/guideline/files/nope.png",
                                headers=login(server.url, "r1"), timeout=30)
         assert missing.status_code == 404 and "has no file 'nope.png'" in missing.text
+        engine = create_engine(db_url)
+        with engine.begin() as connection:  # the stored image no longer matches its recorded sha256
+            connection.execute(text("UPDATE guideline_files SET content = :c"), {"c": b"not the picture"})
+        engine.dispose()
+        from medannot.client.errors import TaskServerError
+
+        with pytest.raises(TaskServerError, match="does not match its sha256"):
+            client.download_guideline(lab.project_id, tmp_path / "second")
+        assert not (tmp_path / "second" / "guideline.yaml").exists()  # nothing half-done is left to load
     finally:
         server.stop()

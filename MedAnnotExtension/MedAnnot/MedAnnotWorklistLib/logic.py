@@ -535,7 +535,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         # The YAML as bytes (the guideline's sha256, recorded in the SEG and checked by the server, is over the
         # bytes) and its reference images beside it, each checked against its sha256.
         guidelinePath = client.download_guideline(task.project_id, caseDir / "guideline")
-        guideline = load_guideline(guidelinePath)
+        # A version stored before the server kept reference images has none to send: show the text without them.
+        guideline = load_guideline(guidelinePath, require_reference_images=False)
         expected = task.raw.get("guideline_sha256")
         if expected and guideline.sha256 != expected:
             raise GuidelineError(

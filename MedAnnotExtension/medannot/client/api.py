@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -254,28 +254,36 @@ class TaskServerClient:
                            name: str = "guideline.yaml") -> Path:
         """Save the project's current guideline as ``dest_dir/name`` with its reference images beside it, where
         the YAML says they are; every image is checked against the sha256 the server lists. Returns the YAML's
-        path (``load_guideline`` then finds the images)."""
+        path (``load_guideline`` then finds the images).
+
+        Everything is fetched and checked before anything is written, and the YAML is written last: a failed
+        download leaves no new YAML behind.
+        """
         dest = Path(dest_dir)
-        dest.mkdir(parents=True, exist_ok=True)
-        target = dest / name
-        _write_atomically(target, self.guideline(project_id).encode("utf-8"))
+        root = dest.resolve()
+        text = self.guideline(project_id).encode("utf-8")
         what = f"list the files of the guideline of project {project_id}"
         listing = self._json(self._call("GET", f"/projects/{project_id}/guideline/files", what), what)
-        root = dest.resolve()
+        files: list[tuple[Path, bytes]] = []
         for entry in listing:
             file_name, digest = str(entry.get("name", "")), str(entry.get("sha256", ""))
             parts = PurePosixPath(file_name).parts
             path = (dest / file_name).resolve()
-            if not file_name or file_name.startswith("/") or ".." in parts or not path.is_relative_to(root):
+            if (not file_name or file_name.startswith("/") or ".." in parts or not path.is_relative_to(root)
+                    or path == (dest / name).resolve()):
                 raise UnsafeArchiveError(f"guideline file {file_name!r} from {self.base_url} would be written "
-                                         f"outside {dest}; nothing of it was saved")
-            response = self._call("GET", f"/projects/{project_id}/guideline/files/{file_name}",
+                                         f"outside {dest} or over the guideline itself; nothing was saved")
+            response = self._call("GET", f"/projects/{project_id}/guideline/files/{quote(file_name, safe='/')}",
                                   f"fetch {file_name} of the guideline of project {project_id}")
             if hashlib.sha256(response.content).hexdigest() != digest:
                 raise self._unexpected(f"guideline file {file_name}", "its content does not match its sha256")
+            files.append((path, response.content))
+        dest.mkdir(parents=True, exist_ok=True)
+        for path, data in files:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, response.content)
-        return target
+            _write_atomically(path, data)
+        _write_atomically(dest / name, text)
+        return dest / name
 
     # ------------------------------------------------------------ plumbing
     def _call(self, method: str, path: str, what: str, *, authenticated: bool = True, repeat_safe: bool = True,
@@ -342,8 +350,11 @@ class TaskServerClient:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- zip archives

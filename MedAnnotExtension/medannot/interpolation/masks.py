@@ -285,7 +285,13 @@ class Interpolator:
             best = np.full(self.frame_shape, np.inf, dtype=np.float32)
             chosen = np.zeros(self.frame_shape, dtype=self.dtype)
             for region in regions:
-                d = _blend(_carry(flow, start[region], forward), _carry(flow, end[region], back), w)
+                if region in rigid and flow is not None:
+                    # A rigid label moves with its own map alone: the dense flow cannot leave a copy of it.
+                    here = (matrix_displacement(flow, rigid[region][i][0]),
+                            matrix_displacement(flow, rigid[region][i][1]))
+                else:
+                    here = (forward, back)
+                d = _blend(_carry(flow, start[region], here[0]), _carry(flow, end[region], here[1]), w)
                 closer = d < best
                 best[closer] = d[closer]
                 chosen[closer] = region
@@ -295,12 +301,14 @@ class Interpolator:
     def _rigid_poses(self, a: int, b: int, weights: np.ndarray) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
         """Rigid maps (frame -> left keyframe, frame -> right keyframe) of every label that moves as a rigid body.
 
-        A label is rigid in a span when it touches no other label (a wall around a cavity deforms with it) and
-        its two keyframe masks are congruent (Dice >= ``rigid_min_dice`` after
-        the best rotation and translation): a crescent turning fast in low contrast, which dense flow blurs.
-        Its pose is tracked in every frame from both keyframes, and the noisy tracks are smoothed over time by
-        a curve through the two exactly known ends (pose on the left keyframe; pose on the right one from the
-        drawn masks), so the label keeps its drawn shape and arrives exactly where the reader put it.
+        A label is rigid in a span when no other label lies within its layer's reach (a wall around a cavity
+        deforms with it), its two keyframe masks are congruent (Dice >= ``rigid_min_dice`` after the best
+        rotation and translation) and that rotation is unique (a disc or an ellipse fits several): a crescent
+        turning fast in low contrast, which dense flow blurs. Its pose is tracked in every frame from both
+        keyframes, and the noisy tracks are smoothed over time by a curve through the two exactly known ends
+        (pose on the left keyframe; pose on the right one from the drawn masks), so the label keeps its drawn
+        shape and arrives exactly where the reader put it. Where the image gives the tracker too little to match
+        (median correlation below ``rigid_min_score``, e.g. a flat blood pool) the label stays on the dense flow.
         """
         flow = self._flow
         out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -311,10 +319,12 @@ class Interpolator:
         for region in sorted((set(np.unique(mask_a).tolist()) & set(np.unique(mask_b).tolist())) - {0}):
             label_a, label_b = mask_a == region, mask_b == region
             area = int(np.count_nonzero(label_a))
-            if area < 16 or area > s.rigid_max_area or _touches_other(mask_a, region) or _touches_other(mask_b, region):
+            reach = s.rigid_margin + int(np.ceil(s.rigid_fade))
+            if (area < 16 or area > s.rigid_max_area or _touches_other(mask_a, region, reach)
+                    or _touches_other(mask_b, region, reach)):
                 continue
-            end, dice = align_masks(label_a, label_b)
-            if dice < s.rigid_min_dice:
+            end, dice, unique = align_masks(label_a, label_b)
+            if dice < s.rigid_min_dice or not unique:
                 continue
             ys, xs = np.nonzero(label_a)
             centre_a = (float(xs.mean()), float(ys.mean()))
@@ -343,9 +353,13 @@ class Interpolator:
                     backward_score.append(value)
                 backward.reverse()
                 backward_score.reverse()
+                if float(np.median(forward_score + backward_score)) < s.rigid_min_score:
+                    poses = None  # too little to match: the dense flow does better
+                    break
                 poses = smooth_poses(forward, backward, end, weights, centre_a, degree,
                                      scores=(forward_score, backward_score), radius=radius)
-            out[region] = [(pose, inverse_end @ pose) for pose in poses]
+            if poses is not None:
+                out[region] = [(pose, inverse_end @ pose) for pose in poses]
         return out
 
     def _layer(self, dense: np.ndarray | None, key: int, region: int, pose: np.ndarray) -> np.ndarray | None:
@@ -356,7 +370,7 @@ class Interpolator:
             return dense
         s = flow.settings
         rigid = matrix_displacement(flow, pose)
-        carried = flow.warp(distance, rigid)
+        carried = flow.warp(distance, rigid) / min(self.spacing)  # in pixels, as the margin and fade are
         weight = np.clip((s.rigid_margin + s.rigid_fade - carried) / s.rigid_fade, 0.0, 1.0)[..., None]
         return weight * rigid + (1.0 - weight) * dense
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,7 @@ class FlowSettings:
     rigid_labels: bool = True
     rigid_max_area: int = 5000
     rigid_min_dice: float = 0.9
+    rigid_min_score: float = 0.2
     rigid_margin: int = 4
     rigid_fade: float = 4.0
     rigid_search: int = 6
@@ -154,16 +156,16 @@ class FlowField:
     def displacements(self, keyframe: int, frames: range) -> list[np.ndarray]:
         """Displacement from each of ``frames`` (walking away from ``keyframe`` one frame at a time) to it.
 
-        With ``chain`` each frame's displacement is the flow to the frame before it composed with that frame's
-        displacement; otherwise the frame before's displacement is the prediction. With ``anchor`` the
-        prediction is then corrected by matching the frame with the keyframe carried along it.
+        With ``chain`` (or without ``anchor``) each frame's displacement is the flow to the frame before it
+        composed with that frame's displacement; otherwise the frame before's displacement is the prediction.
+        With ``anchor`` the prediction is then corrected by matching the frame with the keyframe carried along it.
         """
         s = self.settings
         out: list[np.ndarray] = []
         previous: int = keyframe
         current: np.ndarray | None = None
         for t in frames:
-            if s.chain or current is None:
+            if s.chain or not s.anchor or current is None:
                 current = self.compose(self.flow(t, previous), current)
             if s.anchor:
                 current = self.anchor(current, t, keyframe)
@@ -237,15 +239,11 @@ def _peak(values: np.ndarray, i: int) -> float:
     return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)) if den < 0 else 0.0
 
 
-def _match_rigid(cv2, key_image: np.ndarray, image: np.ndarray, label_mask: np.ndarray,  # type: ignore[no-untyped-def]
-                 predicted: RigidState, angles: list[float], step: float, search: int,
-                 margin: int, refine_peak: bool = False) -> tuple[RigidState, float]:
-    """Best rigid map from ``image`` to ``key_image`` around ``label_mask`` (drawn on the key image).
-
-    Rotations of the key patch (``angles``, then half a ``step`` either side of the best, or with
-    ``refine_peak`` the peak of a parabola through the best and its neighbours) are matched over
-    translations within ``search`` pixels of the ``predicted`` map by normalised cross-correlation with a mask.
-    """
+def _rigid_candidates(cv2, key_image: np.ndarray, image: np.ndarray, label_mask: np.ndarray,  # type: ignore[no-untyped-def]
+                      predicted: RigidState, search: int, margin: int) -> Callable[[float], tuple[float, RigidState]]:
+    """A scorer of rotations of the key patch around ``label_mask`` (drawn on the key image): for an angle, the best
+    translation within ``search`` pixels of the ``predicted`` map by normalised cross-correlation with a mask,
+    and its correlation (-1 where nothing can be matched, e.g. a flat patch)."""
     ys, xs = np.nonzero(label_mask)
     cx, cy = float(xs.mean()), float(ys.mean())
     half = int(np.ceil(max(np.abs(xs - cx).max(), np.abs(ys - cy).max()))) + margin + 1
@@ -256,7 +254,7 @@ def _match_rigid(cv2, key_image: np.ndarray, image: np.ndarray, label_mask: np.n
     base = (round(cx + predicted.shift[0]), round(cy + predicted.shift[1]))
     window = cv2.getRectSubPix(image, (size + 2 * r, size + 2 * r), (float(base[0]), float(base[1])))
 
-    def score(angle: float) -> tuple[float, float, float]:
+    def score(angle: float) -> tuple[float, RigidState]:
         rot = _rotation(angle)
         offset = np.array([cx, cy]) - rot @ np.array([half, half], dtype=np.float64)
         matrix = np.hstack([rot, offset[:, None]])
@@ -266,24 +264,37 @@ def _match_rigid(cv2, key_image: np.ndarray, image: np.ndarray, label_mask: np.n
         result = cv2.matchTemplate(window, patch, cv2.TM_CCOEFF_NORMED, mask=mask)
         result = np.nan_to_num(result, nan=-1.0, posinf=-1.0, neginf=-1.0)
         iy, ix = np.unravel_index(int(np.argmax(result)), result.shape)
+        if result[iy, ix] <= -1.0:
+            return -1.0, RigidState(angle, predicted.shift)  # nothing to match: keep the prediction
         dx = ix + _peak(result[iy, :], ix) - r
         dy = iy + _peak(result[:, ix], iy) - r
-        return float(result[iy, ix]), base[0] + dx - cx, base[1] + dy - cy
+        return float(result[iy, ix]), RigidState(angle, (base[0] + dx - cx, base[1] + dy - cy))
 
+    return score
+
+
+def _match_rigid(cv2, key_image: np.ndarray, image: np.ndarray, label_mask: np.ndarray,  # type: ignore[no-untyped-def]
+                 predicted: RigidState, angles: list[float], step: float, search: int,
+                 margin: int, refine_peak: bool = False) -> tuple[RigidState, float]:
+    """Best rigid map from ``image`` to ``key_image`` around ``label_mask`` (drawn on the key image).
+
+    Rotations of the key patch (``angles``, then half a ``step`` either side of the best, or with
+    ``refine_peak`` the peak of a parabola through the best and its neighbours) are matched over
+    translations within ``search`` pixels of the ``predicted`` map by normalised cross-correlation with a mask.
+    """
+    score = _rigid_candidates(cv2, key_image, image, label_mask, predicted, search, margin)
     results = [score(a) for a in angles]
-    best = int(np.argmax([v[0] for v in results]))
+    values = np.array([v for v, _ in results])
+    best = int(np.argmax(values))
     if refine_peak:
         # A parabola through the best angle's neighbours places the peak between the angles tried.
-        offset = _peak(np.array([v[0] for v in results]), best)
+        offset = _peak(values, best)
         if offset:
             results.append(score(angles[best] + offset * step))
-            angles = [*angles, angles[best] + offset * step]
-        candidates = list(zip(angles, results))
     else:
-        fine = [angles[best] - step / 2, angles[best] + step / 2]
-        candidates = list(zip(angles, results)) + [(a, score(a)) for a in fine]
-    angle, (value, sx, sy) = max(candidates, key=lambda item: item[1][0])
-    return RigidState(angle, (sx, sy)), value
+        results += [score(angles[best] - step / 2), score(angles[best] + step / 2)]
+    value, state = max(results, key=lambda item: item[0])
+    return state, value
 
 
 def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndarray,
@@ -306,10 +317,13 @@ def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndar
                         refine_peak=refine)
 
 
-def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """Rigid map (3 x 3, on x, y, 1) from the frame of ``mask`` to that of ``key_mask``, and the Dice it reaches.
+def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, bool]:
+    """Rigid map (3 x 3, on x, y, 1) from the frame of ``mask`` to that of ``key_mask``, the Dice it reaches, and
+    whether the rotation is unique.
 
     Both masks are one label on two keyframes; a Dice near 1 says the label moved as a rigid body between them.
+    A shape that looks the same turned (a disc, an ellipse, a square) fits several rotations about as well: the
+    rotation is then not unique, and the smallest one is returned.
     """
     cv2 = _cv2()
     ys, xs = np.nonzero(key_mask)
@@ -318,12 +332,18 @@ def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, flo
     predicted = RigidState(0.0, (float(xs2.mean()) - centre[0], float(ys2.mean()) - centre[1]))
     key_image = cv2.GaussianBlur(key_mask.astype(np.float32), (0, 0), 1.5)
     image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
-    coarse = 0.1
-    state, _ = _match_rigid(cv2, key_image, image, key_mask, predicted,
-                            list(np.arange(-np.pi, np.pi, coarse)), coarse, 3, 3)
+    score = _rigid_candidates(cv2, key_image, image, key_mask, predicted, 3, 3)
+    # Smallest turns first, so that among equal fits the one nearest no turn wins.
+    angles = sorted(np.arange(-31, 32) * 0.1, key=abs)
+    results = [score(float(a)) for a in angles]
+    values = np.array([v for v, _ in results])
+    best = int(np.argmax(values))
+    rival = [v for a, v in zip(angles, values, strict=True)
+             if abs(np.angle(np.exp(1j * (a - angles[best])))) > 0.5]
+    unique = not rival or max(rival) < values[best] - 0.02
     fine = 0.02
-    state, _ = _match_rigid(cv2, key_image, image, key_mask, state,
-                            list(state.angle + np.arange(-2, 3) * fine), fine, 2, 3)
+    state, _ = _match_rigid(cv2, key_image, image, key_mask, results[best][1],
+                            list(results[best][1].angle + np.arange(-2, 3) * fine), fine, 2, 3)
     matrix = state.matrix(centre)
     rows, cols = key_mask.shape
     gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
@@ -332,7 +352,7 @@ def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, flo
     carried = cv2.remap(key_mask.astype(np.float32), mx, my, cv2.INTER_LINEAR) > 0.5
     other = mask.astype(bool)
     dice = 2.0 * np.count_nonzero(carried & other) / max(np.count_nonzero(carried) + np.count_nonzero(other), 1)
-    return matrix, float(dice)
+    return matrix, float(dice), bool(unique)
 
 
 def matrix_displacement(field: FlowField, matrix: np.ndarray) -> np.ndarray:

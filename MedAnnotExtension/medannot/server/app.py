@@ -129,8 +129,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         project = project_service.get_project(session, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
-        return [{"name": f.name, "sha256": f.sha256, "size": len(f.content)}
-                for f in project_service.guideline_files(session, version)]
+        return [{"name": name, "sha256": digest, "size": size}
+                for name, digest, size in project_service.guideline_files(session, version)]
 
     @api.get("/projects/{project_id}/guideline/files/{name:path}", tags=["projects"],
              response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
@@ -138,10 +138,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         project = project_service.get_project(session, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
-        for stored in project_service.guideline_files(session, version):
-            if stored.name == name:
-                return Response(stored.content, media_type="application/octet-stream",
-                                headers={"X-Sha256": stored.sha256})
+        stored = project_service.guideline_file(session, version, name)
+        if stored is not None:
+            return Response(stored.content, media_type="application/octet-stream",
+                            headers={"X-Sha256": stored.sha256})
         raise HTTPException(status_code=404, detail=f"guideline {version.guideline_id} {version.version} of "
                                                     f"project {project_id} has no file {name!r}")
 

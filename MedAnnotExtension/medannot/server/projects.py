@@ -66,10 +66,17 @@ def _read_guideline(path: str | Path) -> tuple[Guideline, str]:
     return guideline, path.read_bytes().decode("utf-8")
 
 
-def guideline_files(session: Session, version: GuidelineVersion) -> list[GuidelineFile]:
-    """The files stored with a guideline version (reference images), by name."""
-    return list(session.scalars(select(GuidelineFile).where(GuidelineFile.guideline_version_id == version.id)
-                                .order_by(GuidelineFile.name)))
+def guideline_files(session: Session, version: GuidelineVersion) -> list[tuple[str, str, int]]:
+    """Name, sha256 and size of the files stored with a guideline version (reference images), by name."""
+    rows = session.execute(select(GuidelineFile.name, GuidelineFile.sha256, func.length(GuidelineFile.content))
+                           .where(GuidelineFile.guideline_version_id == version.id).order_by(GuidelineFile.name))
+    return [(str(name), str(digest), int(size)) for name, digest, size in rows]
+
+
+def guideline_file(session: Session, version: GuidelineVersion, name: str) -> GuidelineFile | None:
+    """One file stored with a guideline version, or None."""
+    return session.scalar(select(GuidelineFile).where(GuidelineFile.guideline_version_id == version.id,
+                                                      GuidelineFile.name == name))
 
 
 def _add_version(session: Session, project: Project, guideline: Guideline, text: str,
