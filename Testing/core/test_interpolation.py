@@ -412,6 +412,21 @@ def test_points_and_outlines_follow_the_image_motion_when_the_image_is_given():
         assert np.abs(radius - 12.0).max() < 1.5, (t, radius)
 
 
+@pytest.mark.parametrize(("turn", "scale"), [(0.3, 1.0), (1.2, 1.0), (2.5, 1.0), (0.0, 2.2), (0.0, 0.7)])
+def test_points_are_placed_by_inverting_the_motion_even_for_large_turns_and_stretches(turn, scale):
+    from medannot.interpolation.contours import _carry_points
+
+    gy, gx = np.mgrid[0:128, 0:128].astype(np.float64)
+    centre = np.array([64.0, 64.0])
+    matrix = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    to_key_x = centre[0] + matrix[0, 0] * (gx - centre[0]) + matrix[0, 1] * (gy - centre[1])
+    to_key_y = centre[1] + matrix[1, 0] * (gx - centre[0]) + matrix[1, 1] * (gy - centre[1])
+    displacement = np.stack([to_key_x - gx, to_key_y - gy], axis=-1).astype(np.float32)
+    on_key = np.array([[70.0, 60.0], [50.0, 80.0], [64.0, 40.0]])
+    expected = centre + (np.linalg.inv(matrix) @ (on_key - centre).T).T
+    np.testing.assert_allclose(_carry_points(on_key, displacement), expected, atol=0.05)
+
+
 def test_image_guided_tracks_need_2d_pixel_coordinates_and_a_covering_image():
     image, centres = textured_disc_on_a_curve(frames=5)
     with pytest.raises(InterpolationError, match="covering frame 6"):

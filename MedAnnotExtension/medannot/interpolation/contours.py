@@ -9,6 +9,7 @@ along the same optical flow the label maps follow, and the two positions are ble
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from medannot.interpolation.errors import InterpolationError
 from medannot.interpolation.motion import FlowField, FlowSettings
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("polygon", "polyline", "points")
 
@@ -126,23 +129,47 @@ def interpolate_track(keyframes: Mapping[int, np.ndarray], kind: str = "polygon"
     return dict(sorted(out.items()))
 
 
-def _carry_points(points: np.ndarray, displacement: np.ndarray, iterations: int = 20) -> np.ndarray:
+def _carry_points(points: np.ndarray, displacement: np.ndarray, iterations: int = 30) -> np.ndarray:
     """Where in a frame the keyframe ``points`` (column, row) are, given the frame's ``displacement`` to the keyframe.
 
-    The displacement field maps each pixel of the frame to the keyframe; the points are found by inverting it
-    (fixed-point iteration ``x = p - D(x)``, which converges for the smooth fields of optical flow).
+    The displacement field maps each pixel of the frame to the keyframe; the points are found by inverting it:
+    Newton steps on ``x + D(x) = p`` with the field's Jacobian from finite differences, each step at most 16 px,
+    keeping every point's best solution (large turns and stretches, where plain fixed-point iteration diverges,
+    converge too). A point that cannot be placed to within half a pixel is logged.
     """
     import cv2
 
-    p = np.asarray(points, dtype=np.float32)
-    x = p.copy()
-    for _ in range(iterations):
+    p = np.asarray(points, dtype=np.float64)
+    n = len(p)
+    h = 0.5
+
+    def sample(x: np.ndarray) -> np.ndarray:
         map_x = x[:, 0].reshape(1, -1).astype(np.float32)
         map_y = x[:, 1].reshape(1, -1).astype(np.float32)
-        d = cv2.remap(displacement, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
-        moved = p - d
-        if float(np.abs(moved - x).max(initial=0.0)) < 1e-3:
-            x = moved
+        return cv2.remap(displacement, map_x, map_y, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)[0].astype(np.float64)
+
+    x = p.copy()
+    best, best_residual = x.copy(), np.full(n, np.inf)
+    for _ in range(iterations):
+        values = sample(np.vstack([x, x + [h, 0.0], x + [0.0, h]]))
+        d, dx, dy = values[:n], values[n:2 * n], values[2 * n:]
+        residual = x + d - p
+        size = np.hypot(residual[:, 0], residual[:, 1])
+        better = size < best_residual
+        best[better], best_residual[better] = x[better], size[better]
+        if float(best_residual.max(initial=0.0)) < 1e-3:
             break
-        x = moved
-    return x.astype(float)
+        jacobian = np.empty((n, 2, 2))
+        jacobian[:, :, 0] = np.eye(2)[0] + (dx - d) / h
+        jacobian[:, :, 1] = np.eye(2)[1] + (dy - d) / h
+        singular = np.abs(np.linalg.det(jacobian)) < 1e-6
+        jacobian[singular] = np.eye(2)
+        step = np.linalg.solve(jacobian, residual[:, :, None])[:, :, 0]
+        length = np.hypot(step[:, 0], step[:, 1])
+        step *= np.minimum(1.0, 16.0 / np.maximum(length, 1e-12))[:, None]
+        x = x - step
+    if float(best_residual.max(initial=0.0)) > 0.5:
+        logger.warning("%d of %d points could not be placed along the motion to within half a pixel (worst %.1f px)",
+                       int(np.count_nonzero(best_residual > 0.5)), n, float(best_residual.max()))
+    return best
