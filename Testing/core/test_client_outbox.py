@@ -345,6 +345,20 @@ def test_a_stale_lease_is_rejected_not_queued_forever(server, seg_sr, tmp_path):
     assert result.status == "rejected" and "lease is stale" in result.detail
 
 
+def test_a_readers_queued_result_waits_for_that_reader_on_a_shared_workstation(server, seg_sr, tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.add(server.url, 42, LEASE, *seg_sr, reader="rroe")  # queued while rroe was logged in
+    other = TaskServerClient(server.url, token=TOKEN, retries=0)
+    other.username = "jdoe"  # another reader logged in on the same machine: not theirs to send (it would be refused)
+    [waiting] = outbox.flush(other)
+    assert waiting.status == "queued" and "queued for reader rroe" in waiting.detail
+    assert len(outbox.pending()) == 1 and not outbox.rejected() and not server.submit_requests
+    session = TaskServerClient(server.url, retries=0).login("rroe", PASSWORD)
+    assert session.username == "rroe"
+    [sent] = outbox.flush(TaskServerClient.from_session(session, retries=0))  # e.g. the CLI's saved login
+    assert sent.status == "sent" and len(server.submit_requests) == 1
+
+
 def test_flush_stops_trying_once_the_server_is_unreachable(seg_sr, tmp_path):
     outbox = Outbox(tmp_path / "outbox")
     client = logged_in(f"http://127.0.0.1:{_free_port()}")
@@ -397,12 +411,12 @@ def cli(tmp_path, monkeypatch):
     return run
 
 
-def test_cli_login_keeps_only_token_server_and_expiry_readable_by_the_user(cli, server, tmp_path):
+def test_cli_login_keeps_only_token_server_expiry_and_username_readable_by_the_user(cli, server, tmp_path):
     result = cli("login", "--server", server.url, "--username", "rroe", "--password-stdin", stdin=PASSWORD + "\n")
     assert result.exit_code == 0, result.output
     session_file = tmp_path / "home" / "session.json"
     assert json.loads(session_file.read_text()) == {"server_url": server.url, "token": TOKEN,
-                                                     "expires_at": "2099-01-01T00:00:00Z"}
+                                                     "expires_at": "2099-01-01T00:00:00Z", "username": "rroe"}
     assert stat.S_IMODE(os.stat(session_file).st_mode) == 0o600
 
     projects = cli("projects", "--json")

@@ -57,6 +57,7 @@ class Session:
     server_url: str
     token: str
     expires_at: str = ""
+    username: str = ""
 
     @property
     def expired(self) -> bool:
@@ -122,6 +123,7 @@ class TaskServerClient:
                  backoff_factor: float = 0.5) -> None:
         self.base_url = normalize_server_url(base_url)
         self.token = token
+        self.username: str | None = None  # who logged in (set by login); the outbox sends a reader's own items only
         self.timeout = (min(float(timeout), 10.0), float(timeout))
         self._http = _http_session(_retry(retries, backoff_factor, repeat_safe=True))
         # A claim is not safe to repeat once the server may have seen it: retry only failed connects.
@@ -133,7 +135,9 @@ class TaskServerClient:
 
     @classmethod
     def from_session(cls, session: Session, **kwargs: Any) -> TaskServerClient:
-        return cls(session.server_url, token=session.token, **kwargs)
+        client = cls(session.server_url, token=session.token, **kwargs)
+        client.username = session.username or None
+        return client
 
     def close(self) -> None:
         self._http.close()
@@ -154,7 +158,9 @@ class TaskServerClient:
         if not isinstance(data, dict) or not data.get("access_token"):
             raise self._unexpected("the login", "no access_token")
         self.token = str(data["access_token"])
-        return Session(server_url=self.base_url, token=self.token, expires_at=str(data.get("expires_at") or ""))
+        self.username = username
+        return Session(server_url=self.base_url, token=self.token, expires_at=str(data.get("expires_at") or ""),
+                       username=username)
 
     def logout(self) -> None:
         """Revoke the token on the server; a token the server no longer knows counts as logged out."""
@@ -394,7 +400,8 @@ def extract_zip(zf: zipfile.ZipFile, dest: Path, origin: str = "the archive") ->
 
 # ---------------------------------------------------------------- session file
 def save_session(session: Session, home: Path | None = None) -> Path:
-    """Write the token, server and expiry (nothing else) to ``session.json``, readable by this user only."""
+    """Write the token, server, expiry and username (never the password) to ``session.json``, readable by this user
+    only."""
     folder = home or medannot_home()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / SESSION_FILE
@@ -402,8 +409,8 @@ def save_session(session: Session, home: Path | None = None) -> Path:
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         os.chmod(partial, 0o600)  # a file left by an older version may have wider permissions
-        json.dump({"server_url": session.server_url, "token": session.token, "expires_at": session.expires_at},
-                  out)
+        json.dump({"server_url": session.server_url, "token": session.token, "expires_at": session.expires_at,
+                   "username": session.username}, out)
     os.replace(partial, path)
     return path
 
@@ -414,7 +421,7 @@ def load_session(home: Path | None = None) -> Session | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Session(server_url=str(data["server_url"]), token=str(data["token"]),
-                       expires_at=str(data.get("expires_at") or ""))
+                       expires_at=str(data.get("expires_at") or ""), username=str(data.get("username") or ""))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):

@@ -117,12 +117,15 @@ class Outbox:
     def submit(self, client: TaskServerClient, task_id: int | str, lease_token: str,
                seg_path: str | os.PathLike[str], sr_path: str | os.PathLike[str]) -> DeliveryResult:
         """Keep a copy of the SEG and SR in the outbox, then try to deliver it once now."""
-        item = self.add(client.base_url, task_id, lease_token, seg_path, sr_path)
+        item = self.add(client.base_url, task_id, lease_token, seg_path, sr_path, reader=client.username)
         return self._deliver(client, item.item_id)[0]
 
     def add(self, server_url: str, task_id: int | str, lease_token: str, seg_path: str | os.PathLike[str],
-            sr_path: str | os.PathLike[str]) -> OutboxItem:
-        """Queue a submit without sending it: the item appears in ``pending/`` complete or not at all."""
+            sr_path: str | os.PathLike[str], reader: str | None = None) -> OutboxItem:
+        """Queue a submit without sending it: the item appears in ``pending/`` complete or not at all.
+
+        ``reader`` (the username that holds the lease) keeps the item for that reader: on a shared workstation
+        another reader's login does not send it (the server would refuse it for good)."""
         sources = {"seg": Path(seg_path), "sr": Path(sr_path)}
         for path in sources.values():
             if not path.is_file():
@@ -132,7 +135,8 @@ class Outbox:
         staging = self.folder / "staging" / item_id
         manifest: dict[str, Any] = {
             "format": FORMAT_VERSION, "item_id": item_id, "task_id": task_id, "lease_token": lease_token,
-            "server_url": server_url, "idempotency_key": str(uuid.uuid4()), "created": now.isoformat(),
+            "server_url": server_url, "reader": reader, "idempotency_key": str(uuid.uuid4()),
+            "created": now.isoformat(),
             "attempts": 0, "last_attempt": None, "last_error": None, "state": "pending",
             "submission_id": None, "detail": None, "status_code": None, "finished": None,
         }
@@ -205,6 +209,10 @@ class Outbox:
             if manifest.get("server_url") != client.base_url:
                 return self._result(item, "queued", detail=f"queued for {manifest.get('server_url')}; log in "
                                     "there to deliver it"), False
+            owner = manifest.get("reader")
+            if owner and client.username and owner != client.username:
+                return self._result(item, "queued", detail=f"queued for reader {owner}; it is sent when {owner} "
+                                    "logs in"), False
             manifest["attempts"] = int(manifest.get("attempts") or 0) + 1
             manifest["last_attempt"] = _now()
             self._save(item, manifest)
