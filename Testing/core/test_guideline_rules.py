@@ -239,6 +239,10 @@ def test_masks_for_a_label_map_report_every_overlap_as_a_located_error_without_a
     assert a[finding.location.voxel] and b[finding.location.voxel]
     b[3, 5, 4:6] = False
     assert check_masks({"A": a, "B": b}, geometry(a.shape), g, one_label_per_voxel=True).passed
+    b[3, 5, 4:6] = True  # with a no_overlap rule as well, the overlap is still said once
+    ruled = check_masks({"A": a, "B": b}, geometry(a.shape), guideline(rules_b="{no_overlap: [A]}"),
+                        one_label_per_voxel=True)
+    assert [f.rule for f in ruled.findings] == ["overlap"]
 
 
 def test_masks_keyed_by_an_unknown_segment_are_refused():

@@ -276,6 +276,15 @@ def test_flow_without_the_keyframe_correction_still_follows_every_frame():
     assert min(dice(plain[t] > 0, labels[t] > 0) for t in range(1, 20)) > 0.9
 
 
+def test_flow_settings_that_cannot_work_are_refused_with_their_name():
+    from medannot.interpolation import FlowSettings
+
+    with pytest.raises(InterpolationError, match="rigid_frames_per_degree must be positive"):
+        FlowSettings(rigid_frames_per_degree=0)
+    with pytest.raises(InterpolationError, match="preset must be"):
+        FlowSettings(preset="slow")
+
+
 def test_smoothed_poses_ignore_a_track_that_lost_the_label():
     from medannot.interpolation.motion import RigidState, pose_distance, smooth_poses
 

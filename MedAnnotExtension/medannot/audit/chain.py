@@ -120,8 +120,9 @@ def read_anchors(path: Any) -> list[AuditAnchor]:
         except (ValueError, KeyError, TypeError) as exc:
             raise MedAnnotError(f"{path}:{number}: not an audit anchor (a JSON line with seq and hash, as "
                                 f"written by 'medannot audit anchor'): {exc}") from exc
-        if anchor.seq < 1 or len(anchor.hash) != 64:
+        if anchor.seq < 1 or len(anchor.hash) != 64 or any(c not in "0123456789abcdefABCDEF" for c in anchor.hash):
             raise MedAnnotError(f"{path}:{number}: not an audit anchor: seq must be >= 1 and hash 64 hex digits")
+        anchor = AuditAnchor(anchor.seq, anchor.hash.lower(), anchor.time, anchor.source)
         anchors.append(anchor)
     if not anchors:
         raise MedAnnotError(f"{path}: no audit anchors in the file")

@@ -99,7 +99,7 @@ class Interpolator:
         self._spans: dict[Span, np.ndarray] = {}
         self._distance: dict[tuple[int, int], np.ndarray | None] = {}
         # Threads that interpolate spans side by side (motion-guided and shape-based).
-        self.workers = min(2, os.cpu_count() or 1)
+        self.workers = min(2, _usable_cpus())
         # Seconds each span's computation took: its share, by frames, of the wall time of the batch it was
         # computed in (morphological: of the filter's time, without the child process's start-up).
         self.span_seconds: dict[Span, float] = {}
@@ -226,13 +226,17 @@ class Interpolator:
                 if progress:
                     progress(span[1] - span[0])
         else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medannot-interp") as pool:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medannot-interp")
+            try:
                 futures = {pool.submit(self._interpolate_span, *span): span for span in spans}
                 for future in as_completed(futures):
                     span = futures[future]
                     self._spans[span] = future.result()
                     if progress:
                         progress(span[1] - span[0])
+            finally:
+                # On an error (or a cancelled progress callback) the spans not started yet are dropped.
+                pool.shutdown(wait=True, cancel_futures=True)
         elapsed = time.perf_counter() - started
         for a, b in spans:
             self.span_seconds[(a, b)] = elapsed * (b - a) / total
@@ -396,6 +400,15 @@ class Interpolator:
         return InterpolationResult(labels, self.method, 0, keys, segments, outside,
                                    frame_times_used=self.frame_times is not None,
                                    seconds=sum(self.span_seconds.get(s, 0.0) for s in self.spans))
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (affinity and container limits included where the platform says)."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _touches_other(mask: np.ndarray, region: int, gap: int = 2) -> bool:

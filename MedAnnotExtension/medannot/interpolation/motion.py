@@ -77,6 +77,21 @@ class FlowSettings:
     rigid_passes: int = 2
     rigid_angles: tuple[float, ...] = (-0.24, -0.16, -0.08, 0.0, 0.08, 0.16, 0.24)
 
+    def __post_init__(self) -> None:
+        positive = {"patch_size": self.patch_size, "patch_stride": self.patch_stride,
+                    "rigid_frames_per_degree": self.rigid_frames_per_degree, "rigid_passes": self.rigid_passes,
+                    "rigid_search": self.rigid_search, "rigid_fade": self.rigid_fade}
+        for name, value in positive.items():
+            if not value > 0:
+                raise InterpolationError(f"flow setting {name} must be positive; got {value!r}")
+        for name in ("smoothing", "rigid_smoothing", "rigid_margin", "finest_scale"):
+            if getattr(self, name) < 0:
+                raise InterpolationError(f"flow setting {name} must not be negative; got {getattr(self, name)!r}")
+        if self.preset not in ("ultrafast", "fast", "medium"):
+            raise InterpolationError(f"flow setting preset must be ultrafast, fast or medium; got {self.preset!r}")
+        if len(self.rigid_angles) < 2:
+            raise InterpolationError("flow setting rigid_angles needs at least two angles")
+
 
 class FlowField:
     """Dense flows between neighbouring frames of one cine, computed on demand and kept in a bounded cache."""
