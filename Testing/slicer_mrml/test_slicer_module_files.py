@@ -1,4 +1,5 @@
-"""The parts of the MedAnnotExport module that need Qt to run, checked as files: the GUI code, its .ui, CMake.
+"""The parts of the modules that need Qt to run, checked as files: the GUI code, its .ui, CMake (MedAnnotExport's
+widgets here; every module's Logic class, icon and CMake at the end).
 
 The widget cannot be built without Slicer's Qt; these checks catch the mistakes that would only show there.
 """
@@ -10,6 +11,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 EXTENSION_DIR = Path(__file__).resolve().parents[2] / "MedAnnotExtension"
@@ -61,28 +63,45 @@ def test_ui_uses_slicer_widgets_for_nodes_and_paths_and_a_table_for_confidences(
     assert connected == {name for name, kind in widgets.items() if kind == "qMRMLNodeComboBox"}
 
 
-def test_the_module_runs_the_logic_class_the_tests_exercise():
-    tree = ast.parse(MODULE_SOURCE)
+# The three modules' files, checked alike: which Logic class the GUI runs, the icon, and what CMake installs.
+MODULES = {
+    "MedAnnot": ("MedAnnotWorklistLib.logic", "MedAnnotLogic"),
+    "MedAnnotCine": ("MedAnnotCineLib.logic", "MedAnnotCineLogic"),
+    "MedAnnotExport": ("MedAnnotExportLib.logic", "MedAnnotExportLogic"),
+}
+
+
+def _listed_in_cmake(cmakeFile: Path, moduleName: str) -> set[str]:
+    text = cmakeFile.read_text(encoding="utf-8").replace("${MODULE_NAME}", moduleName)
+    return set(re.findall(r"[\w/]+\.(?:py|ui|png|txt)\b", text)) - {"CMakeLists.txt"}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_module_runs_the_logic_class_the_tests_exercise(module):
+    tree = ast.parse((EXTENSION_DIR / module / f"{module}.py").read_text(encoding="utf-8"))
     imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 for alias in node.names}
-    assert ("MedAnnotExportLib.logic", "MedAnnotExportLogic") in imported
+    assert MODULES[module] in imported
     defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    assert defined == {"MedAnnotExport", "MedAnnotExportParameterNode", "MedAnnotExportWidget", "MedAnnotExportTest"}
+    assert defined == {module, f"{module}ParameterNode", f"{module}Widget", f"{module}Test"}
 
 
-def test_module_icon_is_a_128_pixel_png():
-    with Image.open(MODULE_DIR / "Resources" / "Icons" / "MedAnnotExport.png") as icon:
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_module_icon_is_a_128_pixel_png(module):
+    with Image.open(EXTENSION_DIR / module / "Resources" / "Icons" / f"{module}.png") as icon:
         assert (icon.format, icon.size) == ("PNG", (128, 128))
 
 
-def test_cmake_installs_every_python_file_of_the_module_and_the_lib():
-    def listed(cmakeFile: Path) -> set[str]:
-        text = cmakeFile.read_text(encoding="utf-8").replace("${MODULE_NAME}", "MedAnnotExport")
-        return set(re.findall(r"[\w/]+\.(?:py|ui|png|txt)\b", text)) - {"CMakeLists.txt"}
-
-    moduleFiles = {str(path.relative_to(MODULE_DIR)) for path in MODULE_DIR.rglob("*")
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_cmake_installs_every_file_of_each_module_and_the_extension_builds_it(module):
+    moduleDir = EXTENSION_DIR / module
+    moduleFiles = {str(path.relative_to(moduleDir)) for path in moduleDir.rglob("*")
                    if path.is_file() and path.suffix in (".py", ".ui", ".png", ".txt") and path.name != "CMakeLists.txt"
                    and "__pycache__" not in path.parts}
-    assert listed(MODULE_DIR / "CMakeLists.txt") == moduleFiles
+    assert _listed_in_cmake(moduleDir / "CMakeLists.txt", module) == moduleFiles
+    assert f"add_subdirectory({module})" in (EXTENSION_DIR / "CMakeLists.txt").read_text(encoding="utf-8").splitlines()
+
+
+def test_cmake_installs_every_python_file_of_the_shared_lib():
     libFiles = {str(path.relative_to(EXTENSION_DIR)) for path in (EXTENSION_DIR / "MedAnnotLib").glob("*.py")}
-    assert listed(EXTENSION_DIR / "MedAnnotLib" / "CMakeLists.txt") == libFiles
+    assert _listed_in_cmake(EXTENSION_DIR / "MedAnnotLib" / "CMakeLists.txt", "MedAnnotLib") == libFiles
