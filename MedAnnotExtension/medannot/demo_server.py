@@ -114,7 +114,7 @@ def read_cases(url: str, project_id: int, reader: str, password: str, work: Path
         client.heartbeat(task.task_id, task.lease_token)
         out = work / f"task-{task.task_id}" / "result"
         if source.is_multiframe and source.modality == "US":
-            result, qa = _segment_cine(images, source, guideline, reader_info, out, rng, str(task.task_id))
+            result, qa = _segment_cine(source, guideline, reader_info, out, rng, str(task.task_id))
         else:
             result, qa = _segment_ct(source, guideline, reader_info, out, rng, str(task.task_id))
         row = {"reader": reader, "project": project_id, "task": task.task_id, "case": task.case_id,
@@ -144,7 +144,7 @@ def _segment_ct(source: SourceImage, guideline: Guideline, reader: ReaderInfo, o
                                task_id=task_id), qa
 
 
-def _segment_cine(images: Path, source: SourceImage, guideline: Guideline, reader: ReaderInfo, out: Path,
+def _segment_cine(source: SourceImage, guideline: Guideline, reader: ReaderInfo, out: Path,
                   rng: np.random.Generator, task_id: str) -> tuple[ExportResult, QAReport]:
     cine = load_cine(source.paths[0])
     _, truth = cine_phantom(*cine.frames.shape)

@@ -256,7 +256,8 @@ def test_shapes_that_look_the_same_turned_are_not_spun_and_flat_images_leave_no_
 
 def test_the_rigid_layer_is_measured_in_pixels_whatever_the_pixel_spacing():
     image, labels = turning_crescent(frames=5)
-    shift = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # a rigid map: 5 px to the right
+    shift = np.zeros((*labels.shape[1:], 2), np.float32)
+    shift[..., 0] = 5.0  # a rigid displacement: 5 px to the right
     footprints = []
     for spacing in ((1.0, 1.0), (0.25, 0.25)):
         interp = Interpolator({0: labels[0], 4: labels[4]}, 5, image=image, method="motion", spacing=spacing)

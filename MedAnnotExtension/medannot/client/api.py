@@ -273,10 +273,8 @@ class TaskServerClient:
         files: list[tuple[Path, bytes]] = []
         for entry in listing:
             file_name, digest = str(entry.get("name", "")), str(entry.get("sha256", ""))
-            parts = PurePosixPath(file_name).parts
-            path = (dest / file_name).resolve()
-            if (not file_name or file_name.startswith("/") or ".." in parts or not path.is_relative_to(root)
-                    or path == (dest / name).resolve()):
+            path = _target_inside(root, file_name)
+            if path is None or path == root / name:
                 raise UnsafeArchiveError(f"guideline file {file_name!r} from {self.base_url} would be written "
                                          f"outside {dest} or over the guideline itself; nothing was saved")
             response = self._call("GET", f"/projects/{project_id}/guideline/files/{quote(file_name, safe='/')}",
@@ -375,13 +373,8 @@ def extract_zip(zf: zipfile.ZipFile, dest: Path, origin: str = "the archive") ->
     root = dest.resolve()
     plan: list[tuple[zipfile.ZipInfo, Path]] = []
     for info in zf.infolist():
-        name = info.filename.replace("\\", "/")
-        parts = PurePosixPath(name).parts
-        mode = info.external_attr >> 16
-        bad = (not name or name.startswith("/") or ".." in parts or (parts and ":" in parts[0])
-               or stat.S_ISLNK(mode))
-        target = root.joinpath(*parts) if parts else root
-        if bad or (target != root and root not in target.resolve().parents):
+        target = _target_inside(root, info.filename)
+        if target is None or stat.S_ISLNK(info.external_attr >> 16):
             raise UnsafeArchiveError(f"{origin}: refused to unpack zip entry {info.filename!r}: it would land "
                                      f"outside {dest}; nothing was unpacked, tell the server's administrator")
         plan.append((info, target))
@@ -396,6 +389,19 @@ def extract_zip(zf: zipfile.ZipFile, dest: Path, origin: str = "the archive") ->
             shutil.copyfileobj(source, sink)
         written.append(target)
     return written
+
+
+def _target_inside(root: Path, name: str) -> Path | None:
+    """Where a relative ``name`` sent by the server lands below the resolved folder ``root``; ``None`` when it is
+    empty, absolute, climbs out with ``..``, names a drive, or resolves outside ``root``."""
+    name = name.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if not name or name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+        return None
+    target = root.joinpath(*parts)
+    if target != root and root not in target.resolve().parents:
+        return None
+    return target
 
 
 # ---------------------------------------------------------------- session file

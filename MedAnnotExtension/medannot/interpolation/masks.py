@@ -282,19 +282,18 @@ class Interpolator:
         rigid = self._rigid_poses(a, b, weights)
         for i in range(b - a - 1):
             forward, back = forward_steps[i], backward[i]
-            for region, poses in rigid.items():
-                forward = self._layer(forward, a, region, poses[i][0])
-                back = self._layer(back, b, region, poses[i][1])
+            own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            if flow is not None:
+                for region, poses in rigid.items():
+                    own[region] = (matrix_displacement(flow, poses[i][0]), matrix_displacement(flow, poses[i][1]))
+                    forward = self._layer(forward, a, region, own[region][0])
+                    back = self._layer(back, b, region, own[region][1])
             w = float(weights[i])
             best = np.full(self.frame_shape, np.inf, dtype=np.float32)
             chosen = np.zeros(self.frame_shape, dtype=self.dtype)
             for region in regions:
-                if region in rigid and flow is not None:
-                    # A rigid label moves with its own map alone: the dense flow cannot leave a copy of it.
-                    here = (matrix_displacement(flow, rigid[region][i][0]),
-                            matrix_displacement(flow, rigid[region][i][1]))
-                else:
-                    here = (forward, back)
+                # A rigid label moves with its own map alone: the dense flow cannot leave a copy of it.
+                here = own.get(region, (forward, back))
                 d = _blend(_carry(flow, start[region], here[0]), _carry(flow, end[region], here[1]), w)
                 closer = d < best
                 best[closer] = d[closer]
@@ -366,14 +365,14 @@ class Interpolator:
                 out[region] = [(pose, inverse_end @ pose) for pose in poses]
         return out
 
-    def _layer(self, dense: np.ndarray | None, key: int, region: int, pose: np.ndarray) -> np.ndarray | None:
-        """``dense`` with the rigid map ``pose`` laid over the label ``region`` of keyframe ``key`` and a margin."""
+    def _layer(self, dense: np.ndarray | None, key: int, region: int, rigid: np.ndarray) -> np.ndarray | None:
+        """``dense`` with the rigid displacement ``rigid`` laid over the label ``region`` of keyframe ``key`` and a
+        margin."""
         flow = self._flow
         distance = self._signed_distance(key, region)
         if flow is None or dense is None or distance is None:
             return dense
         s = flow.settings
-        rigid = matrix_displacement(flow, pose)
         carried = flow.warp(distance, rigid) / min(self.spacing)  # in pixels, as the margin and fade are
         weight = np.clip((s.rigid_margin + s.rigid_fade - carried) / s.rigid_fade, 0.0, 1.0)[..., None]
         return weight * rigid + (1.0 - weight) * dense
