@@ -12,6 +12,7 @@ which frames exist; the quantised frames are then written from the per-segment m
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
+from pydicom.valuerep import DA, TM
 
 from medannot.dicomseg import codes
 from medannot.dicomseg._fractional_frames import (
@@ -80,11 +82,109 @@ def build_seg(
         max_fractional_value=MAX_FRACTIONAL_VALUE,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
     )
+    source = _as_highdicom_reads(source)
     if source.geometry is None and source.is_multiframe:
-        return _build_without_frame_of_reference(source, pixels, fractional, len(segment_descriptions), kwargs)
-    if fractional:
-        return _build_fractional(source, list(pixels), kwargs)
-    return hd.seg.Segmentation(source_images=source.datasets, pixel_array=pixels, **kwargs)
+        seg = _build_without_frame_of_reference(source, pixels, fractional, len(segment_descriptions), kwargs)
+    elif fractional:
+        seg = _build_fractional(source, list(pixels), kwargs)
+    else:
+        seg = hd.seg.Segmentation(source_images=source.datasets, pixel_array=pixels, **kwargs)
+    _complete_what_highdicom_leaves(seg, source)
+    return seg
+
+
+# Type 2 attributes of the Patient and General Study modules that highdicom 0.28 reads from the source as
+# attributes (an AttributeError when a file lacks them, e.g. no PatientID).
+_TYPE2_READ_BY_HIGHDICOM = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+    "StudyTime",
+)
+
+
+def _as_highdicom_reads(source: SourceImage) -> SourceImage:
+    """The source as highdicom can take it, for files other tools wrote loosely.
+
+    - Type 2 attributes it reads are present (empty where the file has none, as Type 2 allows);
+    - an empty SpecificCharacterSet is dropped (empty means the default repertoire, which highdicom's enumeration
+      does not accept);
+    - ACR-NEMA style dates and times ("1997.04.24", "14:04:38") are written as DA / TM ("19970424", "140438"), and
+      ones that still do not parse are left empty, since highdicom refuses them and the SEG copies them.
+
+    Datasets that need none of this are passed as they are: nothing is copied for a conformant series.
+    """
+    datasets: list[Dataset] = []
+    for ds in source.datasets:
+        fixes: dict[str, str | None] = {keyword: "" for keyword in _TYPE2_READ_BY_HIGHDICOM if keyword not in ds}
+        charset = ds.get("SpecificCharacterSet", None)
+        values = [charset] if charset is None or isinstance(charset, str) else list(charset)
+        if "SpecificCharacterSet" in ds and not any(str(v or "").strip() for v in values):
+            fixes["SpecificCharacterSet"] = None
+        for keyword, kind in _DATES_AND_TIMES.items():
+            if keyword in ds and keyword not in fixes and ds[keyword].value not in (None, ""):
+                fixed = _as_dicom_date_or_time(str(ds[keyword].value), kind)
+                if fixed != str(ds[keyword].value):
+                    fixes[keyword] = fixed
+        if not fixes:
+            datasets.append(ds)
+            continue
+        view = Dataset(dict(ds.items()))  # a new element map over the same elements: ds itself stays untouched
+        view.file_meta = getattr(ds, "file_meta", Dataset())
+        view.set_original_encoding(*ds.original_encoding)
+        for keyword, value in fixes.items():
+            if value is None:
+                del view[keyword]
+            else:
+                setattr(view, keyword, value)
+        datasets.append(view)
+    changed = any(a is not b for a, b in zip(datasets, source.datasets))
+    return dataclasses.replace(source, datasets=datasets) if changed else source
+
+
+_DATES_AND_TIMES = {"StudyDate": "DA", "StudyTime": "TM", "PatientBirthDate": "DA", "SeriesDate": "DA",
+                    "SeriesTime": "TM", "ContentDate": "DA", "ContentTime": "TM"}
+
+
+def _as_dicom_date_or_time(value: str, kind: str) -> str:
+    text = value.strip().replace(":", "") if kind == "TM" else value.strip().replace(".", "").replace("-", "")
+    try:
+        (DA if kind == "DA" else TM)(text)
+    except ValueError:
+        return ""
+    return text
+
+
+def _complete_what_highdicom_leaves(seg: hd.seg.Segmentation, source: SourceImage) -> None:
+    """Make the SEG conformant where highdicom 0.28 copies the source's gaps (found by dciodvfy on real files)."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if source.geometry is None:
+        # General Image: PatientOrientation is Type 2C, required when there is no ImageOrientationPatient;
+        # highdicom does not write it for single-frame sources (US, CR, DX, NM, secondary captures).
+        if "PatientOrientation" not in seg:
+            seg.PatientOrientation = source.first.get("PatientOrientation", "")
+        # Without a Frame of Reference the Pixel Measures functional group is optional; highdicom copies whatever
+        # the source had (PixelSpacing 0 on some CRs, no SliceThickness on NM), which is then invalid. A SEG frame
+        # lies exactly on its source frame, so the source's own calibration still applies: drop incomplete ones.
+        if measures is not None and not _complete_pixel_measures(measures):
+            del shared.PixelMeasuresSequence
+    elif measures is not None and len(measures) and "SliceThickness" not in measures[0]:
+        # Type 1C with a Frame of Reference; the source had none (a single slice without SliceThickness). The
+        # grid's slice spacing is the best nominal value: for one slice it places no voxel.
+        measures[0].SliceThickness = f"{source.geometry.spacing[2]:.6g}"
+        logger.warning("%s has no SliceThickness; the SEG states %s mm, the grid's slice spacing",
+                       source.paths[0], measures[0].SliceThickness)
+
+
+def _complete_pixel_measures(measures: DicomSequence) -> bool:
+    if not len(measures):
+        return False
+    item = measures[0]
+    try:
+        spacing = [float(v) for v in item.get("PixelSpacing") or []]
+        thickness = float(item.get("SliceThickness") or 0)
+    except (TypeError, ValueError):
+        return False
+    return len(spacing) == 2 and min(spacing) > 0 and thickness > 0
 
 
 def _build_fractional(source: SourceImage, maps: list[np.ndarray], kwargs: dict[str, Any]) -> hd.seg.Segmentation:
@@ -187,6 +287,10 @@ def _build_without_frame_of_reference(
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "PixelMeasuresSequence" in shared and not any(len(i) for i in shared.PixelMeasuresSequence):
         del shared.PixelMeasuresSequence
+    if "SegmentIdentificationSequence" in shared:
+        # highdicom shares it when the SEG has one segment; every frame written above carries its own, and a
+        # functional group may be shared or per-frame, never both (dciodvfy: "already used in Shared...").
+        del shared.SegmentIdentificationSequence
     for stale in ("DimensionOrganizationType",):
         if stale in seg:
             del seg[stale]

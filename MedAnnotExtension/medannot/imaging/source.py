@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+import os
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import get_expected_length
 
 from medannot.errors import SourceImageError
 from medannot.imaging.geometry import Geometry
@@ -67,17 +71,153 @@ class SourceImage:
 
 def _read(path: Path, pixels: bool) -> Dataset:
     try:
-        return dcmread(path, stop_before_pixels=not pixels)
+        if pixels:
+            return dcmread(path)
+        with open(path, "rb") as fp:
+            ds = dcmread(fp, stop_before_pixels=True)
+            _check_pixel_data_complete(fp, ds, path)
+            return ds
     except InvalidDicomError as exc:
         raise SourceImageError(f"{path}: not a DICOM file ({exc})") from exc
-    except (OSError, ValueError, EOFError, AttributeError, KeyError) as exc:
+    except (OSError, ValueError, EOFError, AttributeError, KeyError, struct.error) as exc:
         raise SourceImageError(f"{path}: cannot read DICOM ({exc})") from exc
 
 
+def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, path: Path) -> None:
+    """Refuse a file whose Pixel Data ends before its header says (a truncated copy or download).
+
+    Reading with ``stop_before_pixels`` leaves ``fp`` at the start of the Pixel Data element (pydicom rewinds to the
+    tag), so this costs a 12-byte read and a seek, not a pixel read.
+    """
+    if "Rows" not in ds or "TransferSyntaxUID" not in ds.file_meta:
+        return
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_deflated:
+        return  # positions in a deflated stream are not file positions
+    start = fp.tell()
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(start)
+    header = fp.read(12)
+    if len(header) < 8:
+        return  # no Pixel Data at all: found by the callers
+    implicit, little = ds.original_encoding
+    order = "little" if little is not False else "big"
+    tag = (int.from_bytes(header[0:2], order) << 16) | int.from_bytes(header[2:4], order)
+    if tag not in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+        return
+    if implicit:
+        length, value_at = int.from_bytes(header[4:8], order), start + 8
+    elif header[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+        length, value_at = int.from_bytes(header[8:12], order), start + 12
+    else:
+        length, value_at = int.from_bytes(header[6:8], order), start + 8
+    if length == 0xFFFFFFFF:  # encapsulated: the fragments end with a Sequence Delimitation Item
+        fp.seek(max(value_at, size - 8))
+        tail = fp.read(8)
+        if tail[:4] != b"\xfe\xff\xdd\xe0" and not _has_trailing_elements(path):
+            raise SourceImageError(f"{path}: the compressed Pixel Data (7FE0,0010) ends without its sequence "
+                                   "delimiter; the file is truncated. Copy or download it again")
+        return
+    if syntax.is_compressed:
+        return  # a compressed stream with a defined length breaks the standard, but pydicom reads it: let it be
+    if value_at + length > size:
+        raise SourceImageError(f"{path}: Pixel Data (7FE0,0010) should hold {length} bytes but the file ends after "
+                               f"{size - value_at}; the file is truncated. Copy or download it again")
+    _number_of_frames(ds, path)  # a damaged NumberOfFrames is said as such, not as a wrong length
+    try:
+        expected = int(get_expected_length(ds)) if tag == 0x7FE00010 else 0
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return  # attributes the size depends on are missing or odd: reading the pixels will say so
+    if length < expected:
+        raise SourceImageError(f"{path}: Pixel Data (7FE0,0010) holds {length} bytes, fewer than the {expected} its "
+                               "Rows, Columns, SamplesPerPixel, NumberOfFrames and BitsAllocated need; the file is "
+                               "truncated or damaged")
+
+
+def _has_trailing_elements(path: Path) -> bool:
+    """Whether elements follow the Pixel Data (Data Set Trailing Padding, Digital Signatures): rare but legal."""
+    try:
+        ds = dcmread(path)
+    except Exception:  # noqa: BLE001 - a file pydicom cannot read whole is truncated
+        return False
+    return any(element.tag > 0x7FE00010 for element in ds)
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fp:
+            return fp.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _number_of_frames(ds: Dataset, path: Path) -> int:
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        frames = int(value) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        raise SourceImageError(f"{path}: NumberOfFrames (0028,0008) is {str(value)!r}, not a whole number; the file "
+                               "is damaged") from None
+    if frames < 1:
+        raise SourceImageError(f"{path}: NumberOfFrames (0028,0008) is {frames}; an image has at least one frame")
+    return frames
+
+
+# Objects that hold pixels or look like images but are not images to segment, with what to give instead.
+_NOT_SEGMENTABLE = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a Segmentation (SEG), not an image; give the image series it was drawn on",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a Label Map Segmentation (SEG), not an image; give the image series it was drawn on",
+    "1.2.840.10008.5.1.4.1.1.30": "a Parametric Map, not an acquired image; give the image series it was computed from",
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT Dose grid, not an image; give the CT or MR series the plan was made on",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set (contours), not an image; give the CT or MR series",
+    "1.2.840.10008.5.1.4.1.1.77.1.6": "a VL Whole Slide Microscopy image (a tiled pyramid); MedAnnot segments "
+                                      "radiology images (CT, MR, US, X-ray), not whole-slide microscopy",
+}
+
+
+# Image IODs that hold one frame: a file of these classes with NumberOfFrames > 1 breaks its own IOD, and a SEG
+# may not reference frames of it (ReferencedFrameNumber is only for multi-frame classes; dciodvfy errs on it).
+_SINGLE_FRAME_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.3",
+    "1.2.840.10008.5.1.4.1.1.1.3.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.77.1.4",
+}
+# Image IODs in which the Frame of Reference module is mandatory; without it a SEG cannot be written (highdicom
+# refuses too) and the image is not conformant.
+_FRAME_OF_REFERENCE_REQUIRED = {
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.130",
+}
+
+
 def _check_required(ds: Dataset, path: Path) -> None:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    what = _NOT_SEGMENTABLE.get(sop_class)
+    if what:
+        raise SourceImageError(f"{path}: is {what}")
     missing = [k for k in _REQUIRED if k not in ds]
     if missing:
         raise SourceImageError(f"{path}: missing {', '.join(missing)}; this is not an image MedAnnot can segment")
+    frames = _number_of_frames(ds, path)
+    name = getattr(ds.SOPClassUID, "name", sop_class)
+    if getattr(ds.SOPClassUID, "is_retired", False):
+        raise SourceImageError(
+            f"{path}: uses the retired SOP Class {name} ({sop_class}), which the SEG IOD's references do not cover; "
+            "have it converted to the current class (re-export it from the PACS or the scanner)"
+        )
+    if frames > 1 and sop_class in _SINGLE_FRAME_CLASSES:
+        raise SourceImageError(
+            f"{path}: holds {frames} frames, but its SOP Class ({name}) is a single-frame image, so no SEG can "
+            "reference its frames conformantly; have it stored as a multi-frame class (e.g. Ultrasound Multi-frame "
+            "Image Storage) or as one file per frame"
+        )
+    if sop_class in _FRAME_OF_REFERENCE_REQUIRED and "FrameOfReferenceUID" not in ds:
+        raise SourceImageError(
+            f"{path}: has no FrameOfReferenceUID (0020,0052), which every {name} must have; the file was damaged "
+            "or stripped on its way (e.g. by an anonymiser). Fetch the original from the PACS or the scanner"
+        )
 
 
 def load_source(path: str | Path) -> SourceImage:
@@ -109,24 +249,31 @@ def _load_series(folder: Path) -> SourceImage:
     datasets: list[Dataset] = []
     paths: list[Path] = []
     skipped: list[str] = []
+    others: list[tuple[Path, Dataset]] = []
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         if file.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
+            ds = _read(file, pixels=False)
+        except SourceImageError:
+            if _is_dicom(file):
+                raise  # a damaged image of the series: refuse rather than leave a gap in the volume
             skipped.append(file.name)
             continue
-        if "PixelData" not in ds and "Rows" not in ds:
-            skipped.append(file.name)  # an SR, a presentation state, ...: not part of the image series
+        if "PixelData" not in ds and "Rows" not in ds or str(ds.get("SOPClassUID", "")) in _NOT_SEGMENTABLE:
+            others.append((file, ds))  # an SR, a SEG, a presentation state, ...: not part of the image series
             continue
         _check_required(ds, file)
         datasets.append(ds)
         paths.append(file)
     if not datasets:
-        raise SourceImageError(f"{folder}: no DICOM image files found (skipped {len(skipped)} other files)")
-    if skipped:
-        logger.warning("%s: skipped %d files that are not DICOM images: %s", folder, len(skipped), skipped[:5])
+        if others:
+            _check_required(others[0][1], others[0][0])  # says what the file is instead
+        raise SourceImageError(f"{folder}: no DICOM image files found (skipped {len(skipped) + len(others)} other "
+                               "files)")
+    if skipped or others:
+        names = skipped + [f.name for f, _ in others]
+        logger.warning("%s: skipped %d files that are not DICOM images: %s", folder, len(names), names[:5])
     series = sorted({str(ds.SeriesInstanceUID) for ds in datasets})
     if len(series) > 1:
         counts = {uid: sum(str(d.SeriesInstanceUID) == uid for d in datasets) for uid in series}
@@ -173,7 +320,7 @@ def _series_from_datasets(datasets: list[Dataset], paths: list[Path]) -> SourceI
     paths = [paths[i] for i in order]
     positions = positions[order]
     distances = positions @ normal
-    slice_spacing = float(first.get("SliceThickness", 1.0) or 1.0)
+    slice_spacing = _single_slice_spacing(first)
     if len(datasets) > 1:
         steps = np.diff(distances)
         if np.any(steps < 1e-4):
@@ -241,13 +388,36 @@ def _enhanced_geometry(ds: Dataset, path: Path) -> Geometry | None:
     iop = np.asarray(orientation.ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
     pos = np.asarray(positions)
-    distances = pos @ normal
-    steps = np.diff(distances)
-    if len(steps) and (np.any(steps <= 0) or np.max(np.abs(steps - np.median(steps))) > 0.01 * abs(np.median(steps)) + 0.01):
+    steps = np.diff(pos @ normal)
+    if len(steps) and np.median(steps) < 0:
+        # Frames stored from head to feet (or the like): the frame axis runs against the normal. The label map's
+        # first axis is the frame order, so its slice direction is -normal (a left-handed grid, which ITK allows).
+        normal, steps = -normal, -steps
+    if len(steps) and np.any(steps < 1e-4):
+        first = int(np.argmin(steps))
         raise SourceImageError(
-            f"{path}: frames are not ordered on a regular grid along the slice normal; "
-            "MedAnnot needs frames in slice order"
+            f"{path}: frames {first + 1} and {first + 2} lie at the same position (several phases, energies or "
+            "echoes in one file?); MedAnnot segments one volume whose frames are ordered along the slice normal"
         )
-    slice_spacing = float(np.median(steps)) if len(steps) else float(measures.get("SliceThickness", 1.0) or 1.0)
+    if len(steps) and np.max(np.abs(steps - np.median(steps))) > 0.01 * abs(np.median(steps)) + 0.01:
+        raise SourceImageError(
+            f"{path}: frame spacing varies from {steps.min():.3f} to {steps.max():.3f} mm, or the frames are not in "
+            "slice order; MedAnnot needs frames on a regular grid in slice order"
+        )
+    slice_spacing = float(np.median(steps)) if len(steps) else _single_slice_spacing(measures)
     return Geometry.from_dicom_plane(int(ds.Rows), int(ds.Columns), len(frames),
-                                     [float(v) for v in measures.PixelSpacing], slice_spacing, pos[0], iop)
+                                     [float(v) for v in measures.PixelSpacing], slice_spacing, pos[0], iop,
+                                     normal=normal)
+
+
+def _single_slice_spacing(ds: Dataset) -> float:
+    """The slice spacing of a one-slice grid: SpacingBetweenSlices where given (as ITK/GDCM read it), else
+    SliceThickness, else 1. It places no voxel, so label maps are not checked against it (see Geometry.mismatches)."""
+    for key in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(ds.get(key) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return 1.0
