@@ -289,7 +289,7 @@ def test_a_warning_rule_does_not_fail_the_check_and_shows_the_guideline_message(
     assert report.passed and finding.severity == "warning" and report.warnings == [finding]
     assert finding.message == "Check for islands." and "2 connected component(s)" in finding.detail
     assert report.to_dict() == {"passed": True, "findings": [finding.to_dict()]}
-    assert set(finding.to_dict()) == {"rule", "severity", "segment", "message", "location"}
+    assert set(finding.to_dict()) == {"rule", "severity", "segment", "message", "detail", "location"}
 
 
 def test_a_label_value_the_guideline_does_not_define_is_an_error():

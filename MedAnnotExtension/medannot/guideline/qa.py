@@ -81,7 +81,7 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "segment": self.segment, "message": self.message,
-                "location": None if self.location is None else self.location.to_dict()}
+                "detail": self.detail, "location": None if self.location is None else self.location.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -551,7 +551,7 @@ def _pixel_size(grid: _Grid) -> dict[str, Any] | None:
         return {**grid.calibration.to_dict(), "text": grid.calibration.describe()}
     if grid.geometry is None:
         return {"unit": "px", "source": None, "reason": grid.unknown_size_reason, "regions": [],
-                "text": f"pixel size unknown: {grid.unknown_size_reason}"}
+                "text": f"unknown, sizes in px: {grid.unknown_size_reason}"}
     _, row_mm, col_mm = grid.spacing
     return {"unit": "mm", "source": "the given geometry", "reason": None, "regions": [],
             "text": f"{row_mm:.4g} x {col_mm:.4g} mm pixels (row x column), from the given geometry"}

@@ -119,7 +119,7 @@ class PixelCalibration:
     def describe(self) -> str:
         """One line for a report: the pixel size(s) and where they come from, or why they are unknown."""
         if not self.known:
-            return f"pixel size unknown: {self.reason}"
+            return f"unknown, sizes in px: {self.reason}"
         if len(self.regions) == 1:
             return f"{self.regions[0].describe()}, from {self.source}"
         if self.is_uniform:
@@ -176,8 +176,9 @@ def calibration_from_dataset(ds: Dataset, what: str) -> PixelCalibration:
             skipped.append(why)
             continue
         x1, y1 = int(item.RegionLocationMaxX1), int(item.RegionLocationMaxY1)
-        if y1 >= frame_shape[0] or x1 >= frame_shape[1]:
-            # pydicom's examples_ybr_color.dcm is such a file: a resized copy that kept the scanner's regions
+        if y1 > frame_shape[0] or x1 > frame_shape[1]:
+            # One past the edge is a common off-by-one (OBXXXX1A.dcm: MaxX1 800 of 800 columns) and is clipped
+            # quietly; further is a resized copy that kept the scanner's regions (pydicom's examples_ybr_color.dcm).
             notes.append(f"{what}: ultrasound region {number} reaches row {y1}, column {x1}, beyond the "
                          f"{frame_shape[0]} x {frame_shape[1]} image; it was clipped. The image may have been "
                          "resized after the scanner calibrated it, so sizes in mm may be wrong.")
@@ -230,14 +231,21 @@ def calibration_from_file(path: str | Path) -> PixelCalibration:
 
 
 def calibration_from_geometry(geometry: Geometry, what: str) -> PixelCalibration:
-    """The pixel size of a 2D+t label map or image file from its header (NIfTI, NRRD, MHA).
+    """The pixel size of a 2D+t label map or image file from its header (NIfTI, NRRD, MHA); see
+    :func:`calibration_from_spacing`."""
+    return calibration_from_spacing((int(geometry.size[1]), int(geometry.size[0])), float(geometry.spacing[1]),
+                                    float(geometry.spacing[0]), what)
+
+
+def calibration_from_spacing(frame_shape: tuple[int, int], row_mm: float, col_mm: float,
+                             what: str) -> PixelCalibration:
+    """The pixel size a file header states, in mm.
 
     A spacing of exactly 1 x 1 is taken as unknown: it is what writers put when they know no size (MedAnnot's own
     cine label maps, most 2D+t NIfTI), and a 1 mm ultrasound pixel is not plausible. Any other spacing is mm.
     """
-    rows, cols = int(geometry.size[1]), int(geometry.size[0])
-    col_mm, row_mm = float(geometry.spacing[0]), float(geometry.spacing[1])
-    if col_mm == 1.0 and row_mm == 1.0:
-        return PixelCalibration.unknown((rows, cols), f"{what} has unit pixel spacing, as written when the size is "
-                                                      "unknown; give the DICOM cine it was drawn on for its calibration")
-    return PixelCalibration.uniform((rows, cols), row_mm, col_mm, f"the pixel spacing in the header of {what}")
+    if row_mm == 1.0 and col_mm == 1.0:
+        return PixelCalibration.unknown(frame_shape, f"{what} has unit pixel spacing, as written when the size is "
+                                                     "unknown; give the DICOM cine it was drawn on (--source) for its "
+                                                     "calibration")
+    return PixelCalibration.uniform(frame_shape, row_mm, col_mm, f"the pixel spacing in the header of {what}")
