@@ -683,9 +683,9 @@ def _overlap_findings(grid: _Grid, guideline: Guideline, masks: dict[str, _Mask]
             if not count:
                 continue
             planes = np.flatnonzero(overlap.any(axis=(1, 2))) + start[0]
-            text = (f"{first} and {second} overlap in {grid.size_text(count, grid.cine, overlap, start)} on "  # type: ignore[arg-type]
-                    f"{grid.axis}(s) "
-                    f"{_ranges(planes)}; each voxel may belong to one segment only. In the Segment Editor use "
+            size = grid.size_text(count, grid.cine, overlap, start)  # type: ignore[arg-type]
+            text = (f"{first} and {second} overlap in {size} on {grid.axis}(s) {_ranges(planes)}; each voxel may "
+                    "belong to one segment only. In the Segment Editor use "
                     "Logical operators > Subtract, or paint with Masking > Modify other segments: Overwrite all.")
             voxel = _representative_voxel(overlap, start, grid.spacing)  # type: ignore[arg-type]
             findings.append(Finding("overlap", "error", first, text, grid.location(voxel), text))
