@@ -11,8 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MedAnnotExtension"))
 
 from medannot.demo_data import cine_phantom, ct_geometry, ct_phantom, make_ct_series, make_us_cine  # noqa: E402
+from medannot_testing import fold_missing_tool_skip  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    fold_missing_tool_skip(item, report)  # one -rs line per file for a missing Orthanc or PostgreSQL
+    return report
 CT_SHAPE = (12, 48, 40)
 
 

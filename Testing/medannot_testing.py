@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,3 +22,47 @@ def run_medannot(*args: object, stdin: str | None = None, env: dict[str, str] | 
     """Run `python -m medannot.cli ARGS` from this checkout, as a user would, and capture what it prints."""
     return subprocess.run([sys.executable, "-m", "medannot.cli", *map(str, args)], capture_output=True, text=True,
                           input=stdin, env={**CLI_ENV, **(env or {})}, timeout=timeout, check=False, cwd=cwd)
+
+
+def on_ci() -> bool:
+    """True on CI (``.ci/run`` sets CI=1): it installs every tool the tests use, so a missing one is a broken set-up."""
+    return bool(os.environ.get("CI"))
+
+
+def require_tool(problem: str | None) -> None:
+    """A test needs a tool (a program, a service, a package): skip it with ``problem``, one line that says what to
+    install, or fail it on CI; nothing when ``problem`` is None (the tool is there)."""
+    if problem is None:
+        return
+    if on_ci():
+        pytest.fail(f"{problem}; CI must provide it", pytrace=False)
+    pytest.skip(problem)
+
+
+def skip_unless_available(items: Iterable[pytest.Item], needs: Callable[[pytest.Item], bool],
+                          problem: Callable[[], str | None]) -> None:
+    """Outside CI, mark skipped up front the collected tests that ``needs`` a missing tool, so that ``pytest -rs``
+    folds them into one line per file (a skip raised in each test's fixture is one line per test).
+
+    ``problem`` is asked once, and only if some test needs the tool. On CI nothing is marked: the tool's fixture
+    calls :func:`require_tool`, which fails the tests.
+    """
+    if on_ci():
+        return
+    needing = [item for item in items if needs(item)]
+    reason = problem() if needing else None
+    if reason is not None:
+        for item in needing:
+            item.add_marker(pytest.mark.skip(reason=reason))
+            item.stash[MISSING_TOOL] = reason
+
+
+MISSING_TOOL = pytest.StashKey[str]()
+
+
+def fold_missing_tool_skip(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Report a test skipped by :func:`skip_unless_available` without its line number, so that pytest folds
+    parametrized ones too (it keeps the line of a test whose function has marks of its own)."""
+    reason = item.stash.get(MISSING_TOOL, None)
+    if reason is not None and report.skipped and isinstance(report.longrepr, tuple):
+        report.longrepr = (report.longrepr[0], None, report.longrepr[2])

@@ -108,18 +108,33 @@ def guideline_show(file: Path) -> None:
               help="Label map (NIfTI/NRRD/MHA); for a 2D+t cine frames x rows x cols.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"passed": ..., "findings": [...]} as JSON.')
 @click.option("--cine", is_flag=True, help="The label map is a 2D+t cine: check each frame in 2D.")
-def guideline_check(guideline_path: Path, labels: Path, as_json: bool, cine: bool) -> None:
+@click.option("--source", type=click.Path(path_type=Path), default=None,
+              help="With --cine: the DICOM cine the labels were drawn on; its calibration (SequenceOfUltrasoundRegions "
+                   "in cm, else PixelSpacing) gives sizes in mm. Without it, the label map's header spacing, else px.")
+def guideline_check(guideline_path: Path, labels: Path, as_json: bool, cine: bool, source: Path | None) -> None:
     """Run a guideline's QA rules on a label map.
 
-    Exit 0 when no finding is an error (warnings allowed), 1 when any is.
+    Exit 0 when no finding is an error (warnings allowed), 1 when any is. A cine without a pixel size is checked
+    in pixels: its area_mm2 rules are then warnings that say they could not be checked.
     """
     from medannot.guideline import load_guideline
     from medannot.guideline.qa import check_labels
     from medannot.imaging import read_label_map
+    from medannot.imaging.calibration import calibration_from_file, calibration_from_geometry
 
+    if source is not None and not cine:
+        raise click.UsageError("--source gives a cine's calibration; add --cine (a volume's label map carries its "
+                               "own geometry)")
     g = load_guideline(guideline_path)
     array, geometry = read_label_map(labels)
-    report = check_labels(array, geometry, g, is_cine=cine)
+    if cine:
+        # A cine has no patient coordinate system: its pixel size is the scanner's calibration, or the label map's
+        # header spacing when it states one; the label map's origin and direction mean nothing.
+        calibration = (calibration_from_file(source) if source is not None
+                       else calibration_from_geometry(geometry, labels.name))
+        report = check_labels(array, None, g, is_cine=True, calibration=calibration)
+    else:
+        report = check_labels(array, geometry, g)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         for note in report.notes:
@@ -139,16 +154,21 @@ def _print_qa_report(report: Any, labels: Path) -> None:
         table = Table("severity", "rule", "segment", "where", "message")
         for f in report.findings:
             where = "-"
-            if f.location is not None:
+            if f.location is not None and f.location.axis == "frame":  # no patient coordinates: frame, row, col
+                _, row, col = f.location.voxel
+                where = f"frame {f.location.index}\nrow {row}, col {col}"
+            elif f.location is not None:
                 where = f"{f.location.axis} {f.location.index}\nvoxel {tuple(f.location.voxel)}"
-                if f.location.point_mm is not None:
+                if f.location.point_mm is not None and f.location.patient:
                     where += "\nLPS " + ", ".join(f"{v:.1f}" for v in f.location.point_mm) + " mm"
             style = "red" if f.severity == "error" else "yellow"
             message = f.message if f.message == f.detail else f"{f.message}\n[dim]{f.detail}[/dim]"
             table.add_row(f"[{style}]{f.severity}[/]", f.rule, f.segment, where, message)
         console.print(table)
+    if report.pixel_size is not None:
+        console.print(f"pixel size: {report.pixel_size['text']}", markup=False)
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)
     verdict = "[green]PASSED[/]" if report.passed else "[red]FAILED[/]"
     console.print(f"{verdict} {labels} against {report.guideline}: {len(report.errors)} error(s), "
                   f"{len(report.warnings)} warning(s)")

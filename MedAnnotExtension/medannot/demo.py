@@ -142,7 +142,8 @@ def run_demo(output: Path) -> dict[str, Path]:
         status.update("Checking the label maps against the guidelines' QA rules ...")
         qa = {"CT": check_labels(*read_label_map(made["ct labels"]), load_guideline(ct_guideline)),
               "Ultrasound cine": check_labels(read_label_map(made["us labels"])[0], None,
-                                              load_guideline(us_guideline), is_cine=True)}
+                                              load_guideline(us_guideline), is_cine=True,
+                                              calibration=cine.calibration)}
         status.update("Validating with dciodvfy and MedAnnot's checks ...")
         files = [ct.seg_path, ct.sr_path, us.seg_path, us.sr_path]
         findings = validate_files(files)

@@ -17,6 +17,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UltrasoundMultiF
 from medannot.imaging.geometry import Geometry
 
 CT_SPACING = (0.8, 0.8, 2.5)  # column, row, slice spacing in mm
+# The demo cine's pixels (PhysicalDeltaX, PhysicalDeltaY in cm): 1.2 mm, so the 96 x 128 frame spans 11.5 x 15.4 cm
+# (an apical view's depth) and the phantom's cavity is 17-36 cm², a plausible left ventricle.
+US_DELTA_CM = (0.12, 0.12)
 CT_ORIGIN = (-25.6, -25.6, -40.0)
 
 
@@ -133,9 +136,29 @@ def cine_phantom(frames: int = 24, rows: int = 96, cols: int = 128) -> tuple[np.
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
+def us_region(x0: int, y0: int, x1: int, y1: int, delta_cm: tuple[float, float] = US_DELTA_CM,
+              spatial_format: int = 1, units: tuple[int, int] = (3, 3)) -> Dataset:
+    """One item of SequenceOfUltrasoundRegions: columns x0-x1, rows y0-y1 (inclusive), pixels delta_cm (x, y);
+    by default a 2D tissue region in cm."""
+    item = Dataset()
+    item.RegionSpatialFormat = spatial_format
+    item.RegionDataType = 1  # tissue
+    item.RegionFlags = 0
+    item.RegionLocationMinX0, item.RegionLocationMinY0 = x0, y0
+    item.RegionLocationMaxX1, item.RegionLocationMaxY1 = x1, y1
+    item.PhysicalUnitsXDirection, item.PhysicalUnitsYDirection = units
+    item.PhysicalDeltaX, item.PhysicalDeltaY = float(delta_cm[0]), float(delta_cm[1])
+    return item
+
+
 def make_us_cine(path: str | Path, frames: int = 24, rows: int = 96, cols: int = 128,
-                 frame_time_ms: float = 33.3) -> Path:
-    """Write a synthetic ultrasound multi-frame cine without a Frame of Reference (as scanners write them)."""
+                 frame_time_ms: float = 33.3, regions: list[Dataset] | None | str = "default") -> Path:
+    """Write a synthetic ultrasound multi-frame cine without a Frame of Reference (as scanners write them).
+
+    Like a scanner, it calibrates its pixels with a SequenceOfUltrasoundRegions: by default one 2D tissue region
+    over the whole frame of ``US_DELTA_CM`` pixels; ``regions`` gives other items (see :func:`us_region`), and
+    ``None`` writes no calibration (an uncalibrated cine, sizes then only in pixels).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image, _ = cine_phantom(frames, rows, cols)
@@ -160,6 +183,10 @@ def make_us_cine(path: str | Path, frames: int = 24, rows: int = 96, cols: int =
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "00"
+    if isinstance(regions, str):
+        regions = [us_region(0, 0, cols - 1, rows - 1)]
+    if regions:
+        ds.SequenceOfUltrasoundRegions = regions
     ds.PixelData = image.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

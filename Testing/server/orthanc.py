@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -19,6 +20,10 @@ from pathlib import Path
 import requests
 
 ORTHANC_BINARY = "Orthanc"
+# Debian installs it in /usr/sbin, which is not on a normal user's PATH
+ORTHANC_BINARY_CANDIDATES = (Path("/usr/sbin/Orthanc"), Path("/usr/local/sbin/Orthanc"))
+ORTHANC_ENV = "MEDANNOT_TEST_ORTHANC"  # path of the Orthanc executable, to use another build or none at all
+INSTALL_HINT = "apt-get install orthanc orthanc-dicomweb"
 DICOMWEB_PLUGIN_CANDIDATES = (
     Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),  # Debian / Ubuntu packages
     Path("/usr/lib/orthanc/plugins/libOrthancDicomWeb.so"),
@@ -33,12 +38,30 @@ class OrthancStartError(RuntimeError):
 
 
 def orthanc_binary() -> str | None:
-    """Path of the Orthanc executable, or None when it is not installed."""
-    return shutil.which(ORTHANC_BINARY)
+    """Path of the Orthanc executable, or None when it is not installed: $MEDANNOT_TEST_ORTHANC when set, else
+    Orthanc on PATH, else Debian's /usr/sbin/Orthanc."""
+    if os.environ.get(ORTHANC_ENV):
+        given = Path(os.environ[ORTHANC_ENV])
+        return str(given) if given.is_file() and os.access(given, os.X_OK) else None
+    found = shutil.which(ORTHANC_BINARY)
+    if found:
+        return found
+    return next((str(p) for p in ORTHANC_BINARY_CANDIDATES if p.is_file() and os.access(p, os.X_OK)), None)
 
 
 def dicomweb_plugin() -> Path | None:
     return next((p for p in DICOMWEB_PLUGIN_CANDIDATES if p.is_file()), None)
+
+
+def orthanc_problem() -> str | None:
+    """Why the Orthanc tests cannot run here, in one line that says what to install; None when they can."""
+    if orthanc_binary() is None:
+        if os.environ.get(ORTHANC_ENV):
+            return f"no Orthanc executable at {ORTHANC_ENV}={os.environ[ORTHANC_ENV]}: {INSTALL_HINT} or fix the path"
+        return f"Orthanc is not installed (not on PATH, not in /usr/sbin): {INSTALL_HINT}"
+    if dicomweb_plugin() is None:
+        return f"Orthanc's DICOMweb plugin is not installed ({DICOMWEB_PLUGIN_CANDIDATES[0]}): {INSTALL_HINT}"
+    return None
 
 
 def _free_port() -> int:
@@ -138,7 +161,7 @@ def start_orthanc(tmp_path: Path, attempts: int = 3) -> OrthancServer:
     """
     binary, plugin = orthanc_binary(), dicomweb_plugin()
     if binary is None:
-        raise OrthancStartError("the Orthanc binary is not on PATH; apt-get install orthanc orthanc-dicomweb")
+        raise OrthancStartError(f"the Orthanc binary is not installed; {INSTALL_HINT}")
     if plugin is None:
         raise OrthancStartError(f"the DICOMweb plugin is missing (looked at {[str(p) for p in DICOMWEB_PLUGIN_CANDIDATES]}); "
                                 "apt-get install orthanc-dicomweb")

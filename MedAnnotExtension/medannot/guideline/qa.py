@@ -1,7 +1,9 @@
 """Guideline QA: check a label map (or per-segment masks) against a guideline's rules.
 
-Every finding names the rule, the segment and a place a viewer can jump to (slice or frame, voxel, LPS point).
-Volumes are checked in 3D (face connectivity); a 2D+t cine frame by frame.
+Every finding names the rule, the segment and a place a viewer can jump to (slice, voxel and LPS point for a
+volume; frame, row and column for a cine). Volumes are checked in 3D (face connectivity); a 2D+t cine frame by
+frame, with the pixel size of its calibration (ultrasound regions, see :mod:`medannot.imaging.calibration`) or in
+pixels when it has none: a rule in mm² then says that it could not be checked instead of comparing pixels to mm².
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ from medannot.guideline.rules import (
     Rule,
     VolumeRule,
 )
+from medannot.imaging.calibration import PixelCalibration
 from medannot.imaging.geometry import Geometry
 
 logger = logging.getLogger(__name__)
@@ -38,20 +42,28 @@ _LIST_LIMIT = 6
 class Location:
     """Where a finding is.
 
-    ``axis`` is ``slice`` for a volume and ``frame`` for a cine; ``voxel`` is the numpy index (k, j, i);
-    ``point_mm`` is the LPS point of that voxel (in the frame's plane for a cine), or ``None`` without a geometry.
+    ``axis`` is ``slice`` for a volume and ``frame`` for a cine; ``voxel`` is the numpy index (k, j, i), for a
+    cine (frame, row, column). ``point_mm`` is the voxel's point in the geometry's coordinates, or ``None`` without
+    a geometry: LPS for a volume (``patient``); for a cine the point in the plane of the frame's geometry, which a
+    viewer can jump to but which is no patient position (a cine has no patient coordinate system), so the JSON
+    form gives ``point_mm`` null for a cine.
     """
 
     axis: str
     index: int
     voxel: tuple[int, int, int]
     point_mm: tuple[float, float, float] | None = None
+    patient: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        point = self.point_mm if self.patient else None
         return {"axis": self.axis, "index": self.index, "voxel": list(self.voxel),
-                "point_mm": None if self.point_mm is None else [round(v, 3) for v in self.point_mm]}
+                "point_mm": None if point is None else [round(v, 3) for v in point]}
 
     def __str__(self) -> str:
+        """``slice 4, voxel (4, 15, 16)`` for a volume; ``frame 7, row 40, col 60`` for a cine."""
+        if self.axis == "frame":
+            return f"frame {self.index}, row {self.voxel[1]}, col {self.voxel[2]}"
         return f"{self.axis} {self.index}, voxel {self.voxel}"
 
 
@@ -69,7 +81,7 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "segment": self.segment, "message": self.message,
-                "location": None if self.location is None else self.location.to_dict()}
+                "detail": self.detail, "location": None if self.location is None else self.location.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class QAReport:
     guideline: str
     findings: tuple[Finding, ...]
     notes: tuple[str, ...] = ()
+    pixel_size: dict[str, Any] | None = None  # for a cine: unit "mm" or "px", where it comes from (or why not)
 
     @property
     def passed(self) -> bool:
@@ -93,25 +106,50 @@ class QAReport:
         return [f for f in self.findings if f.severity == "warning"]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form ``medannot guideline check --json`` prints."""
-        return {"passed": self.passed, "findings": [f.to_dict() for f in self.findings]}
+        """The JSON form ``medannot guideline check --json`` prints; a cine's has its ``pixel_size`` too."""
+        out: dict[str, Any] = {"passed": self.passed, "findings": [f.to_dict() for f in self.findings]}
+        if self.pixel_size is not None:
+            out["pixel_size"] = self.pixel_size
+        return out
 
 
 @dataclass(frozen=True)
 class _Grid:
-    """The label grid: shape, optional geometry, and whether axis 0 is time (cine) or slices."""
+    """The label grid: shape, optional geometry, whether axis 0 is time (cine) or slices, and a cine's pixel size.
+
+    A cine's pixel size comes from ``calibration`` when given, else from the geometry's spacing; with neither it
+    is unknown (``physical`` False) and sizes are in pixels.
+    """
 
     shape: tuple[int, int, int]
     geometry: Geometry | None
     cine: bool
+    calibration: PixelCalibration | None = None
 
     @property
     def axis(self) -> str:
         return "frame" if self.cine else "slice"
 
     @property
+    def physical(self) -> bool:
+        """Sizes are in mm (else in pixels)."""
+        if self.calibration is not None:
+            return self.calibration.known
+        return self.geometry is not None
+
+    @property
+    def unknown_size_reason(self) -> str:
+        if self.calibration is not None and self.calibration.reason:
+            return self.calibration.reason
+        return "no pixel size was given (no geometry, no ultrasound calibration)"
+
+    @property
     def spacing(self) -> tuple[float, float, float]:
-        """(slice, row, column) spacing in mm; unit spacing when the geometry is unknown."""
+        """(slice, row, column) spacing in mm; unit spacing when it is unknown. With ultrasound regions of
+        different sizes, the largest region's (see :meth:`spacing_of` for a segment's own)."""
+        if self.calibration is not None:
+            region = self.calibration.default
+            return (1.0, 1.0, 1.0) if region is None else (1.0, region.row_mm, region.col_mm)
         if self.geometry is None:
             return (1.0, 1.0, 1.0)
         sx, sy, sz = self.geometry.spacing
@@ -120,6 +158,36 @@ class _Grid:
     @property
     def pixel_mm2(self) -> float:
         return self.spacing[1] * self.spacing[2]
+
+    @cached_property
+    def _pixel_mm2_map(self) -> np.ndarray | None:
+        """Per-pixel area of a frame when its ultrasound regions differ in pixel size; None when one size fits."""
+        if self.calibration is None or not self.calibration.known or self.calibration.is_uniform:
+            return None
+        return self.calibration.pixel_mm2_map()
+
+    def plane_areas(self, mask: np.ndarray, offset: tuple[int, int, int]) -> np.ndarray | None:
+        """Area in mm² of ``mask`` (a crop at ``offset``) on each of its planes; None when the size is unknown."""
+        if not self.physical:
+            return None
+        if self._pixel_mm2_map is None:
+            return mask.sum(axis=(1, 2)) * self.pixel_mm2
+        window = self._pixel_mm2_map[offset[1]:offset[1] + mask.shape[1], offset[2]:offset[2] + mask.shape[2]]
+        return (mask * window[np.newaxis]).sum(axis=(1, 2))
+
+    def spacing_of(self, mask: np.ndarray, offset: tuple[int, int, int]) -> tuple[tuple[float, float, float], str]:
+        """The spacing to measure distances around ``mask`` with: that of the ultrasound region holding most of
+        its pixels when regions differ (with a note naming it), else :attr:`spacing` (and no note)."""
+        if self._pixel_mm2_map is None:
+            return self.spacing, ""
+        assert self.calibration is not None
+        index = self.calibration.region_index()[offset[1]:offset[1] + mask.shape[1],
+                                                offset[2]:offset[2] + mask.shape[2]]
+        counts = np.bincount(index[mask.any(axis=0)], minlength=len(self.calibration.regions))
+        region = self.calibration.regions[int(np.argmax(counts))]
+        spread = int(np.count_nonzero(counts))
+        where = "all its pixels" if spread == 1 else f"most of its pixels ({spread} regions hold some)"
+        return (1.0, region.row_mm, region.col_mm), f"distances measured with {region.describe()}, which holds {where}"
 
     @property
     def voxel_ml(self) -> float:
@@ -131,14 +199,18 @@ class _Grid:
         if self.geometry is not None:
             lps = self.geometry.voxel_to_lps(np.array([i, j, 0 if self.cine else k], dtype=float))
             point = (float(lps[0]), float(lps[1]), float(lps[2]))
-        return Location(self.axis, k, (k, j, i), point)
+        return Location(self.axis, k, (k, j, i), point, patient=not self.cine)
 
-    def size_text(self, voxels: int, planar: bool) -> str:
-        """Voxel count with its physical size: ``12 voxels (0.02 ml)`` or ``35 px (12.3 mm²)``."""
+    def size_text(self, voxels: int, planar: bool, mask: np.ndarray | None = None,
+                  offset: tuple[int, int, int] = (0, 0, 0)) -> str:
+        """Voxel count with its physical size: ``12 voxels (0.02 ml)``, ``35 px (12.3 mm²)`` or ``35 px`` when the
+        pixel size is unknown. A planar size is measured on ``mask`` (a crop at ``offset``) when given, so that
+        ultrasound regions of different pixel sizes count each pixel with its own."""
         if planar:
-            if self.geometry is None:
-                return f"{voxels} px"
-            return f"{voxels} px ({voxels * self.pixel_mm2:.4g} mm²)"
+            areas = None if mask is None else self.plane_areas(mask.reshape((-1, *mask.shape[-2:])), offset)
+            if areas is None and mask is None and self.physical and self._pixel_mm2_map is None:
+                areas = np.array([voxels * self.pixel_mm2])
+            return f"{voxels} px" if areas is None else f"{voxels} px ({float(np.sum(areas)):.4g} mm²)"
         return f"{voxels} voxels ({voxels * self.voxel_ml:.4g} ml)"
 
 
@@ -307,7 +379,10 @@ class _Run:
             if rule.max is not None and count > rule.max:
                 extra = order[int(rule.max):]
                 target = int(extra[0]) + 1
-                shown = ", ".join(self.grid.size_text(int(sizes[c]), self.grid.cine) for c in extra[:_LIST_LIMIT])
+                plane_offset = mask.offset if k is None else (mask.offset[0] + k, *mask.offset[1:])
+                shown = ", ".join(self.grid.size_text(int(sizes[c]), self.grid.cine,
+                                                     labelled == c + 1 if self.grid.cine else None, plane_offset)
+                                  for c in extra[:_LIST_LIMIT])
                 more = ", ..." if len(extra) > _LIST_LIMIT else ""
                 detail += f"; extra: {shown}{more} (the largest extra one is shown)"
             else:
@@ -336,14 +411,17 @@ class _Run:
         assert mask.crop is not None
         per_plane = mask.crop.sum(axis=(1, 2))
         present = np.flatnonzero(per_plane)
-        if self.grid.geometry is None:
-            self.note(f"{spec.name}: area_mm2 not checked because the pixel spacing is unknown; areas in pixels "
-                      f"range {int(per_plane[present].min())}-{int(per_plane[present].max())} px per "
-                      f"{self.grid.axis}.")
-            return []
+        areas = self.grid.plane_areas(mask.crop, mask.offset)
+        if areas is None:
+            # Not an error: the reader cannot fix a missing calibration, and blocking would make every
+            # uncalibrated cine unsubmittable. Not a silent note either: the guideline asked for this check.
+            detail = (f"{spec.name}: area_mm2 ({rule.describe_limits('mm²')}) cannot be checked in mm² because "
+                      f"{self.grid.unknown_size_reason}; its area is {int(per_plane[present].min())}-"
+                      f"{int(per_plane[present].max())} px per {self.grid.axis}.")
+            return [Finding(rule.rule_id, "warning", spec.name, detail, None, detail)]
         findings = []
         for k in present:
-            area = float(per_plane[k]) * self.grid.pixel_mm2
+            area = float(areas[k])
             if rule.accepts(area):
                 continue
             index = int(k) + mask.offset[0]
@@ -368,11 +446,14 @@ class _Run:
         if container.empty:
             detail = f"{spec.name} must lie inside {rule.segment}, but {rule.segment} is empty."
             return [self.finding(rule, spec, detail, self.representative(mask.crop, mask.offset))]
-        spacing = self.grid.spacing
+        spacing, how = self.grid.spacing_of(mask.crop, mask.offset)
         tolerance = rule.tolerance_mm
-        if tolerance and self.grid.geometry is None:
-            self.note(f"{spec.name}: pixel spacing unknown, so tolerance_mm {tolerance:g} of rule {rule.rule_id} "
-                      "was applied as pixels.")
+        unit = "mm" if self.grid.physical else "px"
+        if tolerance and not self.grid.physical:
+            self.note(f"{spec.name}: tolerance_mm {tolerance:g} of rule {rule.rule_id} was applied as {tolerance:g} "
+                      f"pixels because {self.grid.unknown_size_reason}.")
+        elif tolerance and how:
+            self.note(f"{spec.name}: tolerance_mm of rule {rule.rule_id}: {how}.")
         # work on the segment's box grown by the tolerance: container voxels further away cannot matter
         pad = [0 if (axis == 0 and self.grid.cine) else math.ceil(tolerance / spacing[axis]) + 1 for axis in range(3)]
         region = tuple(slice(max(0, s.start - p), min(n, s.stop + p))
@@ -384,9 +465,11 @@ class _Run:
         count = int(np.count_nonzero(outside))
         if count == 0:
             return []
-        beyond = f" by more than {tolerance:g} mm" if tolerance else ""
+        beyond = f" by more than {tolerance:g} {unit}" if tolerance else ""
         planes = np.flatnonzero(outside.any(axis=(1, 2))) + region[0].start
-        detail = (f"{self.grid.size_text(count, self.grid.cine)} of {spec.name} lie outside {rule.segment}{beyond}, "
+        region_start = (region[0].start, region[1].start, region[2].start)
+        size = self.grid.size_text(count, self.grid.cine, outside, region_start)
+        detail = (f"{size} of {spec.name} lie outside {rule.segment}{beyond}, "
                   f"on {self.grid.axis}(s) {_ranges(planes)}; the farthest is shown.")
         far = np.unravel_index(int(np.argmax(np.where(outside, distance, -1.0))), outside.shape)
         voxel = (int(far[0]) + region[0].start, int(far[1]) + region[1].start, int(far[2]) + region[2].start)
@@ -406,28 +489,41 @@ class _Run:
             if count == 0:
                 continue
             planes = np.flatnonzero(overlap.any(axis=(1, 2))) + mask.offset[0]
-            detail = (f"{spec.name} and {other} overlap in {self.grid.size_text(count, self.grid.cine)}, "
+            size = self.grid.size_text(count, self.grid.cine, overlap, mask.offset)
+            detail = (f"{spec.name} and {other} overlap in {size}, "
                       f"on {self.grid.axis}(s) {_ranges(planes)}.")
             findings.append(self.finding(rule, spec, detail, self.representative(overlap, mask.offset),
                                          rule_id=f"no_overlap:{other}"))
         return findings
 
 
-def _grid(shape: tuple[int, ...], geometry: Geometry | None, is_cine: bool, what: str) -> _Grid:
+def _grid(shape: tuple[int, ...], geometry: Geometry | None, is_cine: bool, what: str,
+          calibration: PixelCalibration | None = None) -> _Grid:
     if len(shape) != 3:
         raise LabelMapError(f"{what} has shape {shape}; expected (slices or frames, rows, columns)")
     cine = is_cine or geometry is None
+    if calibration is not None:
+        if not cine:
+            raise LabelMapError(f"{what}: a pixel calibration describes the frames of a 2D+t cine; check a volume "
+                                "with its geometry only, or pass is_cine")
+        if tuple(shape[1:]) != calibration.frame_shape:
+            raise LabelMapError(f"{what} has {shape[1]} x {shape[2]} pixels per frame but the calibration "
+                                f"({calibration.source or calibration.reason}) describes {calibration.frame_shape[0]} "
+                                f"x {calibration.frame_shape[1]}; give the cine the labels were drawn on")
     if geometry is not None:
         expected = geometry.shape[1:] if cine else geometry.shape
         if tuple(shape[1:] if cine else shape) != tuple(expected):
             raise LabelMapError(f"{what} has shape {shape} but its geometry describes {geometry.shape} "
                                 "(slices or frames, rows, columns)")
-    return _Grid((int(shape[0]), int(shape[1]), int(shape[2])), geometry, cine)
+    return _Grid((int(shape[0]), int(shape[1]), int(shape[2])), geometry, cine, calibration)
 
 
 def _run(grid: _Grid, guideline: Guideline, masks: dict[str, _Mask], exclusive: bool,
          extra: list[Finding]) -> QAReport:
     run = _Run(grid, guideline, masks, exclusive)
+    if grid.calibration is not None:
+        for note in grid.calibration.notes:
+            run.note(note)
     findings: list[Finding] = []
     for spec in guideline.segments:
         if masks[spec.name].empty:
@@ -441,10 +537,24 @@ def _run(grid: _Grid, guideline: Guideline, masks: dict[str, _Mask], exclusive: 
         for rule in spec.qa_rules:
             findings.extend(run.check(rule, spec))
     findings.extend(extra)
-    report = QAReport(guideline.reference, tuple(findings), tuple(run.notes))
+    report = QAReport(guideline.reference, tuple(findings), tuple(run.notes), _pixel_size(grid))
     logger.info("QA against %s: %d error(s), %d warning(s)", guideline.reference, len(report.errors),
                 len(report.warnings))
     return report
+
+
+def _pixel_size(grid: _Grid) -> dict[str, Any] | None:
+    """What a cine's sizes are measured in, for the report: ``{"unit": "mm" | "px", "text": ..., ...}``."""
+    if not grid.cine:
+        return None
+    if grid.calibration is not None:
+        return {**grid.calibration.to_dict(), "text": grid.calibration.describe()}
+    if grid.geometry is None:
+        return {"unit": "px", "source": None, "reason": grid.unknown_size_reason, "regions": [],
+                "text": f"unknown, sizes in px: {grid.unknown_size_reason}"}
+    _, row_mm, col_mm = grid.spacing
+    return {"unit": "mm", "source": "the given geometry", "reason": None, "regions": [],
+            "text": f"{row_mm:.4g} x {col_mm:.4g} mm pixels (row x column), from the given geometry"}
 
 
 def _label_counts(labels: np.ndarray) -> dict[int, int]:
@@ -463,7 +573,7 @@ def _label_counts(labels: np.ndarray) -> dict[int, int]:
 
 
 def check_labels(labels: np.ndarray, geometry: Geometry | None, guideline: Guideline,
-                 is_cine: bool = False) -> QAReport:
+                 is_cine: bool = False, calibration: PixelCalibration | None = None) -> QAReport:
     """Check a label map against the guideline's required segments and rules.
 
     Parameters
@@ -471,12 +581,17 @@ def check_labels(labels: np.ndarray, geometry: Geometry | None, guideline: Guide
     labels
         Integer label map, shape (slices, rows, columns), or (frames, rows, columns) for a cine.
     geometry
-        The grid's geometry. ``None`` means a cine of unknown pixel spacing: areas are then not checked (a note
-        says so) and tolerances are taken in pixels.
+        The grid's geometry (for a cine, one frame's plane). ``None`` means a cine.
     guideline
         The guideline whose segments give the label values and rules.
     is_cine
         Axis 0 is time: components, areas and containment are checked on each frame in 2D.
+    calibration
+        A cine's pixel size (:func:`medannot.imaging.calibration.calibration_from_file` reads an ultrasound
+        file's regions); it overrides the geometry's spacing, which for a cine is seldom more than a placeholder.
+        Without a calibration or geometry, or with an unknown one, sizes are in pixels: each ``area_mm2`` rule is
+        then one warning saying it could not be checked (with the areas in px), and ``inside`` tolerances are
+        applied as pixels (a note says so).
 
     Returns
     -------
@@ -499,7 +614,7 @@ def check_labels(labels: np.ndarray, geometry: Geometry | None, guideline: Guide
         labels = labels[np.newaxis]
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise LabelMapError(f"label map has type {labels.dtype}; expected whole label values (an integer array)")
-    grid = _grid(labels.shape, geometry, is_cine, "label map")
+    grid = _grid(labels.shape, geometry, is_cine, "label map", calibration)
     if labels.size and labels.min() < 0:
         raise LabelMapError(f"label map holds negative label value {int(labels.min())}")
     masks = {spec.name: _Mask.from_full(labels == spec.label) for spec in guideline.segments}
@@ -508,7 +623,8 @@ def check_labels(labels: np.ndarray, geometry: Geometry | None, guideline: Guide
     counts = _label_counts(labels)
     for value in sorted(v for v in counts if v != 0 and v not in guideline.labels):
         first = np.unravel_index(int(np.argmax(labels == value)), labels.shape)
-        text = (f"label value {value} on {grid.size_text(counts[value], grid.cine)} is not a segment of "
+        size = grid.size_text(counts[value], grid.cine, labels == value if grid.cine else None)
+        text = (f"label value {value} on {size} is not a segment of "
                 f"guideline {guideline.id} {guideline.version}; it defines: {defined}.")
         unknown.append(Finding("unknown_label", "error", f"label {value}", text,
                                grid.location(tuple(int(v) for v in first)), text))  # type: ignore[arg-type]
@@ -516,7 +632,8 @@ def check_labels(labels: np.ndarray, geometry: Geometry | None, guideline: Guide
 
 
 def check_masks(masks: Mapping[str | int, np.ndarray], geometry: Geometry | None, guideline: Guideline,
-                is_cine: bool = False, one_label_per_voxel: bool = False) -> QAReport:
+                is_cine: bool = False, one_label_per_voxel: bool = False,
+                calibration: PixelCalibration | None = None) -> QAReport:
     """Check one boolean mask per segment (which may overlap, unlike a label map) against the guideline.
 
     ``masks`` is keyed by segment name or label value; segments not given are empty. Otherwise as
@@ -537,13 +654,13 @@ def check_masks(masks: Mapping[str | int, np.ndarray], geometry: Geometry | None
         resolved[spec.name] = _Mask.from_full(array)
     if shape is None:
         raise LabelMapError("no segment masks given")
-    grid = _grid(shape, geometry, is_cine, "masks")
+    grid = _grid(shape, geometry, is_cine, "masks", calibration)
     if not one_label_per_voxel:
         return _run(grid, guideline, resolved, exclusive=False, extra=[])
     report = _run(grid, guideline, resolved, exclusive=False, extra=_overlap_findings(grid, guideline, resolved))
     # Every overlap is already an error of its own: the rules' no_overlap findings would say it twice.
     kept = tuple(f for f in report.findings if not f.rule.startswith("no_overlap:"))
-    return QAReport(report.guideline, kept, report.notes)
+    return QAReport(report.guideline, kept, report.notes, report.pixel_size)
 
 
 def _overlap_findings(grid: _Grid, guideline: Guideline, masks: dict[str, _Mask]) -> list[Finding]:
@@ -566,8 +683,9 @@ def _overlap_findings(grid: _Grid, guideline: Guideline, masks: dict[str, _Mask]
             if not count:
                 continue
             planes = np.flatnonzero(overlap.any(axis=(1, 2))) + start[0]
-            text = (f"{first} and {second} overlap in {grid.size_text(count, grid.cine)} on {grid.axis}(s) "
-                    f"{_ranges(planes)}; each voxel may belong to one segment only. In the Segment Editor use "
+            size = grid.size_text(count, grid.cine, overlap, start)  # type: ignore[arg-type]
+            text = (f"{first} and {second} overlap in {size} on {grid.axis}(s) {_ranges(planes)}; each voxel may "
+                    "belong to one segment only. In the Segment Editor use "
                     "Logical operators > Subtract, or paint with Masking > Modify other segments: Overwrite all.")
             voxel = _representative_voxel(overlap, start, grid.spacing)  # type: ignore[arg-type]
             findings.append(Finding("overlap", "error", first, text, grid.location(voxel), text))

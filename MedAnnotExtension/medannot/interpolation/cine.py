@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from pydicom.misc import is_dicom
 
 from medannot.errors import SourceImageError
+from medannot.imaging.calibration import PixelCalibration, calibration_from_dataset, calibration_from_spacing
 from medannot.imaging.pixels import grey_frames, rgb_to_grey
 from medannot.imaging.source import load_source
 
@@ -23,11 +24,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Cine:
-    """Grey frames (frames x rows x cols, float32) and, when the file says, each frame's time in ms."""
+    """Grey frames (frames x rows x cols, float32) and, when the file says, each frame's time in ms.
+
+    ``calibration`` is the frames' pixel size: a DICOM file's ultrasound regions (or PixelSpacing), an image file's
+    header spacing; it says so when the size is unknown (see :mod:`medannot.imaging.calibration`).
+    """
 
     frames: np.ndarray
     frame_times_ms: list[float] | None
     path: Path
+    calibration: PixelCalibration | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -58,7 +64,8 @@ def load_cine(path: str | Path) -> Cine:
 
 def _load_dicom(path: Path) -> Cine:
     source = load_source(path)
-    return Cine(grey_frames(source), source.frame_times_ms, path)
+    return Cine(grey_frames(source), source.frame_times_ms, path,
+                calibration_from_dataset(source.first, source.paths[0].name))
 
 
 def _load_itk(path: Path) -> Cine:
@@ -79,4 +86,5 @@ def _load_itk(path: Path) -> Cine:
     if array.ndim != 3:
         raise SourceImageError(f"{path}: image is {array.ndim}D after dropping single-sample axes; "
                                "a cine is 2D+t (frames x rows x cols)")
-    return Cine(array, None, path)
+    col_mm, row_mm = (float(v) for v in image.GetSpacing()[:2])
+    return Cine(array, None, path, calibration_from_spacing(array.shape[1:], row_mm, col_mm, path.name))
