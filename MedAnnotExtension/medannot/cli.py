@@ -119,8 +119,9 @@ def guideline_check(guideline_path: Path, labels: Path, as_json: bool, cine: boo
     """
     from medannot.guideline import load_guideline
     from medannot.guideline.qa import check_labels
-    from medannot.imaging import read_label_map
-    from medannot.imaging.calibration import calibration_from_file, calibration_from_geometry
+    from medannot.errors import GeometryMismatchError
+    from medannot.imaging import load_source, read_label_map
+    from medannot.imaging.calibration import calibration_from_dataset, calibration_from_geometry
 
     if source is not None and not cine:
         raise click.UsageError("--source gives a cine's calibration; add --cine (a volume's label map carries its "
@@ -130,8 +131,15 @@ def guideline_check(guideline_path: Path, labels: Path, as_json: bool, cine: boo
     if cine:
         # A cine has no patient coordinate system: its pixel size is the scanner's calibration, or the label map's
         # header spacing when it states one; the label map's origin and direction mean nothing.
-        calibration = (calibration_from_file(source) if source is not None
-                       else calibration_from_geometry(geometry, labels.name))
+        if source is not None:
+            cine_source = load_source(source)
+            if cine_source.shape != array.shape:
+                raise GeometryMismatchError(
+                    f"{labels}: size {array.shape} (frames, rows, columns) but the cine {source} has "
+                    f"{cine_source.shape}; check the labels drawn on this cine")
+            calibration = calibration_from_dataset(cine_source.first, source.name)
+        else:
+            calibration = calibration_from_geometry(geometry, labels.name)
         report = check_labels(array, None, g, is_cine=True, calibration=calibration)
     else:
         report = check_labels(array, geometry, g)

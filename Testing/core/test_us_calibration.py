@@ -157,7 +157,12 @@ def test_cli_source_must_match_the_label_maps_frame_size(tmp_path: Path) -> None
     proc = medannot("guideline", "check", "--guideline", tmp_path / "g.yaml", "--labels", path, "--cine",
                     "--source", PYDICOM_DATA / "US1_UNCR.dcm")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "10 x 10 pixels per frame" in proc.stderr and "480 x 640" in proc.stderr
+    assert "size (2, 10, 10)" in proc.stderr and "has (1, 480, 640)" in proc.stderr
+    # the frame count is checked as well as the frame size
+    path = write_label_map(np.zeros((3, 480, 640), np.uint8), None, tmp_path / "frames.nii.gz")
+    proc = medannot("guideline", "check", "--guideline", tmp_path / "g.yaml", "--labels", path, "--cine",
+                    "--source", PYDICOM_DATA / "US1_UNCR.dcm")
+    assert proc.returncode == 1 and "frames.nii.gz: size (3, 480, 640)" in proc.stderr
 
 
 # ---------------------------------------------------------------- the generated cine and region cases

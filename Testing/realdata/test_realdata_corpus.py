@@ -10,7 +10,6 @@ is refused in one line naming it.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from medannot.interpolation import interpolate_labels, load_cine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
 import readers  # noqa: E402
+from medannot_testing import require_tool  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PYDICOM_FILES = Path(pydicom.data.__file__).resolve().parent / "test_files"
@@ -125,17 +125,11 @@ def _labels(shape: tuple[int, int, int], segments: int) -> Labels:
     return Labels(labels, {v: int(np.count_nonzero(labels == v)) for v in range(1, segments + 1)})
 
 
-def _tool_missing(exc: Exception):
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must have this tool: {exc}")
-    pytest.skip(str(exc))
-
-
 def _dciodvfy_errors(path: Path) -> list[str]:
     try:
         errors, _, _ = readers.run_dciodvfy(path)
     except readers.ToolMissing as exc:
-        _tool_missing(exc)
+        require_tool(str(exc))
     return errors
 
 
@@ -215,7 +209,7 @@ def test_dcmqi_reads_segs_of_real_sources_with_a_frame_of_reference(guideline, t
         try:
             counts = readers.dcmqi_read_seg(result.seg_path, tmp_path / f"dcmqi-{path.name}")
         except readers.ToolMissing as exc:
-            _tool_missing(exc)
+            require_tool(str(exc))
         assert counts == {1: drawn.counts[1], 2: drawn.counts[2]}, path.name
 
 
@@ -306,3 +300,45 @@ def test_one_slice_mr_takes_a_label_map_with_itks_slice_spacing(guideline, tmp_p
     # MedAnnot's own read-back geometry is accepted too (the round trip)
     export_segmentation(source, record.labels, record.geometry, guideline, ReaderInfo("Doe^Jane", "jdoe"),
                         tmp_path / "again")
+
+
+@pytest.mark.parametrize("sop_class, modality", [
+    ("1.2.840.10008.5.1.4.1.1.1.1", "DX"),  # Digital X-Ray Image Storage - For Presentation
+    ("1.2.840.10008.5.1.4.1.1.1.2", "MG"),  # Digital Mammography X-Ray Image Storage - For Presentation
+    ("1.2.840.10008.5.1.4.1.1.1", "CR"),
+])
+def test_projection_radiographs_without_frame_of_reference_give_conformant_segs(sop_class, modality, guideline,
+                                                                                 tmp_path):
+    """No DX or MG file is in either corpus: a real CR of the pydicom wheel, relabelled as each class."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "dicomdirtests/77654033/CR1/6154")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = modality
+    ds.save_as(tmp_path / "xray.dcm", enforce_file_format=True)
+    source = load_source(tmp_path / "xray.dcm")
+    assert not source.has_frame_of_reference
+    for segments in (1, 2):
+        drawn = _labels(source.shape, segments)
+        result = export_segmentation(source, drawn.labels, None, guideline, ReaderInfo("Doe^Jane", "jdoe"),
+                                     tmp_path / str(segments))
+        assert _dciodvfy_errors(result.seg_path) == [] and _dciodvfy_errors(result.sr_path) == []
+        assert _as_highdicom_reads(result.seg_path, source, segments) == \
+            [drawn.labels == v for v in range(1, segments + 1)]
+
+
+FRACTIONAL_SOURCES = ["CT_small.dcm", "examples_rgb_color.dcm", "examples_ybr_color.dcm", "RG3_UNCR.dcm",
+                      "eCT_Supplemental.dcm", "series:dicomdirtests/98892001/CT5N"]
+
+
+@pytest.mark.parametrize("name", FRACTIONAL_SOURCES)
+def test_fractional_segs_of_real_sources_pass_dciodvfy(name, guideline, tmp_path):
+    if name.startswith("series:"):
+        path = PYDICOM_FILES / name.split(":", 1)[1]
+    else:
+        path = PYDICOM_FILES / name if (PYDICOM_FILES / name).exists() else (PYDICOM_DATA or PYDICOM_FILES) / name
+    source = load_source(path)
+    drawn = _labels(source.shape, 2)
+    maps = {v: (drawn.labels == v).astype(np.float32) * 0.8 for v in (1, 2)}
+    result = export_segmentation(source, None, source.geometry, guideline, ReaderInfo("Doe^Jane", "jdoe"), tmp_path,
+                                 probabilities=maps)
+    assert _dciodvfy_errors(result.seg_path) == [] and _dciodvfy_errors(result.sr_path) == []
+    assert pydicom.dcmread(result.seg_path).SegmentationType == "FRACTIONAL"
