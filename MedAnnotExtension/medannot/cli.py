@@ -260,10 +260,10 @@ def seg_read(seg_file: Path, labels_out: Path | None, segments_out: Path | None,
     record = read_segmentation(seg_file, sr_file, load_source(source) if source else None)
     if labels_out and record.overlaps:
         (first, second), voxels = max(record.overlaps.items(), key=lambda kv: kv[1])
+        more = f" (and {len(record.overlaps) - 1} other pair(s))" if len(record.overlaps) > 1 else ""
         raise DicomSegError(
-            f"{seg_file}: segments {first} and {second} overlap in {voxels} voxels "
-            f"({sum(record.overlaps.values())} overlapping in all), which one label map cannot hold; "
-            "use --segments-out DIR for one mask per segment")
+            f"{seg_file}: segments {first} and {second} overlap in {voxels} voxels{more}, which one label map "
+            "cannot hold; use --segments-out DIR for one mask per segment")
     written = []
     if labels_out:
         written.append(f"label map: {write_label_map(record.labels, record.geometry, labels_out)}")
@@ -313,7 +313,8 @@ def seg_validate(files: tuple[Path, ...], no_dciodvfy: bool) -> None:
     for finding in findings:
         click.echo(str(finding))
     errors = [f for f in findings if f.severity == "error"]
-    checker = "dciodvfy + medannot" if dciodvfy_path() and not no_dciodvfy else "medannot (dciodvfy not installed)"
+    checker = ("medannot (dciodvfy skipped)" if no_dciodvfy else
+               "dciodvfy + medannot" if dciodvfy_path() else "medannot (dciodvfy not installed)")
     click.echo(f"{len(files)} file(s) checked by {checker}: {len(errors)} error(s), "
                f"{len(findings) - len(errors)} warning(s)")
     if errors:

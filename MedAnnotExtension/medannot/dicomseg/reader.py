@@ -58,7 +58,10 @@ def read_dicom(path: str | Path, what: str = "DICOM file") -> Dataset:
     path = Path(path)
     try:
         return dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as exc:
+    except InvalidDicomError as exc:
+        raise DicomSegError(f"{path}: not a DICOM file (no DICM prefix after the 128-byte preamble); give a "
+                            f"{what}") from exc
+    except (OSError, ValueError, EOFError, AttributeError, KeyError) as exc:
         raise DicomSegError(f"{path}: cannot read {what} ({exc})") from exc
 
 
@@ -236,7 +239,7 @@ def _geometry_of_volume(volume: hd.VolumeGeometry) -> tuple[Geometry, bool]:
         z = -z
     geometry = Geometry(size=(cols, rows, n_slices), spacing=(spacing[0], spacing[1], spacing[2]),
                         origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
-                        direction=tuple(np.column_stack([x, y, z]).reshape(-1).tolist()))
+                        direction=tuple((np.column_stack([x, y, z]).reshape(-1) + 0.0).tolist()))
     return geometry, flip
 
 
