@@ -198,6 +198,19 @@ def test_without_source_other_tools_seg_reads_onto_the_volume_its_frames_span(ct
     np.testing.assert_allclose(image.GetSpacing(), (0.8, 0.8, 2.5))
 
 
+def test_frames_without_source_references_are_placed_on_the_source_by_their_positions(ct_series, tmp_path):
+    seg_path = highdicom_seg(ct_series["datasets"], ct_series["labels"], "BINARY", tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(seg_path)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        del item.DerivationImageSequence  # as tools that only fill ReferencedSeriesSequence write it
+    seg.save_as(tmp_path / "no-derivation.dcm")
+    proc = medannot("seg", "read", tmp_path / "no-derivation.dcm", "--source", ct_series["folder"], "--labels-out",
+                    tmp_path / "labels.nrrd")
+    assert proc.returncode == 0, proc.stderr
+    labels, _ = read_nrrd(tmp_path / "labels.nrrd")
+    np.testing.assert_array_equal(labels, ct_series["labels"])
+
+
 def test_seg_read_refuses_a_source_series_the_seg_was_not_drawn_on(ct_series, tmp_path):
     seg_path = highdicom_seg(ct_series["datasets"], ct_series["labels"], "BINARY", tmp_path / "seg.dcm")
     other = make_ct_series(tmp_path / "other", (12, 48, 40))

@@ -12,6 +12,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import SegmentationStorage
 
@@ -195,9 +196,10 @@ def expected_pixel_bytes(seg: Dataset) -> int:
     return (bits + 7) // 8
 
 
-def check_complete_seg(path: Path, seg: Dataset) -> None:
+def check_complete_seg(path: Path, seg: Dataset, frames_must_fit: bool = True) -> None:
     """Refuse a SEG that pydicom read only in part: pydicom stops silently at the end of a truncated file, so a
-    cut file shows up as missing attributes or short PixelData (the last element of a SEG)."""
+    cut file shows up as missing attributes or a PixelData shorter than its declared length (the last element of
+    a SEG). With ``frames_must_fit``, also refuse PixelData too short for NumberOfFrames (it cannot be decoded)."""
     if str(seg.get("SOPClassUID", "")) != SegmentationStorage and seg.get("Modality") != "SEG":
         kind = seg.get("Modality") or getattr(seg.get("SOPClassUID"), "name", None) or "unknown"
         raise DicomSegError(f"{path}: not a DICOM-SEG (Modality {kind}); give a Segmentation Storage file")
@@ -205,11 +207,17 @@ def check_complete_seg(path: Path, seg: Dataset) -> None:
     if missing:
         raise DicomSegError(f"{path}: the SEG has no {', '.join(missing)}; the file is truncated or incomplete "
                             f"({path.stat().st_size} bytes), copy it again from its origin")
-    if not seg.file_meta.TransferSyntaxUID.is_compressed:
+    raw = seg.get_item("PixelData")
+    declared = getattr(raw, "length", None)
+    if (isinstance(raw, RawDataElement) and raw.value is not None and declared is not None
+            and declared != 0xFFFFFFFF and len(raw.value) < declared):
+        raise DicomSegError(f"{path}: PixelData declares {declared} bytes but the file ends after "
+                            f"{len(raw.value)}; the file is truncated, copy it again from its origin")
+    if frames_must_fit and not seg.file_meta.TransferSyntaxUID.is_compressed:
         need, have = expected_pixel_bytes(seg), len(seg.PixelData)
         if have < need:
-            raise DicomSegError(f"{path}: PixelData holds {have} bytes but NumberOfFrames {seg.get('NumberOfFrames', 1)} "
-                                f"needs {need}; the file is truncated, copy it again from its origin")
+            raise DicomSegError(f"{path}: PixelData holds {have} bytes but NumberOfFrames {seg.NumberOfFrames} "
+                                f"needs {need}; NumberOfFrames or PixelData is wrong, export the SEG again")
 
 
 @dataclass
@@ -288,6 +296,8 @@ def _placement(seg_path: Path, seg: Dataset, hseg: hd.seg.Segmentation, source: 
         # Tiles of a slide's total pixel matrix: one plane, in slide coordinates (not LPS), so no geometry.
         return _Placement(lambda **kw: hseg.get_total_pixel_matrix(**kw)[None], None, "total pixel matrix")
     if source is not None:
+        if not any(uid for uid, _ in _frame_sources(seg)) and hseg.coordinate_system and source.geometry:
+            return _volume_on_source(seg_path, hseg, source.geometry)
         if source.is_multiframe:
             uid, n = str(source.first.SOPInstanceUID), source.shape[0]
             return _Placement(lambda **kw: hseg.get_pixels_by_source_frame(
@@ -334,6 +344,35 @@ def _placement(seg_path: Path, seg: Dataset, hseg: hd.seg.Segmentation, source: 
                           "its one source image")
     raise DicomSegError(f"{seg_path}: the frames reference {len(instances)} source images without a Frame of "
                         "Reference, whose order only the source knows; give --source with the source series")
+
+
+def _volume_on_source(seg_path: Path, hseg: hd.seg.Segmentation, target: Geometry) -> _Placement:
+    """Frames without DerivationImageSequence name no source slice, so highdicom cannot index them by source; its
+    volume of their positions is placed on the source grid instead, which must share its pixels exactly."""
+    grid_of_frames = hseg.get_volume_geometry()
+    if grid_of_frames is None:
+        raise DicomSegError(f"{seg_path}: its frames reference no source image and their positions do not form a "
+                            "regular volume; MedAnnot cannot place them on --source")
+    own, flip = _geometry_of_volume(grid_of_frames)
+    offset = ((np.asarray(own.origin) - np.asarray(target.origin)) @ target.direction_matrix) / np.asarray(
+        target.spacing)
+    first = int(round(offset[2]))
+    aligned = (np.allclose(own.direction, target.direction, atol=1e-4)
+               and np.allclose(own.spacing, target.spacing, rtol=1e-3)
+               and np.allclose(offset, [0, 0, first], atol=1e-2) and own.size[:2] == target.size[:2]
+               and 0 <= first and first + own.shape[0] <= target.shape[0])
+    if not aligned:
+        raise DicomSegError(f"{seg_path}: its frames reference no source image and do not lie on the --source "
+                            "grid (position, spacing or orientation differ); give the series this SEG was drawn on")
+
+    def read_on_source(**kw: Any) -> np.ndarray:
+        array = hseg.get_volume(**kw).array
+        array = array[::-1] if flip else array
+        out = np.zeros((target.shape[0], *array.shape[1:]), dtype=array.dtype)
+        out[first:first + array.shape[0]] = array
+        return out
+
+    return _Placement(read_on_source, target, "the source grid, by the frames' positions")
 
 
 def _geometry(seg: Dataset, indices: list[int], n_slices: int) -> Geometry | None:
@@ -399,7 +438,8 @@ def _reconstruct(seg_path: Path, seg: Dataset, source: SourceImage | None, grid:
                  label_of: dict[int, int]) -> tuple[np.ndarray, Geometry | None, dict[int, int],
                                                     dict[tuple[int, int], int], Callable[[int], np.ndarray]]:
     try:
-        hseg = hd.seg.Segmentation.from_dataset(seg, copy=True)
+        # copy=False: highdicom wraps the dataset we read instead of holding a second copy of its pixel data
+        hseg = hd.seg.Segmentation.from_dataset(seg, copy=False)
     except (AttributeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise DicomSegError(f"{seg_path}: highdicom cannot interpret this SEG ({exc}); check it with "
                             "`medannot seg validate`") from exc

@@ -168,7 +168,7 @@ def validate_files(paths: list[Path], use_dciodvfy: bool = True) -> list[Finding
             ds = read_dicom(path)
             modality = ds.get("Modality")
             if modality == "SEG" or str(ds.get("SOPClassUID", "")) == SegmentationStorage:
-                check_complete_seg(path, ds)
+                check_complete_seg(path, ds, frames_must_fit=False)  # check_seg reports the frame count
             elif modality != "SR":
                 raise DicomSegError(f"{path}: Modality {modality or 'missing'}: not a SEG or SR")
             datasets[path] = ds
