@@ -271,25 +271,41 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
 
 @seg.command("read", context_settings=CONTEXT)
 @click.argument("seg_file", metavar="SEG.dcm", type=click.Path(path_type=Path))
-@click.option("--labels-out", type=click.Path(path_type=Path), help="Write the label map (NIfTI/NRRD/MHA) here.")
+@click.option("--labels-out", type=click.Path(path_type=Path),
+              help="Write the label map (NIfTI/NRRD/MHA) here; refused when segments overlap (see --segments-out).")
+@click.option("--segments-out", type=click.Path(path_type=Path),
+              help="Write one mask per segment into this folder (segment-<number>.nrrd); keeps overlapping voxels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the provenance summary as JSON.")
 @click.option("--sr", "sr_file", type=click.Path(path_type=Path), help="Companion SR (default: found next to the SEG).")
 @click.option("--source", type=click.Path(path_type=Path), help="Source series, to read onto its exact grid.")
-def seg_read(seg_file: Path, labels_out: Path | None, as_json: bool, sr_file: Path | None,
-             source: Path | None) -> None:
+def seg_read(seg_file: Path, labels_out: Path | None, segments_out: Path | None, as_json: bool,
+             sr_file: Path | None, source: Path | None) -> None:
     """Read a DICOM-SEG (and its SR): who made it, how, how sure, under which guideline."""
     from medannot.dicomseg import read_segmentation
+    from medannot.errors import DicomSegError
     from medannot.imaging import load_source, write_label_map
 
     record = read_segmentation(seg_file, sr_file, load_source(source) if source else None)
+    if labels_out and record.overlaps:
+        (first, second), voxels = max(record.overlaps.items(), key=lambda kv: kv[1])
+        more = f" (and {len(record.overlaps) - 1} other pair(s))" if len(record.overlaps) > 1 else ""
+        raise DicomSegError(
+            f"{seg_file}: segments {first} and {second} overlap in {voxels} voxels{more}, which one label map "
+            "cannot hold; use --segments-out DIR for one mask per segment")
+    written = []
     if labels_out:
-        write_label_map(record.labels, record.geometry, labels_out)
+        written.append(f"label map: {write_label_map(record.labels, record.geometry, labels_out)}")
+    if segments_out:
+        for s in record.summary["segments"]:
+            mask = record.segment_mask(s["number"]).astype("uint8")
+            path = write_label_map(mask, record.geometry, segments_out / f"segment-{s['number']}.nrrd")
+            written.append(f"segment {s['number']} ({s['name']}): {path}")
     if as_json:
         click.echo(json.dumps(record.summary, indent=2))
         return
     _print_summary(record.summary, record.sr_path)
-    if labels_out:
-        click.echo(f"label map: {labels_out}")
+    for line in written:
+        click.echo(line)
 
 
 def _print_summary(summary: dict[str, Any], sr_path: Path | None) -> None:
@@ -325,7 +341,8 @@ def seg_validate(files: tuple[Path, ...], no_dciodvfy: bool) -> None:
     for finding in findings:
         click.echo(str(finding))
     errors = [f for f in findings if f.severity == "error"]
-    checker = "dciodvfy + medannot" if dciodvfy_path() and not no_dciodvfy else "medannot (dciodvfy not installed)"
+    checker = ("medannot (dciodvfy skipped)" if no_dciodvfy else
+               "dciodvfy + medannot" if dciodvfy_path() else "medannot (dciodvfy not installed)")
     click.echo(f"{len(files)} file(s) checked by {checker}: {len(errors)} error(s), "
                f"{len(findings) - len(errors)} warning(s)")
     if errors:

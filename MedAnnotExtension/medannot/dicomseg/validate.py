@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset
+from pydicom.uid import SegmentationStorage
 
-from medannot.dicomseg.reader import parse_sr, read_dicom, referenced_instance_uids
+from medannot.dicomseg.reader import (
+    check_complete_seg, expected_pixel_bytes, is_tiled_full, parse_sr, read_dicom, referenced_instance_uids,
+)
 from medannot.errors import DicomSegError
 
 logger = logging.getLogger(__name__)
@@ -60,15 +63,39 @@ def run_dciodvfy(path: Path) -> list[Finding]:
     return findings
 
 
+def _expected_frames(ds: Dataset, n_segments: int) -> int | None:
+    """Frames a TILED_FULL SEG must have: every tile of every focal plane, once per segment (once in all for a
+    LABELMAP, whose frames hold every segment)."""
+    try:
+        tiles = (-(-int(ds.TotalPixelMatrixRows) // int(ds.Rows))) * (-(-int(ds.TotalPixelMatrixColumns)
+                                                                       // int(ds.Columns)))
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    planes = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+    return tiles * planes * (1 if str(ds.get("SegmentationType")) == "LABELMAP" else n_segments)
+
+
 def check_seg(path: Path, ds: Dataset) -> list[Finding]:
-    """MedAnnot's own consistency checks of a SEG: segments, frames, pixel data, references, provenance."""
+    """MedAnnot's own consistency checks of a SEG: segments, frames, pixel data, references, provenance.
+
+    LABELMAP SEGs (segment 0 may describe the background; frames hold every segment, so they name none) and
+    TILED_FULL SEGs (no per-frame functional groups: the frames are the tiles of the total pixel matrix, in a
+    fixed order) are checked by their own rules.
+    """
     out: list[Finding] = []
 
     def error(msg: str) -> None:
         out.append(Finding(path, "error", "medannot", msg))
 
+    labelmap = str(ds.get("SegmentationType")) == "LABELMAP"
+    tiled_full = is_tiled_full(ds)
     numbers = [int(s.SegmentNumber) for s in ds.get("SegmentSequence", [])]
-    if numbers != list(range(1, len(numbers) + 1)):
+    if labelmap:
+        described = [n for n in numbers if n != 0]
+        if numbers != sorted(set(numbers)) or not described:
+            error(f"SegmentSequence numbers are {numbers}; a LABELMAP needs increasing, distinct numbers with at "
+                  "least one segment besides the background 0")
+    elif numbers != list(range(1, len(numbers) + 1)):
         error(f"SegmentSequence numbers are {numbers}; they must run 1..N in order")
     for item in ds.get("SegmentSequence", []):
         if "SegmentAlgorithmType" not in item:
@@ -77,22 +104,35 @@ def check_seg(path: Path, ds: Dataset) -> list[Finding]:
         error("no ContentCreatorName: who made this segmentation is not recorded")
     frames = ds.get("PerFrameFunctionalGroupsSequence", [])
     n = int(ds.get("NumberOfFrames", 0))
-    if len(frames) != n:
-        error(f"NumberOfFrames is {n} but PerFrameFunctionalGroupsSequence has {len(frames)} items")
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+    if tiled_full:
+        expected = _expected_frames(ds, len([x for x in numbers if x != 0]))
+        if expected is None:
+            error("DimensionOrganizationType TILED_FULL without TotalPixelMatrixRows/Columns")
+        elif n != expected:
+            error(f"NumberOfFrames is {n} but a TILED_FULL {ds.get('SegmentationType')} SEG of this total pixel "
+                  f"matrix needs {expected} tiles")
+        if frames and len(frames) != n:
+            error(f"NumberOfFrames is {n} but PerFrameFunctionalGroupsSequence has {len(frames)} items")
+        if "DerivationImageSequence" not in shared and "SourceImageSequence" not in ds and not frames:
+            error("no DerivationImageSequence in SharedFunctionalGroupsSequence: the tiles do not reference "
+                  "the source image")
+    elif len(frames) != n:
+        error(f"NumberOfFrames is {n} but PerFrameFunctionalGroupsSequence has {len(frames)} items")
     for index, item in enumerate(frames, start=1):
-        ref = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
-        if not ref or int(ref[0].ReferencedSegmentNumber) not in numbers:
-            error(f"frame {index}: references a segment that is not in SegmentSequence")
-            break
-        if "DerivationImageSequence" not in item and "SourceImageSequence" not in ds:
+        if not labelmap:
+            ref = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+            if not ref or int(ref[0].ReferencedSegmentNumber) not in numbers:
+                error(f"frame {index}: references a segment that is not in SegmentSequence")
+                break
+        if ("DerivationImageSequence" not in item and "DerivationImageSequence" not in shared
+                and "SourceImageSequence" not in ds):
             error(f"frame {index}: does not reference the source image it was drawn on")
             break
     if not ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
-        bits = int(ds.Rows) * int(ds.Columns) * n * (1 if int(ds.BitsAllocated) == 1 else 8)
-        expected = (bits + 7) // 8
-        if len(ds.PixelData) < expected:
-            error(f"PixelData holds {len(ds.PixelData)} bytes; {n} frames need {expected}")
+        expected_bytes = expected_pixel_bytes(ds)
+        if len(ds.PixelData) < expected_bytes:
+            error(f"PixelData holds {len(ds.PixelData)} bytes; {n} frames need {expected_bytes}")
     return out
 
 
@@ -116,26 +156,33 @@ def check_sr(path: Path, ds: Dataset, segs: dict[str, Dataset]) -> list[Finding]
 
 
 def validate_files(paths: list[Path], use_dciodvfy: bool = True) -> list[Finding]:
-    """Validate SEG and SR files; an SR is cross-checked against SEGs given in the same call that it references."""
+    """Validate SEG and SR files; an SR is cross-checked against SEGs given in the same call that it references.
+
+    A file that is not DICOM, not a SEG or SR, or a truncated SEG gets one finding, without dciodvfy's: its
+    dozens of follow-on lines (every attribute after the cut is "missing") would hide the one that matters.
+    """
     datasets: dict[Path, Dataset] = {}
     findings: list[Finding] = []
     for path in paths:
         try:
-            datasets[path] = read_dicom(path)
+            ds = read_dicom(path)
+            modality = ds.get("Modality")
+            if modality == "SEG" or str(ds.get("SOPClassUID", "")) == SegmentationStorage:
+                check_complete_seg(path, ds, frames_must_fit=False)  # check_seg reports the frame count
+            elif modality != "SR":
+                raise DicomSegError(f"{path}: Modality {modality or 'missing'}: not a SEG or SR")
+            datasets[path] = ds
         except DicomSegError as exc:
             findings.append(Finding(path, "error", "medannot", str(exc).split(": ", 1)[-1]))
     segs = {str(ds.SOPInstanceUID): ds for ds in datasets.values() if ds.get("Modality") == "SEG"}
     for path, ds in datasets.items():
         if use_dciodvfy:
             findings.extend(run_dciodvfy(path))
-        modality = ds.get("Modality")
-        if modality == "SEG":
-            findings.extend(check_seg(path, ds))
-        elif modality == "SR":
+        if ds.get("Modality") == "SR":
             refs = referenced_instance_uids(ds)
             findings.extend(check_sr(path, ds, {u: s for u, s in segs.items() if u in refs}))
         else:
-            findings.append(Finding(path, "error", "medannot", f"Modality {modality}: not a SEG or SR"))
+            findings.extend(check_seg(path, ds))
     return findings
 
 
