@@ -342,3 +342,38 @@ def test_fractional_segs_of_real_sources_pass_dciodvfy(name, guideline, tmp_path
                                  probabilities=maps)
     assert _dciodvfy_errors(result.seg_path) == [] and _dciodvfy_errors(result.sr_path) == []
     assert pydicom.dcmread(result.seg_path).SegmentationType == "FRACTIONAL"
+
+
+OTHER_TOOLS_SEGS = ["liver.dcm", "liver_expb.dcm", "liver_1frame.dcm", "liver_expb_1frame.dcm"]
+
+
+def _find(name: str) -> Path:
+    for folder in (PYDICOM_FILES, PYDICOM_DATA):
+        if folder is not None and (folder / name).exists():
+            return folder / name
+    pytest.fail(f"{name} is in neither pydicom's test files nor pydicom-data")
+
+
+@pytest.mark.parametrize("name", OTHER_TOOLS_SEGS)
+def test_segs_other_tools_wrote_read_like_highdicom_and_validate_like_dciodvfy(name, tmp_path):
+    path = _find(name)
+    record = read_segmentation(path)
+    seg = pydicom.dcmread(path)  # pydicom decodes big endian too, which highdicom refuses to parse
+    frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1) or 1), -1)
+    numbers = [int(i.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+               for i in seg.PerFrameFunctionalGroupsSequence][: len(frames)]
+    expected = {int(item.SegmentNumber): int(frames[[f == int(item.SegmentNumber) for f in numbers]].sum())
+                for item in seg.SegmentSequence}
+    assert {s["number"]: s["voxels"] for s in record.summary["segments"]} == expected
+    ours = [f for f in validate_files([path], use_dciodvfy=False) if f.severity == "error"]
+    theirs = _dciodvfy_errors(path)
+    assert ours == [] or theirs, f"MedAnnot reports errors dciodvfy does not: {[str(f) for f in ours]}"
+
+
+@pytest.mark.parametrize("name", ["reportsi.dcm", "test-SR.dcm", "CT_small.dcm", "README.txt"])
+def test_seg_read_of_what_is_not_a_seg_is_one_line(name):
+    from medannot.errors import DicomSegError
+
+    with pytest.raises(DicomSegError) as info:
+        read_segmentation(PYDICOM_FILES / name)
+    assert name in str(info.value) and "\n" not in str(info.value)

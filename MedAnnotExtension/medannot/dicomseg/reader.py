@@ -12,6 +12,8 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.pixels import pack_bits
+from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import SegmentationStorage
@@ -434,10 +436,28 @@ def _read(seg_path: Path, placement: _Placement, **options: Any) -> np.ndarray:
                                                                    placement.how else "")) from exc
 
 
+def _as_little_endian(seg: Dataset) -> None:
+    """Re-encode a big endian SEG's pixel data in memory (highdicom parses only little endian datasets; pydicom
+    already decoded the other attributes to Python values, which carry no byte order)."""
+    syntax = seg.file_meta.get("TransferSyntaxUID") if hasattr(seg, "file_meta") else None
+    if syntax is None or syntax.is_little_endian:
+        return
+    pixels = seg.pixel_array
+    if int(seg.BitsAllocated) == 1:
+        data = pack_bits(pixels.astype(bool))
+    else:
+        data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    seg.PixelData = data + b"\x00" * (len(data) % 2)
+    seg["PixelData"].VR = "OB" if int(seg.BitsAllocated) <= 8 else "OW"
+    seg.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    seg.set_original_encoding(False, True)
+
+
 def _reconstruct(seg_path: Path, seg: Dataset, source: SourceImage | None, grid: tuple[int, int, int] | None,
                  label_of: dict[int, int]) -> tuple[np.ndarray, Geometry | None, dict[int, int],
                                                     dict[tuple[int, int], int], Callable[[int], np.ndarray]]:
     try:
+        _as_little_endian(seg)
         # copy=False: highdicom wraps the dataset we read instead of holding a second copy of its pixel data
         hseg = hd.seg.Segmentation.from_dataset(seg, copy=False)
     except (AttributeError, KeyError, ValueError, TypeError, IndexError) as exc:
