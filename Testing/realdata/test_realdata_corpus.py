@@ -44,9 +44,12 @@ except ImportError:  # pragma: no cover - the dev extra installs it
 # Why each known file that is not a segmentable image is refused (a substring of the one-line message).
 REFUSED = {
     # not images
-    "reportsi.dcm": "missing Rows, Columns", "reportsi_with_empty_number_tags.dcm": "missing Rows, Columns",
-    "test-SR.dcm": "missing Rows, Columns", "rtplan.dcm": "missing Rows, Columns",
-    "rtplan_truncated.dcm": "missing Rows, Columns", "waveform_ecg.dcm": "missing Rows, Columns",
+    "reportsi.dcm": "is a Basic Text SR Storage object without pixels",
+    "reportsi_with_empty_number_tags.dcm": "is a Basic Text SR Storage object without pixels",
+    "test-SR.dcm": "is a Comprehensive SR Storage object without pixels",
+    "rtplan.dcm": "is a RT Plan Storage object without pixels",
+    "rtplan_truncated.dcm": "is a RT Plan Storage object without pixels",
+    "waveform_ecg.dcm": "is a 12-lead ECG Waveform Storage object without pixels",
     "rtdose.dcm": "RT Dose grid", "rtdose_1frame.dcm": "RT Dose grid", "rtdose_expb.dcm": "RT Dose grid",
     "rtdose_expb_1frame.dcm": "RT Dose grid", "rtdose_rle.dcm": "RT Dose grid",
     "rtdose_rle_1frame.dcm": "RT Dose grid", "badVR.dcm": "NumberOfFrames (0028,0008) is '1A'",

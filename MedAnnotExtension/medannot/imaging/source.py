@@ -198,6 +198,10 @@ def _check_required(ds: Dataset, path: Path) -> None:
     if what:
         raise SourceImageError(f"{path}: is {what}")
     missing = [k for k in _REQUIRED if k not in ds]
+    if missing and set(missing) <= {"Rows", "Columns"} and "SOPClassUID" in ds:
+        name = getattr(ds.SOPClassUID, "name", sop_class)
+        raise SourceImageError(f"{path}: is a {name} object without pixels (no Rows, Columns), not an image; give "
+                               "the image series or multi-frame image to segment")
     if missing:
         raise SourceImageError(f"{path}: missing {', '.join(missing)}; this is not an image MedAnnot can segment")
     frames = _number_of_frames(ds, path)
