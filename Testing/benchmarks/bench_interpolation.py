@@ -72,24 +72,30 @@ PHANTOMS = {
 }
 
 
-def make_cine(variant: str | Phantom = "hard", frames: int = 61, size: int = 256,
+def make_cine(variant: str | Phantom = "hard", frames: int = 61, size: int | tuple[int, int] = 256,
               seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """Return (image uint8, truth labels uint8), both frames x size x size."""
+    """Return (image uint8, truth labels uint8), both frames x rows x cols (``size``: rows, cols or one side).
+
+    The scene is drawn for a square of ``rows`` pixels, centred in a wider frame (4:3 like a scanner's
+    640 x 480): lengths scale with the rows, so motion per frame in pixels scales with them too.
+    """
     import cv2
 
     p = PHANTOMS[variant] if isinstance(variant, str) else variant
     rng = np.random.default_rng(seed)
-    s = size / 256.0
+    rows, cols = (size, size) if isinstance(size, int) else size
+    s = rows / 256.0
+    ox = (cols - rows) / 2.0  # the square scene's left edge in the frame
     period, drift, twist, decorrelation, flicker = p.period, p.drift, p.twist, p.decorrelation, p.flicker
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    big = int(size * 1.6)
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    big = int(max(rows, cols) * 1.6)
     tissue_speckle = _complex_noise(rng, (big, big), 1.1)
-    background = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 6 * s)
+    background = cv2.GaussianBlur(rng.random((rows, cols)).astype(np.float32), (0, 0), 6 * s)
     background = 0.75 + 0.5 * (background - background.mean()) / (background.std() + 1e-6) * 0.3
 
-    image = np.zeros((frames, size, size), dtype=np.uint8)
-    labels = np.zeros((frames, size, size), dtype=np.uint8)
+    image = np.zeros((frames, rows, cols), dtype=np.uint8)
+    labels = np.zeros((frames, rows, cols), dtype=np.uint8)
     for f in range(frames):
         phase = 2 * np.pi * f / period
         # Fast systole, slow diastole: contraction 0..1.
@@ -97,7 +103,7 @@ def make_cine(variant: str | Phantom = "hard", frames: int = 61, size: int = 256
         # Probe and breathing drift moves everything; the heart and the crescent add motion of their own.
         gy, gx = drift[0] * s * np.sin(phase + 0.4), drift[1] * s * np.sin(phase - 0.9)
         cy = 120 * s + gy
-        cx = 118 * s + gx
+        cx = ox + 118 * s + gx
         rot = 0.3 + twist * np.sin(phase)
         radius = 50 * s * (1 - 0.24 * contraction)
         dy, dx = yy - cy, xx - cx
@@ -110,13 +116,13 @@ def make_cine(variant: str | Phantom = "hard", frames: int = 61, size: int = 256
 
         # Crescent: a disc minus an offset disc, swinging about its own centre out of phase with the heart.
         ccy = 205 * s + gy + 6 * s * np.sin(phase + 2.0)
-        ccx = 200 * s + gx + 5 * s * np.cos(phase)
+        ccx = ox + 200 * s + gx + 5 * s * np.cos(phase)
         swing = 1.2 + p.swing * np.sin(phase + 1.0)
         outer = np.hypot(yy - ccy, xx - ccx) < 24 * s
         inner = np.hypot(yy - (ccy + 11 * s * np.sin(swing)), xx - (ccx + 11 * s * np.cos(swing))) < 19 * s
         crescent = outer & ~inner & ~(cavity | myocardium)
 
-        truth = np.zeros((size, size), dtype=np.uint8)
+        truth = np.zeros((rows, cols), dtype=np.uint8)
         truth[crescent] = 3
         truth[myocardium] = 2
         truth[cavity] = 1
@@ -134,7 +140,7 @@ def make_cine(variant: str | Phantom = "hard", frames: int = 61, size: int = 256
         echo *= (1 - depth * sector * (r > 0.6 * radius)).astype(np.float32)
         if p.dropout_blobs:
             for _ in range(rng.integers(0, 3)):
-                by, bx = rng.uniform(40, size - 40, 2)
+                by, bx = rng.uniform(40 * s, rows - 40 * s), rng.uniform(ox + 40 * s, ox + rows - 40 * s)
                 blob = np.exp(-(((yy - by) / (25 * s)) ** 2 + ((xx - bx) / (15 * s)) ** 2))
                 echo *= (1 - 0.7 * blob).astype(np.float32)
         # Speckle that moves with the tissue (sampled at each pixel's material point) plus a fresh part.
@@ -152,12 +158,12 @@ def make_cine(variant: str | Phantom = "hard", frames: int = 61, size: int = 256
         moving = cv2.remap(tissue_speckle.real.astype(np.float32), mx, my, cv2.INTER_LINEAR) + \
             1j * cv2.remap(tissue_speckle.imag.astype(np.float32), mx, my, cv2.INTER_LINEAR)
         moving = np.where(cavity, 0, moving)
-        fresh = _complex_noise(rng, (size, size), 1.1)
+        fresh = _complex_noise(rng, (rows, cols), 1.1)
         keep = np.where(cavity, 0.0, np.sqrt(1 - decorrelation))
         speckle = np.abs(keep * moving + np.sqrt(1 - keep**2) * fresh)
         gain = np.exp(rng.normal(0, flicker))
         attenuation = np.exp(-yy / (320 * s))
-        amplitude = gain * echo * speckle * attenuation + 0.01 * np.abs(rng.standard_normal((size, size)))
+        amplitude = gain * echo * speckle * attenuation + 0.01 * np.abs(rng.standard_normal((rows, cols)))
         image[f] = np.clip(255 * np.log1p(40 * amplitude) / np.log1p(40), 0, 255).astype(np.uint8)
     return image, labels
 

@@ -51,7 +51,13 @@ class FlowSettings:
     track; a polynomial of one degree per ``rigid_frames_per_degree`` frames of the span. The rigid motion
     replaces the dense flow on the label and its margin, fading into it over ``rigid_fade`` pixels.
 
-    The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines).
+    ``flow_size``: frames whose longer side exceeds it are reduced (by area averaging) to that many pixels on
+    the longer side before flows are computed and rigid labels tracked; the displacements are upsampled to full
+    size, so the label maps are still carried and blended at full resolution. Smoothing and every ``rigid_*``
+    length and area are in pixels of these reduced frames. 0 computes the flow at full size.
+
+    The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines; 640 x 480
+    ones for ``flow_size``).
     """
 
     smoothing: float = 0.8
@@ -76,6 +82,7 @@ class FlowSettings:
     rigid_smoothing: float = 0.8
     rigid_passes: int = 2
     rigid_angles: tuple[float, ...] = (-0.24, -0.16, -0.08, 0.0, 0.08, 0.16, 0.24)
+    flow_size: int = 320
 
     def __post_init__(self) -> None:
         positive = {"patch_size": self.patch_size, "patch_stride": self.patch_stride,
@@ -84,17 +91,34 @@ class FlowSettings:
         for name, value in positive.items():
             if not value > 0:
                 raise InterpolationError(f"flow setting {name} must be positive; got {value!r}")
-        for name in ("smoothing", "rigid_smoothing", "rigid_margin", "finest_scale"):
+        for name in ("smoothing", "rigid_smoothing", "rigid_margin", "finest_scale", "flow_size"):
             if getattr(self, name) < 0:
                 raise InterpolationError(f"flow setting {name} must not be negative; got {getattr(self, name)!r}")
         if self.preset not in ("ultrafast", "fast", "medium"):
             raise InterpolationError(f"flow setting preset must be ultrafast, fast or medium; got {self.preset!r}")
         if len(self.rigid_angles) < 2:
             raise InterpolationError("flow setting rigid_angles needs at least two angles")
+        if 0 < self.flow_size < 2 * self.patch_size:
+            raise InterpolationError(f"flow setting flow_size must be 0 or at least twice patch_size "
+                                     f"({2 * self.patch_size}); got {self.flow_size!r}")
+
+    def flow_fits(self, shape: tuple[int, int]) -> bool:
+        """Whether DIS optical flow can run on frames of ``shape`` (rows, cols) with these settings.
+
+        OpenCV refuses frames whose shorter side is below the patch size or whose longer side is below
+        about 1.41 patch sizes (its coarsest pyramid level would be negative); 1.5 keeps clear of the rounding.
+        """
+        return min(shape) >= self.patch_size and max(shape) >= 1.5 * self.patch_size
 
 
 class FlowField:
-    """Dense flows between neighbouring frames of one cine, computed on demand and kept in a bounded cache."""
+    """Dense flows between neighbouring frames of one cine, computed on demand and kept in a bounded cache.
+
+    Flows are computed on the frames reduced to ``settings.flow_size`` pixels on the longer side (the *flow
+    grid*; :attr:`scale` is its size over the full size, 1 for small frames): :meth:`flow`, :meth:`compose`,
+    :meth:`warp` and the ``full=False`` answers of :meth:`displacements` are on that grid, in its pixels.
+    :meth:`displacements` and :meth:`upsample` give full-size displacements in full-size pixels.
+    """
 
     def __init__(self, frames: np.ndarray, settings: FlowSettings | None = None, cache_mb: float = 256.0) -> None:
         if frames.ndim != 3:
@@ -102,18 +126,85 @@ class FlowField:
         self._cv2 = _cv2()
         self.frames = frames
         self.settings = settings or FlowSettings()
+        rows, cols = (int(v) for v in frames.shape[1:])
+        if not self.settings.flow_fits((rows, cols)):
+            raise InterpolationError(f"frames of {rows} x {cols} pixels are too small for optical flow (at least "
+                                     f"{self.settings.patch_size} x {int(np.ceil(1.5 * self.settings.patch_size))} "
+                                     "needed); use --method shape")
+        self.scale = self._scale((rows, cols))
+        small = (max(round(rows * self.scale), 1), max(round(cols * self.scale), 1))
+        self.flow_shape: tuple[int, int] = small
         self._prepared: dict[tuple[int, float], np.ndarray] = {}
         self._flows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_limit = int(cache_mb * 2**20)
         self._cache_bytes = 0
         self._lock = threading.Lock()  # spans are interpolated in threads that share this cache
-        rows, cols = frames.shape[1:]
-        gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        gy, gx = np.mgrid[0:small[0], 0:small[1]].astype(np.float32)
         self._grid = (gx, gy)
+        # Full-size pixel centres as one two-channel map: adding a displacement gives cv2.remap's sampling map.
+        full = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        self._full_grid = np.ascontiguousarray(np.stack([full[1], full[0]], axis=-1))
+
+    def _scale(self, shape: tuple[int, int]) -> float:
+        size = self.settings.flow_size
+        if size <= 0 or max(shape) <= size:
+            return 1.0
+        scale = size / max(shape)
+        if not self.settings.flow_fits((round(shape[0] * scale), round(shape[1] * scale))):
+            # A long, thin frame: reduce only as far as the flow still runs.
+            scale = min(1.0, 1.5 * self.settings.patch_size / min(shape))
+        return float(scale)
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    @property
+    def to_flow(self) -> np.ndarray:
+        """3 x 3 map from full-size pixel coordinates (x, y, 1) to the flow grid's (pixel centres, as cv2.resize)."""
+        f = self.scale
+        c = 0.5 * f - 0.5
+        return np.array([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]])
+
+    def reduce(self, values: np.ndarray, interpolation: int | None = None) -> np.ndarray:
+        """A full-size map (rows x cols, float32) on the flow grid, by area averaging unless told otherwise."""
+        if self.scale == 1.0:
+            return values
+        rows, cols = self.flow_shape
+        method = self._cv2.INTER_AREA if interpolation is None else interpolation
+        return self._cv2.resize(values, (cols, rows), interpolation=method)
+
+    def upsample(self, displacement: np.ndarray) -> np.ndarray:
+        """A displacement on the flow grid as a full-size displacement in full-size pixels."""
+        if self.scale == 1.0:
+            return displacement
+        rows, cols = self.shape
+        full = self._cv2.resize(displacement, (cols, rows), interpolation=self._cv2.INTER_LINEAR)
+        full *= np.float32(1.0 / self.scale)
+        return full
+
+    def sampling_map(self, displacement: np.ndarray) -> np.ndarray:
+        """The full-size map (rows x cols x 2, float32) that cv2.remap samples along a flow-grid ``displacement``.
+
+        One map serves every label carried along the same displacement.
+        """
+        full = self.upsample(displacement)
+        if full is displacement:
+            return self._full_grid + displacement
+        full += self._full_grid
+        return full
+
+    def carry(self, values: np.ndarray, sampling_map: np.ndarray) -> np.ndarray:
+        """Full-size ``values`` (rows x cols float32) sampled along a :meth:`sampling_map`."""
+        return self._cv2.remap(values, sampling_map, None, self._cv2.INTER_LINEAR,
+                               borderMode=self._cv2.BORDER_REPLICATE)
+
+    def carry_rigid(self, values: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """Full-size ``values`` sampled at every pixel moved by a 3 x 3 map on full-size (x, y, 1)."""
+        rows, cols = self.shape
+        return self._cv2.warpAffine(values, np.asarray(matrix[:2], dtype=np.float64), (cols, rows),
+                                    flags=self._cv2.INTER_LINEAR | self._cv2.WARP_INVERSE_MAP,
+                                    borderMode=self._cv2.BORDER_REPLICATE)
 
     def _make_dis(self):  # type: ignore[no-untyped-def]
         # A new matcher for every pair: an OpenCV DIS object answers its first call differently from later ones,
@@ -135,23 +226,23 @@ class FlowField:
         return dis
 
     def prepared(self, index: int, smoothing: float | None = None) -> np.ndarray:
-        """Frame ``index`` as the 8-bit, normalised, smoothed image the flow is computed on.
+        """Frame ``index`` on the flow grid as the 8-bit, normalised, smoothed image the flow is computed on.
 
         ``smoothing`` (pixels) replaces the settings' one; rigid tracking matches less smoothed frames.
         """
         sigma = self.settings.smoothing if smoothing is None else smoothing
         key = (index, sigma)
         if key not in self._prepared:
-            frame = np.asarray(self.frames[index], dtype=np.float32)
+            frame = self.reduce(np.asarray(self.frames[index], dtype=np.float32))
             low, high = np.percentile(frame, (1.0, 99.0))
-            scaled = (frame - low) * (255.0 / max(float(high - low), 1e-6))
+            scaled = (frame - np.float32(low)) * np.float32(255.0 / max(float(high - low), 1e-6))
             if sigma > 0:
                 scaled = self._cv2.GaussianBlur(scaled, (0, 0), sigma)
             self._prepared[key] = np.clip(scaled, 0, 255).astype(np.uint8)
         return self._prepared[key]
 
     def flow(self, source: int, target: int) -> np.ndarray:
-        """Flow (rows x cols x 2, x then y displacement) from frame ``source`` to frame ``target``."""
+        """Flow (flow grid rows x cols x 2, x then y displacement) from frame ``source`` to frame ``target``."""
         key = (source, target)
         with self._lock:
             cached = self._flows.get(key)
@@ -168,12 +259,13 @@ class FlowField:
                 self._cache_bytes -= old.nbytes
         return flow
 
-    def displacements(self, keyframe: int, frames: range) -> list[np.ndarray]:
+    def displacements(self, keyframe: int, frames: range, full: bool = True) -> list[np.ndarray]:
         """Displacement from each of ``frames`` (walking away from ``keyframe`` one frame at a time) to it.
 
         With ``chain`` (or without ``anchor``) each frame's displacement is the flow to the frame before it
         composed with that frame's displacement; otherwise the frame before's displacement is the prediction.
         With ``anchor`` the prediction is then corrected by matching the frame with the keyframe carried along it.
+        ``full``: full-size displacements in full-size pixels; otherwise on the flow grid.
         """
         s = self.settings
         out: list[np.ndarray] = []
@@ -186,7 +278,7 @@ class FlowField:
                 current = self.anchor(current, t, keyframe)
             out.append(current)
             previous = t
-        return out
+        return [self.upsample(d) for d in out] if full else out
 
     def anchor(self, displacement: np.ndarray, frame: int, keyframe: int) -> np.ndarray:
         """Correct a chained ``displacement`` from ``frame`` to ``keyframe`` by matching them directly.
@@ -194,13 +286,12 @@ class FlowField:
         The keyframe is warped onto ``frame`` along the chain; the small flow left between the two is composed
         in front of the chain. Matching starts from the chain's answer, so it never has to find a long motion.
         """
-        keyframe_on_frame = self.warp(self.prepared(keyframe).astype(np.float32), displacement)
-        keyframe_on_frame = np.clip(keyframe_on_frame, 0, 255).astype(np.uint8)
+        keyframe_on_frame = self.warp(self.prepared(keyframe), displacement)  # uint8 in, uint8 out
         residual = self._make_dis().calc(self.prepared(frame), keyframe_on_frame, None)
         return self.compose(residual, displacement)
 
     def compose(self, step: np.ndarray, chained: np.ndarray | None) -> np.ndarray:
-        """Displacement of ``step`` followed by ``chained`` (both rows x cols x 2)."""
+        """Displacement of ``step`` followed by ``chained`` (both flow grid rows x cols x 2)."""
         if chained is None:
             return step.copy()
         gx, gy = self._grid
@@ -209,7 +300,7 @@ class FlowField:
         return step + moved
 
     def warp(self, values: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-        """Sample ``values`` (rows x cols float32) at every pixel plus ``displacement``."""
+        """Sample ``values`` (flow grid rows x cols) at every pixel plus ``displacement``."""
         gx, gy = self._grid
         return self._cv2.remap(values, gx + displacement[..., 0], gy + displacement[..., 1],
                                self._cv2.INTER_LINEAR, borderMode=self._cv2.BORDER_REPLICATE)
@@ -371,11 +462,12 @@ def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, flo
 
 
 def matrix_displacement(field: FlowField, matrix: np.ndarray) -> np.ndarray:
-    """Displacement field (rows x cols x 2) of a 3 x 3 map acting on (x, y, 1)."""
+    """Displacement field (flow grid rows x cols x 2) of a 3 x 3 map acting on flow-grid (x, y, 1)."""
     gx, gy = field._grid
+    m = np.asarray(matrix, dtype=np.float32)  # float64 coefficients would make float64 copies of the grid
     out = np.empty((*gx.shape, 2), dtype=np.float32)
-    out[..., 0] = matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2] - gx
-    out[..., 1] = matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2] - gy
+    out[..., 0] = (m[0, 0] - 1) * gx + m[0, 1] * gy + m[0, 2]
+    out[..., 1] = m[1, 0] * gx + (m[1, 1] - 1) * gy + m[1, 2]
     return out
 
 
