@@ -18,8 +18,8 @@ import numpy as np
 from medannot.errors import GeometryMismatchError
 from medannot.interpolation._distance import signed_distance, smooth_signed_distance
 from medannot.interpolation.errors import InterpolationError
-from medannot.interpolation.motion import (FlowField, FlowSettings, RigidState, align_masks, matrix_displacement,
-                                           rigid_track, smooth_poses)
+from medannot.interpolation.motion import (Box, FlowField, FlowSettings, RigidState, align_masks,
+                                           matrix_displacement, rigid_track, smooth_poses)
 from medannot.interpolation.result import InterpolationResult, SegmentFrames
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class Interpolator:
         self._spans: dict[Span, np.ndarray] = {}
         self._distance: dict[tuple[int, int], Distance] = {}
         self._flow_distance: dict[tuple[int, int], np.ndarray | None] = {}
+        self._held: dict[Span, list[set[int]]] = {}  # labels in each computed frame of a span, for the result
         # Threads that interpolate spans side by side (motion-guided and shape-based).
         self.workers = min(2, _usable_cpus())
         # Seconds each span's computation took: its share, by frames, of the wall time of the batch it was
@@ -301,6 +302,8 @@ class Interpolator:
     def _interpolate_span(self, a: int, b: int) -> np.ndarray:
         out = np.zeros((b - a - 1, *self.frame_shape), dtype=self.dtype)
         present = set(np.unique(self._masks[a]).tolist()) | set(np.unique(self._masks[b]).tolist())
+        held: list[set[int]] = [{0} for _ in range(b - a - 1)]
+        self._held[(a, b)] = held
         if b - a <= 1 or not present - {0}:
             return out
         # Background competes like any segment: each pixel goes to the region whose interpolated signed distance
@@ -319,13 +322,16 @@ class Interpolator:
             backward = list(reversed(flow.displacements(b, range(b - 1, a, -1), full=False)))
             forward_steps = list(flow.displacements(a, range(a + 1, b), full=False))
         rigid = self._rigid_poses(a, b, weights)
-        best = np.empty(self.frame_shape, dtype=np.float32)
-        closer = np.empty(self.frame_shape, dtype=bool)
-        closer_d = np.empty(self.frame_shape, dtype=np.float32)
+        # Only the part of the frame the keyframes' segments can reach is computed: elsewhere every segment's
+        # distance is positive and the background's negative at both ends, so the background wins anyway.
+        boxes = (_label_box(self._masks[a]), _label_box(self._masks[b]))
+        margin = 2.0 + (0.0 if flow is None else 1.0 / flow.scale)
+        still = _union(*(None if box is None else _grow(box, margin, self.frame_shape) for box in boxes))
         for i in range(b - a - 1):
             forward, back = forward_steps[i], backward[i]
             maps: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
             own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            box = still
             if flow is not None:
                 to_flow = flow.to_flow
                 from_flow = np.linalg.inv(to_flow)
@@ -335,10 +341,18 @@ class Interpolator:
                     forward = self._layer(forward, a, region, matrix_displacement(flow, poses[i][0]))
                     back = self._layer(back, b, region, matrix_displacement(flow, poses[i][1]))
                 assert forward is not None and back is not None
-                maps = (flow.sampling_map(forward), flow.sampling_map(back))  # shared by every region
+                box = _union(None if boxes[0] is None else flow.reach(forward, boxes[0], margin),
+                             None if boxes[1] is None else flow.reach(back, boxes[1], margin))
+                if box is not None:
+                    maps = (flow.sampling_map(forward, box), flow.sampling_map(back, box))  # shared by every region
+            if box is None:
+                continue  # every segment carried out of the frame: background
             w = float(weights[i])
-            best.fill(np.inf)
-            chosen = out[i]
+            size = (box[0].stop - box[0].start, box[1].stop - box[1].start)
+            best = np.full(size, np.inf, dtype=np.float32)
+            closer = np.empty(size, dtype=bool)
+            closer_d = np.empty(size, dtype=np.float32)
+            chosen = out[i][box]
             for region in regions:
                 if _leaves_the_rest(start[region], end[region]):
                     # Its distance is minus the lowest of the others': it wins exactly where none is inside.
@@ -348,17 +362,18 @@ class Interpolator:
                     chosen[closer] = region
                     continue
                 if flow is None:
-                    carried = (start[region], end[region])
+                    carried = (_crop(start[region], box), _crop(end[region], box))
                 elif region in own:
                     # A rigid label moves with its own map alone: the dense flow cannot leave a copy of it.
-                    carried = (_carry_rigid(flow, start[region], own[region][0]),
-                               _carry_rigid(flow, end[region], own[region][1]))
+                    carried = (_carry_rigid(flow, start[region], own[region][0], box),
+                               _carry_rigid(flow, end[region], own[region][1], box))
                 else:
                     carried = (_carry(flow, start[region], maps[0]), _carry(flow, end[region], maps[1]))
                 d = _blend(carried[0], carried[1], w)
                 np.less(d, best, out=closer)
                 np.copyto(best, d, where=closer)
                 chosen[closer] = region
+            held[i] = set(np.unique(chosen).tolist()) | ({0} if chosen.size < out[i].size else set())
         return out
 
     def _rigid_poses(self, a: int, b: int, weights: np.ndarray) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
@@ -468,7 +483,11 @@ class Interpolator:
         present = {k: set(np.unique(self._masks[k]).tolist()) - {0} for k in keys}
         # What each computed frame holds, read from the frames themselves: a segment that shrinks away towards a
         # keyframe without it (or an empty keyframe) is not claimed for the frames it has left.
-        held = {t: set(np.unique(labels[t]).tolist()) for a, b in self.spans for t in range(a + 1, b)}
+        held: dict[int, set[int]] = {}
+        for a, b in self.spans:
+            known = self._held.get((a, b))
+            for t in range(a + 1, b):
+                held[t] = known[t - a - 1] if known is not None else set(np.unique(labels[t]).tolist())
         segments = []
         for label in sorted(set().union(*present.values())):
             computed = [t for a, b in self.spans if label in present[a] or label in present[b]
@@ -506,10 +525,35 @@ def _carry(flow: FlowField, distance: Distance, sampling_map: np.ndarray | None)
     return flow.carry(distance, sampling_map)
 
 
-def _carry_rigid(flow: FlowField, distance: Distance, matrix: np.ndarray) -> Distance:
+def _carry_rigid(flow: FlowField, distance: Distance, matrix: np.ndarray, box: Box) -> Distance:
     if not isinstance(distance, np.ndarray):
         return distance
-    return flow.carry_rigid(distance, matrix)
+    return flow.carry_rigid(distance, matrix, box)
+
+
+def _crop(distance: Distance, box: Box) -> Distance:
+    return distance[box] if isinstance(distance, np.ndarray) else distance
+
+
+def _label_box(mask: np.ndarray) -> Box | None:
+    """Rows and columns holding any segment (label other than 0), or None."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _grow(box: Box, margin: float, shape: tuple[int, int]) -> Box:
+    m = int(np.ceil(margin))
+    return (slice(max(box[0].start - m, 0), min(box[0].stop + m, shape[0])),
+            slice(max(box[1].start - m, 0), min(box[1].stop + m, shape[1])))
+
+
+def _union(first: Box | None, second: Box | None) -> Box | None:
+    if first is None or second is None:
+        return first if second is None else second
+    return (slice(min(first[0].start, second[0].start), max(first[0].stop, second[0].stop)),
+            slice(min(first[1].start, second[1].start), max(first[1].stop, second[1].stop)))
 
 
 def _leaves_the_rest(start: Distance, end: Distance) -> bool:

@@ -19,6 +19,8 @@ from medannot.interpolation.errors import InterpolationError
 
 logger = logging.getLogger(__name__)
 
+Box = tuple[slice, slice]  # rows, columns of a part of a frame
+
 
 def _cv2():  # type: ignore[no-untyped-def]
     try:
@@ -53,8 +55,9 @@ class FlowSettings:
 
     ``flow_size``: frames whose longer side exceeds it are reduced (by area averaging) to that many pixels on
     the longer side before flows are computed and rigid labels tracked; the displacements are upsampled to full
-    size, so the label maps are still carried and blended at full resolution. Smoothing and every ``rigid_*``
-    length and area are in pixels of these reduced frames. 0 computes the flow at full size.
+    size, so the label maps are still carried and blended at full resolution. ``smoothing`` and
+    ``rigid_smoothing`` are in full-size pixels; every other ``rigid_*`` length and area is in pixels of the
+    reduced frames. 0 computes the flow at full size.
 
     The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines; 640 x 480
     ones for ``flow_size``).
@@ -144,6 +147,9 @@ class FlowField:
         # Full-size pixel centres as one two-channel map: adding a displacement gives cv2.remap's sampling map.
         full = np.mgrid[0:rows, 0:cols].astype(np.float32)
         self._full_grid = np.ascontiguousarray(np.stack([full[1], full[0]], axis=-1))
+        # ... and where they fall on the flow grid (cv2.resize's pixel centres), to upsample part of a field.
+        c = np.float32(0.5 * self.scale - 0.5)
+        self._full_on_flow = self._full_grid * np.float32(self.scale) + c
 
     def _scale(self, shape: tuple[int, int]) -> float:
         size = self.settings.flow_size
@@ -183,26 +189,63 @@ class FlowField:
         full *= np.float32(1.0 / self.scale)
         return full
 
-    def sampling_map(self, displacement: np.ndarray) -> np.ndarray:
-        """The full-size map (rows x cols x 2, float32) that cv2.remap samples along a flow-grid ``displacement``.
-
-        One map serves every label carried along the same displacement.
+    def sampling_map(self, displacement: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """The full-size map (rows x cols x 2, float32) that cv2.remap samples along a flow-grid ``displacement``,
+        or its part ``box`` (row slice, column slice) of the frame. One map serves every label carried along it.
         """
-        full = self.upsample(displacement)
-        if full is displacement:
-            return self._full_grid + displacement
-        full += self._full_grid
-        return full
+        if box is None:
+            full = self.upsample(displacement)
+            return self._full_grid + full
+        grid = self._full_grid[box]
+        if self.scale == 1.0:
+            return grid + displacement[box]
+        part = self._cv2.remap(displacement, self._full_on_flow[box], None, self._cv2.INTER_LINEAR,
+                               borderMode=self._cv2.BORDER_REPLICATE)
+        part *= np.float32(1.0 / self.scale)
+        part += grid
+        return part
+
+    def reach(self, displacement: np.ndarray, box: Box, margin: float) -> Box | None:
+        """The part of the frame (full size) that a flow-grid ``displacement`` carries into ``box`` grown by ``margin``
+        pixels (None: nowhere); a box on the frame's edge reaches every point beyond it (cv2.remap replicates)."""
+        rows, cols = self.shape
+        ys, xs = box
+        f, c = self.scale, 0.5 * self.scale - 0.5
+        low_x = -np.inf if xs.start == 0 else (xs.start - margin) * f + c
+        high_x = np.inf if xs.stop == cols else (xs.stop - 1 + margin) * f + c
+        low_y = -np.inf if ys.start == 0 else (ys.start - margin) * f + c
+        high_y = np.inf if ys.stop == rows else (ys.stop - 1 + margin) * f + c
+        gx, gy = self._grid
+        px = gx + displacement[..., 0]
+        py = gy + displacement[..., 1]
+        inside = (px >= low_x) & (px <= high_x) & (py >= low_y) & (py <= high_y)
+        hit_rows, hit_cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+        if not len(hit_rows):
+            return None
+        # Back to full-size pixels, one flow-grid pixel wider for the upsampling between grid points.
+        grow = 1.0 / f
+
+        def span(first: int, last: int, size: int) -> slice:
+            lo = int(np.floor((first - c) / f - grow))
+            hi = int(np.ceil((last - c) / f + grow)) + 1
+            return slice(max(lo, 0), min(hi, size))
+
+        return span(int(hit_rows[0]), int(hit_rows[-1]), rows), span(int(hit_cols[0]), int(hit_cols[-1]), cols)
 
     def carry(self, values: np.ndarray, sampling_map: np.ndarray) -> np.ndarray:
         """Full-size ``values`` (rows x cols float32) sampled along a :meth:`sampling_map`."""
         return self._cv2.remap(values, sampling_map, None, self._cv2.INTER_LINEAR,
                                borderMode=self._cv2.BORDER_REPLICATE)
 
-    def carry_rigid(self, values: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """Full-size ``values`` sampled at every pixel moved by a 3 x 3 map on full-size (x, y, 1)."""
+    def carry_rigid(self, values: np.ndarray, matrix: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """Full-size ``values`` sampled at every pixel (of ``box``) moved by a 3 x 3 map on full-size (x, y, 1)."""
         rows, cols = self.shape
-        return self._cv2.warpAffine(values, np.asarray(matrix[:2], dtype=np.float64), (cols, rows),
+        m = np.asarray(matrix, dtype=np.float64)
+        if box is not None:
+            ys, xs = box
+            m = m @ np.array([[1.0, 0.0, xs.start], [0.0, 1.0, ys.start], [0.0, 0.0, 1.0]])
+            rows, cols = ys.stop - ys.start, xs.stop - xs.start
+        return self._cv2.warpAffine(values, m[:2], (cols, rows),
                                     flags=self._cv2.INTER_LINEAR | self._cv2.WARP_INVERSE_MAP,
                                     borderMode=self._cv2.BORDER_REPLICATE)
 
@@ -230,7 +273,8 @@ class FlowField:
 
         ``smoothing`` (pixels) replaces the settings' one; rigid tracking matches less smoothed frames.
         """
-        sigma = self.settings.smoothing if smoothing is None else smoothing
+        # Sigmas are in full-size pixels: a reduced frame is smoothed as much, measured on the full frame.
+        sigma = (self.settings.smoothing if smoothing is None else smoothing) * self.scale
         key = (index, sigma)
         if key not in self._prepared:
             frame = self.reduce(np.asarray(self.frames[index], dtype=np.float32))
