@@ -398,14 +398,13 @@ class Interpolator:
         to_flow = flow.to_flow
         for region in sorted((set(np.unique(mask_a).tolist()) & set(np.unique(mask_b).tolist())) - {0}):
             full_a, full_b = mask_a == region, mask_b == region
-            # Areas and lengths of the rigid settings are in flow-grid pixels.
-            area = int(np.count_nonzero(full_a)) * flow.scale**2
-            reach = int(np.ceil((s.rigid_margin + int(np.ceil(s.rigid_fade))) / flow.scale))
+            area = int(np.count_nonzero(full_a))
+            reach = s.rigid_margin + int(np.ceil(s.rigid_fade))
             if (area < 16 or area > s.rigid_max_area or _touches_other(mask_a, region, reach)
                     or _touches_other(mask_b, region, reach)):
                 continue
             # The right keyframe's pose comes from the drawn masks at full size, where they are exact.
-            end, dice, unique = align_masks(full_a, full_b)
+            end, dice, unique = align_masks(full_a, full_b, coarse=flow.scale)
             if dice < s.rigid_min_dice or not unique:
                 continue
             end = to_flow @ end @ np.linalg.inv(to_flow)
@@ -443,7 +442,8 @@ class Interpolator:
                     poses = None  # too little to match: the dense flow does better
                     break
                 poses = smooth_poses(forward, backward, end, weights, centre_a, degree,
-                                     scores=(forward_score, backward_score), radius=radius)
+                                     scores=(forward_score, backward_score), radius=radius,
+                                     disagreement=2.5 * flow.scale)
             if poses is not None:
                 out[region] = [(pose, inverse_end @ pose) for pose in poses]
         return out
@@ -462,9 +462,9 @@ class Interpolator:
         distance = self._distance_on_flow_grid(key, region)
         if flow is None or dense is None or distance is None:
             return dense
-        s = flow.settings
         carried = flow.warp(distance, rigid)  # in flow-grid pixels, as the margin and fade are
-        weight = np.clip((s.rigid_margin + s.rigid_fade - carried) * np.float32(1.0 / s.rigid_fade), 0.0, 1.0)
+        margin, fade = flow.rigid_margin, flow.rigid_fade
+        weight = np.clip((margin + fade - carried) * np.float32(1.0 / fade), 0.0, 1.0)
         weight = weight[..., None]
         return dense + weight * (rigid - dense)
 

@@ -55,9 +55,9 @@ class FlowSettings:
 
     ``flow_size``: frames whose longer side exceeds it are reduced (by area averaging) to that many pixels on
     the longer side before flows are computed and rigid labels tracked; the displacements are upsampled to full
-    size, so the label maps are still carried and blended at full resolution. ``smoothing`` and
-    ``rigid_smoothing`` are in full-size pixels; every other ``rigid_*`` length and area is in pixels of the
-    reduced frames. 0 computes the flow at full size.
+    size, so the label maps are still carried and blended at full resolution. Smoothing and every ``rigid_*``
+    length and area stay in full-size pixels (on the reduced frames they shrink with them). 0 computes the
+    flow at full size.
 
     The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines; 640 x 480
     ones for ``flow_size``).
@@ -164,6 +164,16 @@ class FlowField:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    @property
+    def rigid_margin(self) -> int:
+        """``rigid_margin`` in pixels of the flow grid."""
+        return max(round(self.settings.rigid_margin * self.scale), 1 if self.settings.rigid_margin else 0)
+
+    @property
+    def rigid_fade(self) -> float:
+        """``rigid_fade`` in pixels of the flow grid."""
+        return self.settings.rigid_fade * self.scale
 
     @property
     def to_flow(self) -> np.ndarray:
@@ -459,29 +469,66 @@ def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndar
     angles = np.asarray(s.rigid_angles)
     if refine:
         angles = np.linspace(-1.0, 1.0, 5) * float(np.max(np.abs(angles))) / 6
-    search = max(s.rigid_search // 2, 2) if refine else s.rigid_search
+    full_search = max(s.rigid_search // 2, 2) if refine else s.rigid_search
+    search = max(round(full_search * field.scale), 1)  # settings are in full-size pixels
     step = float(angles[1] - angles[0]) if len(angles) > 1 else 0.0
     return _match_rigid(field._cv2, field.prepared(keyframe, s.rigid_smoothing).astype(np.float32),
                         field.prepared(frame, s.rigid_smoothing).astype(np.float32), label_mask, predicted,
-                        [predicted.angle + float(a) for a in angles], step, search, s.rigid_margin,
+                        [predicted.angle + float(a) for a in angles], step, search, field.rigid_margin,
                         refine_peak=refine)
 
 
-def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, bool]:
+def align_masks(key_mask: np.ndarray, mask: np.ndarray, coarse: float = 1.0) -> tuple[np.ndarray, float, bool]:
     """Rigid map (3 x 3, on x, y, 1) from the frame of ``mask`` to that of ``key_mask``, the Dice it reaches, and
     whether the rotation is unique.
 
     Both masks are one label on two keyframes; a Dice near 1 says the label moved as a rigid body between them.
     A shape that looks the same turned (a disc, an ellipse, a square) fits several rotations about as well: the
-    rotation is then not unique, and the smallest one is returned.
+    rotation is then not unique, and the smallest one is returned. ``coarse`` < 1: the search over all
+    rotations runs on the masks reduced by that factor, and only the final, fine match at full size.
     """
     cv2 = _cv2()
     ys, xs = np.nonzero(key_mask)
     centre = (float(xs.mean()), float(ys.mean()))
-    ys2, xs2 = np.nonzero(mask)
-    predicted = RigidState(0.0, (float(xs2.mean()) - centre[0], float(ys2.mean()) - centre[1]))
     key_image = cv2.GaussianBlur(key_mask.astype(np.float32), (0, 0), 1.5)
     image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
+    if coarse < 1.0:
+        rows, cols = key_mask.shape
+        size = (max(round(cols * coarse), 1), max(round(rows * coarse), 1))
+        small_key = cv2.resize(key_mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        to_small = np.array([[coarse, 0.0, 0.5 * coarse - 0.5], [0.0, coarse, 0.5 * coarse - 0.5], [0, 0, 1.0]])
+        if np.any(small_key >= 0.5) and np.any(small >= 0.5):
+            found, unique, small_centre = _search_rotations(cv2, small_key >= 0.5, small >= 0.5)
+            start = RigidState.from_matrix(np.linalg.inv(to_small) @ found.matrix(small_centre) @ to_small, centre)
+        else:  # too small to show at the reduced size
+            start, unique, _ = _search_rotations(cv2, key_mask, mask, key_image, image)
+    else:
+        start, unique, _ = _search_rotations(cv2, key_mask, mask, key_image, image)
+    fine = 0.02
+    state, _ = _match_rigid(cv2, key_image, image, key_mask, start, list(start.angle + np.arange(-2, 3) * fine),
+                            fine, 2, 3)
+    matrix = state.matrix(centre)
+    rows, cols = key_mask.shape
+    carried = cv2.warpAffine(key_mask.astype(np.float32), matrix[:2], (cols, rows),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.5
+    other = mask.astype(bool)
+    dice = 2.0 * np.count_nonzero(carried & other) / max(np.count_nonzero(carried) + np.count_nonzero(other), 1)
+    return matrix, float(dice), bool(unique)
+
+
+def _search_rotations(cv2, key_mask: np.ndarray, mask: np.ndarray,  # type: ignore[no-untyped-def]
+                      key_image: np.ndarray | None = None, image: np.ndarray | None = None
+                      ) -> tuple[RigidState, bool, tuple[float, float]]:
+    """The best of rotations 0.1 rad apart (and shifts) carrying ``mask`` onto ``key_mask``, whether no rotation
+    far from it fits nearly as well, and the key label's centre the state refers to."""
+    ys, xs = np.nonzero(key_mask)
+    centre = (float(xs.mean()), float(ys.mean()))
+    ys2, xs2 = np.nonzero(mask)
+    predicted = RigidState(0.0, (float(xs2.mean()) - centre[0], float(ys2.mean()) - centre[1]))
+    if key_image is None or image is None:
+        key_image = cv2.GaussianBlur(key_mask.astype(np.float32), (0, 0), 1.5)
+        image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
     score = _rigid_candidates(cv2, key_image, image, key_mask, predicted, 3, 3)
     # Smallest turns first, so that among equal fits the one nearest no turn wins.
     angles = sorted(np.arange(-31, 32) * 0.1, key=abs)
@@ -491,18 +538,7 @@ def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, flo
     rival = [v for a, v in zip(angles, values, strict=True)
              if abs(np.angle(np.exp(1j * (a - angles[best])))) > 0.5]
     unique = not rival or max(rival) < values[best] - 0.02
-    fine = 0.02
-    state, _ = _match_rigid(cv2, key_image, image, key_mask, results[best][1],
-                            list(results[best][1].angle + np.arange(-2, 3) * fine), fine, 2, 3)
-    matrix = state.matrix(centre)
-    rows, cols = key_mask.shape
-    gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    mx = (matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2]).astype(np.float32)
-    my = (matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2]).astype(np.float32)
-    carried = cv2.remap(key_mask.astype(np.float32), mx, my, cv2.INTER_LINEAR) > 0.5
-    other = mask.astype(bool)
-    dice = 2.0 * np.count_nonzero(carried & other) / max(np.count_nonzero(carried) + np.count_nonzero(other), 1)
-    return matrix, float(dice), bool(unique)
+    return results[best][1], bool(unique), centre
 
 
 def matrix_displacement(field: FlowField, matrix: np.ndarray) -> np.ndarray:
