@@ -526,6 +526,72 @@ def test_cli_user_errors_exit_1_with_one_line(cine_files, tmp_path, args, messag
     assert not cine_files["out"].exists()
 
 
+def test_cli_an_empty_keyframe_makes_the_segments_shrink_towards_it_and_claims_only_frames_holding_them(cine_files):
+    proc = medannot_interpolate("--labels", cine_files["labels"], "--keyframes", "0,5,8,11", "--image",
+                                cine_files["cine"], "--output", cine_files["out"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "no label on keyframe 8" in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout)
+    written, _ = read_label_map(cine_files["out"])
+    assert not written[8].any()
+    for segment in summary["segments"]:
+        label = segment["label"]
+        assert segment["keyframes"] == [0, 5, 11]
+        areas = [int(np.count_nonzero(written[t] == label)) for t in (5, 6, 7, 8, 9, 10, 11)]
+        assert areas[0] > areas[1] > areas[2] >= areas[3] == 0 and areas[4] < areas[5] < areas[6]
+        computed = segment["interpolated_frames"] + segment.get("empty_frames", [])
+        assert sorted(computed) == [1, 2, 3, 4, 6, 7, 9, 10]
+        assert all(np.any(written[t] == label) for t in segment["interpolated_frames"])
+        assert not any(np.any(written[t] == label) for t in segment.get("empty_frames", []))
+
+
+def test_a_computed_frame_the_segment_has_left_is_listed_as_empty_not_interpolated():
+    shape = (48, 48)
+    result = Interpolator({0: disk(shape, 24, 24, 3), 10: np.zeros(shape, np.uint8)}, 11, method="shape").run()
+    frames = result.segment(1)
+    assert frames.empty_frames and frames.empty_frames[-1] == 9
+    assert sorted(frames.interpolated_frames + frames.empty_frames) == list(range(1, 10))
+    assert all(result.labels[t].any() for t in frames.interpolated_frames)
+    assert not any(result.labels[t].any() for t in frames.empty_frames)
+    assert result.summary()["segments"][0]["empty_frames"] == frames.empty_frames
+
+
+def test_cli_refuses_keyframes_that_all_hold_no_label(cine_files):
+    proc = medannot_interpolate("--labels", cine_files["labels"], "--keyframes", "3,8", "--output", cine_files["out"])
+    assert proc.returncode == 1
+    assert "keyframes 3, 8 hold no label" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not cine_files["out"].exists()
+
+
+def test_cli_on_frames_too_small_for_optical_flow_falls_back_to_shape_based_and_says_so(tmp_path):
+    _, labels = cine_phantom(frames=6, rows=16, cols=16)
+    keyed = np.zeros_like(labels)
+    keyed[[0, 5]] = labels[[0, 5]]
+    cine = make_us_cine(tmp_path / "tiny.dcm", frames=6, rows=16, cols=16)
+    drawn = write_label_map(keyed, None, tmp_path / "tiny.nrrd")
+    proc = medannot_interpolate("--labels", drawn, "--keyframes", "0,5", "--image", cine, "--output",
+                                tmp_path / "out.nrrd", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "16 x 16 pixels are too small for optical flow" in proc.stderr
+    assert "OpenCV" not in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["method"] == "shape"
+    written, _ = read_label_map(tmp_path / "out.nrrd")
+    assert written[2].any()
+
+
+def test_large_frames_are_matched_on_reduced_frames_and_still_follow_the_motion():
+    from medannot.interpolation import FlowField
+
+    image, labels = moving_bean(frames=11, size=96)
+    big_image = np.kron(image, np.ones((1, 5, 5), np.uint8))  # 480 x 480: flow on 320 x 320 frames
+    big_labels = np.kron(labels, np.ones((1, 5, 5), np.uint8))
+    assert FlowField(big_image).flow_shape == (320, 320)
+    result = Interpolator({0: big_labels[0], 10: big_labels[10]}, 11, image=big_image).run()
+    assert result.method == "motion"
+    assert np.mean([dice(result.labels[t] == 1, big_labels[t] == 1) for t in (3, 5, 7)]) > 0.95
+
+
 def test_cli_help():
     proc = medannot_interpolate("--help")
     assert proc.returncode == 0

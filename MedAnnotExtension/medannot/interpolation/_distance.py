@@ -17,6 +17,16 @@ def signed_distance(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0))
         return np.full(mask.shape, np.inf, dtype=np.float32)
     if mask.all():
         return np.full(mask.shape, -np.inf, dtype=np.float32)
+    if spacing[0] == spacing[1]:
+        # Square pixels: OpenCV's exact Euclidean transforms, a few times faster than Maurer's map. Each pixel's
+        # distance to the nearest pixel of the other side, less half a pixel, as below.
+        import cv2
+
+        inside = mask.astype(np.uint8)
+        to_outside = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        to_inside = cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        distance = np.where(mask, np.float32(0.5) - to_outside, to_inside - np.float32(0.5))
+        return distance * np.float32(spacing[0])
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing((float(spacing[1]), float(spacing[0])))
     distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
@@ -36,6 +46,8 @@ def smooth_signed_distance(distance: np.ndarray, sigma: float = 0.8, limit: floa
     finite = np.isfinite(distance)
     if not finite.all():
         return distance
-    image = sitk.GetImageFromArray(distance.astype(np.float32))
-    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma))
-    return np.clip(smooth, distance - limit, distance + limit).astype(np.float32)
+    import cv2
+
+    distance = distance.astype(np.float32, copy=False)
+    smooth = cv2.GaussianBlur(distance, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    return np.clip(smooth, distance - np.float32(limit), distance + np.float32(limit))

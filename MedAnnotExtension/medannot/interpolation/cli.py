@@ -47,6 +47,19 @@ def _ranges(frames: list[int]) -> str:
     return ", ".join(parts)
 
 
+def _check_drawn(labels: np.ndarray, keys: list[int], axis: int, path: Path) -> None:
+    """Refuse keyframes that are all empty; say which keyframes are empty, as segments shrink away towards them."""
+    n = labels.shape[axis] if 0 <= axis < labels.ndim else 0
+    empty = [k for k in keys if 0 <= k < n and not np.take(labels, k, axis=axis).any()]
+    if empty and len(empty) == len(keys):
+        raise InterpolationError(f"{path}: keyframe{'s' if len(empty) > 1 else ''} {_ranges(empty)} hold no label; "
+                                 "draw the segments on them or list the frames you drew in --keyframes")
+    if empty:
+        logger.warning("%s: no label on keyframe%s %s: the segments next to %s shrink away towards %s (leave a "
+                       "frame out of --keyframes unless the structures are truly absent there)", path,
+                       "s" if len(empty) > 1 else "", _ranges(empty), *(["them"] * 2 if len(empty) > 1 else ["it"] * 2))
+
+
 @click.command("interpolate", context_settings=CONTEXT)
 @click.option("--labels", "labels_path", required=True, type=click.Path(path_type=Path),
               help="Label map (NIfTI/NRRD/MHA), frames x rows x cols; only the keyframes are read from it.")
@@ -77,6 +90,7 @@ def interpolate(labels_path: Path, keyframes: str, image_path: Path | None, meth
     keys = parse_keyframes(keyframes)
     resolved = resolve_method(method, image_path is not None)
     labels, geometry = read_label_map(labels_path)
+    _check_drawn(labels, keys, axis, labels_path)
     image = None
     frame_times = None
     if image_path is not None:
@@ -108,6 +122,7 @@ def interpolate(labels_path: Path, keyframes: str, image_path: Path | None, meth
                + (" (weighted by frame time)" if result.frame_times_used else ""))
     for segment in result.segments:
         click.echo(f"  label {segment.label}: drawn on {_ranges(segment.keyframes)}; "
-                   f"interpolated {_ranges(segment.interpolated_frames)}")
+                   f"interpolated {_ranges(segment.interpolated_frames)}"
+                   + (f"; shrunk away, none of it in {_ranges(segment.empty_frames)}" if segment.empty_frames else ""))
     if result.frames_outside_keyframes:
         click.echo(f"  left empty (outside the keyframes): {_ranges(result.frames_outside_keyframes)}")

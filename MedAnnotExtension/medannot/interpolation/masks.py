@@ -18,8 +18,8 @@ import numpy as np
 from medannot.errors import GeometryMismatchError
 from medannot.interpolation._distance import signed_distance, smooth_signed_distance
 from medannot.interpolation.errors import InterpolationError
-from medannot.interpolation.motion import (FlowField, FlowSettings, RigidState, align_masks, matrix_displacement,
-                                           rigid_track, smooth_poses)
+from medannot.interpolation.motion import (Box, FlowField, FlowSettings, RigidState, align_masks,
+                                           matrix_displacement, rigid_track, smooth_poses)
 from medannot.interpolation.result import InterpolationResult, SegmentFrames
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,17 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "motion", "shape", "morphological")
 Span = tuple[int, int]
 Progress = Callable[[int], None]
+
+
+class _Everywhere:
+    """The signed distance of a region that covers a whole keyframe: it has no boundary to carry."""
+
+    def __repr__(self) -> str:
+        return "EVERYWHERE"
+
+
+EVERYWHERE = _Everywhere()
+Distance = np.ndarray | _Everywhere | None
 
 
 def resolve_method(method: str, has_image: bool) -> str:
@@ -95,9 +106,18 @@ class Interpolator:
         self.frame_times = self._check_times(frame_times)
         self._flow = None
         if self.method == "motion" and self.image is not None:
-            self._flow = FlowField(self.image, flow_settings)
+            settings = flow_settings or FlowSettings()
+            if settings.flow_fits(self.frame_shape):
+                self._flow = FlowField(self.image, settings)
+            else:
+                logger.warning("frames of %s pixels are too small for optical flow (DIS needs at least %d x %d): "
+                               "interpolating shape-based instead of motion-guided", _shape(self.frame_shape),
+                               settings.patch_size, int(np.ceil(1.5 * settings.patch_size)))
+                self.method = "shape"
         self._spans: dict[Span, np.ndarray] = {}
-        self._distance: dict[tuple[int, int], np.ndarray | None] = {}
+        self._distance: dict[tuple[int, int], Distance] = {}
+        self._flow_distance: dict[tuple[int, int], np.ndarray | None] = {}
+        self._held: dict[Span, list[set[int]]] = {}  # labels in each computed frame of a span, for the result
         # Threads that interpolate spans side by side (motion-guided and shape-based).
         self.workers = min(2, _usable_cpus())
         # Seconds each span's computation took: its share, by frames, of the wall time of the batch it was
@@ -164,7 +184,7 @@ class Interpolator:
         frame = self._check_frame(frame)
         self._masks[frame] = self._check_mask(frame, mask)
         self.dtype = np.result_type(self.dtype, self._masks[frame])
-        self._distance = {k: v for k, v in self._distance.items() if k[0] != frame}
+        self._forget_distances(frame)
         return self._recompute_around(frame, progress)
 
     def remove_keyframe(self, frame: int, progress: Progress | None = None) -> range:
@@ -178,7 +198,7 @@ class Interpolator:
         before = keys[i - 1] if i > 0 else None
         after = keys[i + 1] if i + 1 < len(keys) else None
         del self._masks[frame]
-        self._distance = {k: v for k, v in self._distance.items() if k[0] != frame}
+        self._forget_distances(frame)
         for span in [s for s in self._spans if frame in s]:
             del self._spans[span]
         if before is not None and after is not None:
@@ -186,6 +206,10 @@ class Interpolator:
         lo = before + 1 if before is not None else frame
         hi = after if after is not None else frame + 1
         return range(lo, hi)
+
+    def _forget_distances(self, frame: int) -> None:
+        self._distance = {k: v for k, v in self._distance.items() if k[0] != frame}
+        self._flow_distance = {k: v for k, v in self._flow_distance.items() if k[0] != frame}
 
     def _recompute_around(self, frame: int, progress: Progress | None) -> range:
         keys = self.keyframes
@@ -249,60 +273,112 @@ class Interpolator:
         t = self.frame_times
         return (t[frames] - t[a]) / (t[b] - t[a])
 
-    def _signed_distance(self, frame: int, label: int) -> np.ndarray | None:
+    def _signed_distance(self, frame: int, label: int) -> Distance:
+        """Smoothed signed distance of ``label`` on keyframe ``frame``; None where the label is absent and
+        EVERYWHERE where it covers the whole frame (background of an empty keyframe): neither has a boundary."""
         key = (frame, label)
         if key not in self._distance:
             d = signed_distance(self._masks[frame] == label, self.spacing)
             if np.isposinf(d).all():
                 self._distance[key] = None
+            elif np.isneginf(d).all():
+                self._distance[key] = EVERYWHERE
             else:
-                d = np.where(np.isneginf(d), -float(sum(d.shape)), d).astype(np.float32)
                 self._distance[key] = smooth_signed_distance(d)
         return self._distance[key]
+
+    def _distance_on_flow_grid(self, frame: int, label: int) -> np.ndarray | None:
+        """The signed distance of ``label`` on keyframe ``frame`` on the flow grid, in pixels of that grid."""
+        key = (frame, label)
+        if key not in self._flow_distance:
+            flow = self._flow
+            d = self._signed_distance(frame, label)
+            if flow is None or not isinstance(d, np.ndarray):
+                self._flow_distance[key] = None
+            else:
+                self._flow_distance[key] = flow.reduce(d) * np.float32(flow.scale / min(self.spacing))
+        return self._flow_distance[key]
 
     def _interpolate_span(self, a: int, b: int) -> np.ndarray:
         out = np.zeros((b - a - 1, *self.frame_shape), dtype=self.dtype)
         present = set(np.unique(self._masks[a]).tolist()) | set(np.unique(self._masks[b]).tolist())
+        held: list[set[int]] = [{0} for _ in range(b - a - 1)]
+        self._held[(a, b)] = held
         if b - a <= 1 or not present - {0}:
             return out
         # Background competes like any segment: each pixel goes to the region whose interpolated signed distance
         # is lowest, so neighbouring segments neither overlap nor open a gap between them.
-        regions = sorted(present)
         weights = self._weights(a, b)
-        start = {region: self._signed_distance(a, region) for region in regions}
-        end = {region: self._signed_distance(b, region) for region in regions}
+        start = {region: self._signed_distance(a, region) for region in present}
+        end = {region: self._signed_distance(b, region) for region in present}
+        # A region that holds what the others leave comes last, when they are known.
+        regions = sorted(present, key=lambda region: (_leaves_the_rest(start[region], end[region]), region))
         flow = self._flow
         backward: list[np.ndarray | None] = [None] * (b - a - 1)
         forward_steps: list[np.ndarray | None] = [None] * (b - a - 1)
         if flow is not None:
             # Each frame's displacement to a keyframe is found frame by frame walking away from that keyframe,
-            # never registered across the whole gap in one step.
-            backward = list(reversed(flow.displacements(b, range(b - 1, a, -1))))
-            forward_steps = list(flow.displacements(a, range(a + 1, b)))
+            # never registered across the whole gap in one step (on the flow grid; upsampled frame by frame).
+            backward = list(reversed(flow.displacements(b, range(b - 1, a, -1), full=False)))
+            forward_steps = list(flow.displacements(a, range(a + 1, b), full=False))
         rigid = self._rigid_poses(a, b, weights)
+        # Only the part of the frame the keyframes' segments can reach is computed: elsewhere every segment's
+        # distance is positive and the background's negative at both ends, so the background wins anyway.
+        boxes = (_label_box(self._masks[a]), _label_box(self._masks[b]))
+        margin = 2.0 + (0.0 if flow is None else 1.0 / flow.scale)
+        still = _union(*(None if box is None else _grow(box, margin, self.frame_shape) for box in boxes))
         for i in range(b - a - 1):
             forward, back = forward_steps[i], backward[i]
+            maps: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
             own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            box = still
             if flow is not None:
+                to_flow = flow.to_flow
+                from_flow = np.linalg.inv(to_flow)
                 for region, poses in rigid.items():
-                    own[region] = (matrix_displacement(flow, poses[i][0]), matrix_displacement(flow, poses[i][1]))
-                    forward = self._layer(forward, a, region, own[region][0])
-                    back = self._layer(back, b, region, own[region][1])
+                    # Poses are on the flow grid: laid over the dense flow there, applied at full size.
+                    own[region] = (from_flow @ poses[i][0] @ to_flow, from_flow @ poses[i][1] @ to_flow)
+                    forward = self._layer(forward, a, region, matrix_displacement(flow, poses[i][0]))
+                    back = self._layer(back, b, region, matrix_displacement(flow, poses[i][1]))
+                assert forward is not None and back is not None
+                box = _union(None if boxes[0] is None else flow.reach(forward, boxes[0], margin),
+                             None if boxes[1] is None else flow.reach(back, boxes[1], margin))
+                if box is not None:
+                    maps = (flow.sampling_map(forward, box), flow.sampling_map(back, box))  # shared by every region
+            if box is None:
+                continue  # every segment carried out of the frame: background
             w = float(weights[i])
-            best = np.full(self.frame_shape, np.inf, dtype=np.float32)
-            chosen = np.zeros(self.frame_shape, dtype=self.dtype)
+            size = (box[0].stop - box[0].start, box[1].stop - box[1].start)
+            best = np.full(size, np.inf, dtype=np.float32)
+            closer = np.empty(size, dtype=bool)
+            closer_d = np.empty(size, dtype=np.float32)
+            chosen = out[i][box]
             for region in regions:
-                # A rigid label moves with its own map alone: the dense flow cannot leave a copy of it.
-                here = own.get(region, (forward, back))
-                d = _blend(_carry(flow, start[region], here[0]), _carry(flow, end[region], here[1]), w)
-                closer = d < best
-                best[closer] = d[closer]
+                if _leaves_the_rest(start[region], end[region]):
+                    # Its distance is minus the lowest of the others': it wins exactly where none is inside.
+                    np.negative(best, out=closer_d)
+                    np.less(closer_d, best, out=closer)
+                    np.copyto(best, closer_d, where=closer)
+                    chosen[closer] = region
+                    continue
+                if flow is None:
+                    carried = (_crop(start[region], box), _crop(end[region], box))
+                elif region in own:
+                    # A rigid label moves with its own map alone: the dense flow cannot leave a copy of it.
+                    carried = (_carry_rigid(flow, start[region], own[region][0], box),
+                               _carry_rigid(flow, end[region], own[region][1], box))
+                else:
+                    carried = (_carry(flow, start[region], maps[0]), _carry(flow, end[region], maps[1]))
+                d = _blend(carried[0], carried[1], w)
+                np.less(d, best, out=closer)
+                np.copyto(best, d, where=closer)
                 chosen[closer] = region
-            out[i] = chosen
+            held[i] = set(np.unique(chosen).tolist()) | ({0} if chosen.size < out[i].size else set())
         return out
 
     def _rigid_poses(self, a: int, b: int, weights: np.ndarray) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
-        """Rigid maps (frame -> left keyframe, frame -> right keyframe) of every label that moves as a rigid body.
+        """Rigid maps (frame -> left keyframe, frame -> right keyframe, on flow-grid (x, y, 1)) of every label that
+        moves as a rigid body.
 
         A label is rigid in a span when no other label lies within its layer's reach (a wall around a cavity
         deforms with it), its two keyframe masks are congruent (Dice >= ``rigid_min_dice`` after the best
@@ -319,15 +395,21 @@ class Interpolator:
             return out
         s = flow.settings
         mask_a, mask_b = self._masks[a], self._masks[b]
+        to_flow = flow.to_flow
         for region in sorted((set(np.unique(mask_a).tolist()) & set(np.unique(mask_b).tolist())) - {0}):
-            label_a, label_b = mask_a == region, mask_b == region
-            area = int(np.count_nonzero(label_a))
+            full_a, full_b = mask_a == region, mask_b == region
+            area = int(np.count_nonzero(full_a))
             reach = s.rigid_margin + int(np.ceil(s.rigid_fade))
             if (area < 16 or area > s.rigid_max_area or _touches_other(mask_a, region, reach)
                     or _touches_other(mask_b, region, reach)):
                 continue
-            end, dice, unique = align_masks(label_a, label_b)
+            # The right keyframe's pose comes from the drawn masks at full size, where they are exact.
+            end, dice, unique = align_masks(full_a, full_b, coarse=flow.scale)
             if dice < s.rigid_min_dice or not unique:
+                continue
+            end = to_flow @ end @ np.linalg.inv(to_flow)
+            label_a, label_b = self._mask_on_flow_grid(full_a), self._mask_on_flow_grid(full_b)
+            if not label_a.any() or not label_b.any():
                 continue
             ys, xs = np.nonzero(label_a)
             centre_a = (float(xs.mean()), float(ys.mean()))
@@ -360,22 +442,31 @@ class Interpolator:
                     poses = None  # too little to match: the dense flow does better
                     break
                 poses = smooth_poses(forward, backward, end, weights, centre_a, degree,
-                                     scores=(forward_score, backward_score), radius=radius)
+                                     scores=(forward_score, backward_score), radius=radius,
+                                     disagreement=2.5 * flow.scale)
             if poses is not None:
                 out[region] = [(pose, inverse_end @ pose) for pose in poses]
         return out
 
+    def _mask_on_flow_grid(self, mask: np.ndarray) -> np.ndarray:
+        flow = self._flow
+        assert flow is not None
+        if flow.scale == 1.0:
+            return mask
+        return flow.reduce(mask.astype(np.float32)) >= 0.5
+
     def _layer(self, dense: np.ndarray | None, key: int, region: int, rigid: np.ndarray) -> np.ndarray | None:
         """``dense`` with the rigid displacement ``rigid`` laid over the label ``region`` of keyframe ``key`` and a
-        margin."""
+        margin (all on the flow grid)."""
         flow = self._flow
-        distance = self._signed_distance(key, region)
+        distance = self._distance_on_flow_grid(key, region)
         if flow is None or dense is None or distance is None:
             return dense
-        s = flow.settings
-        carried = flow.warp(distance, rigid) / min(self.spacing)  # in pixels, as the margin and fade are
-        weight = np.clip((s.rigid_margin + s.rigid_fade - carried) / s.rigid_fade, 0.0, 1.0)[..., None]
-        return weight * rigid + (1.0 - weight) * dense
+        carried = flow.warp(distance, rigid)  # in flow-grid pixels, as the margin and fade are
+        margin, fade = flow.rigid_margin, flow.rigid_fade
+        weight = np.clip((margin + fade - carried) * np.float32(1.0 / fade), 0.0, 1.0)
+        weight = weight[..., None]
+        return dense + weight * (rigid - dense)
 
     # ------------------------------------------------------------------ result
     def result(self) -> InterpolationResult:
@@ -390,11 +481,20 @@ class Interpolator:
             labels[a + 1:b] = frames
         keys = self.keyframes
         present = {k: set(np.unique(self._masks[k]).tolist()) - {0} for k in keys}
+        # What each computed frame holds, read from the frames themselves: a segment that shrinks away towards a
+        # keyframe without it (or an empty keyframe) is not claimed for the frames it has left.
+        held: dict[int, set[int]] = {}
+        for a, b in self.spans:
+            known = self._held.get((a, b))
+            for t in range(a + 1, b):
+                held[t] = known[t - a - 1] if known is not None else set(np.unique(labels[t]).tolist())
         segments = []
         for label in sorted(set().union(*present.values())):
-            interpolated = [t for a, b in self.spans if label in present[a] or label in present[b]
-                            for t in range(a + 1, b)]
-            segments.append(SegmentFrames(int(label), [k for k in keys if label in present[k]], interpolated))
+            computed = [t for a, b in self.spans if label in present[a] or label in present[b]
+                        for t in range(a + 1, b)]
+            segments.append(SegmentFrames(int(label), [k for k in keys if label in present[k]],
+                                          [t for t in computed if label in held[t]],
+                                          [t for t in computed if label not in held[t]]))
         outside = [*range(keys[0]), *range(keys[-1] + 1, self.n_frames)]
         return InterpolationResult(labels, self.method, 0, keys, segments, outside,
                                    frame_times_used=self.frame_times is not None,
@@ -419,20 +519,62 @@ def _touches_other(mask: np.ndarray, region: int, gap: int = 2) -> bool:
     return bool(np.any((others != 0) & (others != region)))
 
 
-def _carry(flow: FlowField | None, distance: np.ndarray | None, displacement: np.ndarray | None) -> np.ndarray | None:
-    if distance is None or flow is None or displacement is None:
+def _carry(flow: FlowField, distance: Distance, sampling_map: np.ndarray | None) -> Distance:
+    if not isinstance(distance, np.ndarray) or sampling_map is None:
         return distance
-    return flow.warp(distance, displacement)
+    return flow.carry(distance, sampling_map)
 
 
-def _blend(start: np.ndarray | None, end: np.ndarray | None, w: float) -> np.ndarray:
-    if start is not None and end is not None:
-        return (1.0 - w) * start + w * end
+def _carry_rigid(flow: FlowField, distance: Distance, matrix: np.ndarray, box: Box) -> Distance:
+    if not isinstance(distance, np.ndarray):
+        return distance
+    return flow.carry_rigid(distance, matrix, box)
+
+
+def _crop(distance: Distance, box: Box) -> Distance:
+    return distance[box] if isinstance(distance, np.ndarray) else distance
+
+
+def _label_box(mask: np.ndarray) -> Box | None:
+    """Rows and columns holding any segment (label other than 0), or None."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _grow(box: Box, margin: float, shape: tuple[int, int]) -> Box:
+    m = int(np.ceil(margin))
+    return (slice(max(box[0].start - m, 0), min(box[0].stop + m, shape[0])),
+            slice(max(box[1].start - m, 0), min(box[1].stop + m, shape[1])))
+
+
+def _union(first: Box | None, second: Box | None) -> Box | None:
+    if first is None or second is None:
+        return first if second is None else second
+    return (slice(min(first[0].start, second[0].start), max(first[0].stop, second[0].stop)),
+            slice(min(first[1].start, second[1].start), max(first[1].stop, second[1].stop)))
+
+
+def _leaves_the_rest(start: Distance, end: Distance) -> bool:
+    """Whether a region covers one keyframe and is drawn on the other, e.g. the background next to an empty
+    keyframe: it then holds what the other regions leave, so each of them shrinks away at its own pace."""
+    return (start is EVERYWHERE and isinstance(end, np.ndarray)) or (end is EVERYWHERE and isinstance(start, np.ndarray))
+
+
+def _blend(start: Distance, end: Distance, w: float) -> np.ndarray:
+    if isinstance(start, np.ndarray) and isinstance(end, np.ndarray):
+        return start * np.float32(1.0 - w) + end * np.float32(w)
     # The segment is on one keyframe only: shrink it evenly so that it vanishes exactly at the other one.
-    if start is not None:
-        return start + w * (max(-float(start.min()), 0.0) + 1.0)
-    assert end is not None
-    return end + (1.0 - w) * (max(-float(end.min()), 0.0) + 1.0)
+    if isinstance(start, np.ndarray) and end is None:
+        return start + np.float32(w * (max(-float(start.min()), 0.0) + 1.0))
+    if isinstance(end, np.ndarray) and start is None:
+        return end + np.float32((1.0 - w) * (max(-float(end.min()), 0.0) + 1.0))
+    # No boundary on either keyframe: everywhere on both, or everywhere on one and absent from the other
+    # (a region everywhere on one keyframe and drawn on the other is what the others leave: _leaves_the_rest).
+    value = -1.0 if start is EVERYWHERE and end is EVERYWHERE else (2.0 * w - 1.0 if start is EVERYWHERE
+                                                                     else 1.0 - 2.0 * w)
+    return np.full((1, 1), value, dtype=np.float32)
 
 
 def _shape(shape: Sequence[int]) -> str:

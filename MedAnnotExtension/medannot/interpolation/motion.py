@@ -19,6 +19,8 @@ from medannot.interpolation.errors import InterpolationError
 
 logger = logging.getLogger(__name__)
 
+Box = tuple[slice, slice]  # rows, columns of a part of a frame
+
 
 def _cv2():  # type: ignore[no-untyped-def]
     try:
@@ -51,7 +53,14 @@ class FlowSettings:
     track; a polynomial of one degree per ``rigid_frames_per_degree`` frames of the span. The rigid motion
     replaces the dense flow on the label and its margin, fading into it over ``rigid_fade`` pixels.
 
-    The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines).
+    ``flow_size``: frames whose longer side exceeds it are reduced (by area averaging) to that many pixels on
+    the longer side before flows are computed and rigid labels tracked; the displacements are upsampled to full
+    size, so the label maps are still carried and blended at full resolution. Smoothing and every ``rigid_*``
+    length and area stay in full-size pixels (on the reduced frames they shrink with them). 0 computes the
+    flow at full size.
+
+    The defaults were chosen on ``Testing/benchmarks/bench_interpolation.py`` (256 x 256 echo-like cines; 640 x 480
+    ones for ``flow_size``).
     """
 
     smoothing: float = 0.8
@@ -76,6 +85,7 @@ class FlowSettings:
     rigid_smoothing: float = 0.8
     rigid_passes: int = 2
     rigid_angles: tuple[float, ...] = (-0.24, -0.16, -0.08, 0.0, 0.08, 0.16, 0.24)
+    flow_size: int = 320
 
     def __post_init__(self) -> None:
         positive = {"patch_size": self.patch_size, "patch_stride": self.patch_stride,
@@ -84,17 +94,34 @@ class FlowSettings:
         for name, value in positive.items():
             if not value > 0:
                 raise InterpolationError(f"flow setting {name} must be positive; got {value!r}")
-        for name in ("smoothing", "rigid_smoothing", "rigid_margin", "finest_scale"):
+        for name in ("smoothing", "rigid_smoothing", "rigid_margin", "finest_scale", "flow_size"):
             if getattr(self, name) < 0:
                 raise InterpolationError(f"flow setting {name} must not be negative; got {getattr(self, name)!r}")
         if self.preset not in ("ultrafast", "fast", "medium"):
             raise InterpolationError(f"flow setting preset must be ultrafast, fast or medium; got {self.preset!r}")
         if len(self.rigid_angles) < 2:
             raise InterpolationError("flow setting rigid_angles needs at least two angles")
+        if 0 < self.flow_size < 2 * self.patch_size:
+            raise InterpolationError(f"flow setting flow_size must be 0 or at least twice patch_size "
+                                     f"({2 * self.patch_size}); got {self.flow_size!r}")
+
+    def flow_fits(self, shape: tuple[int, int]) -> bool:
+        """Whether DIS optical flow can run on frames of ``shape`` (rows, cols) with these settings.
+
+        OpenCV refuses frames whose shorter side is below the patch size or whose longer side is below
+        about 1.41 patch sizes (its coarsest pyramid level would be negative); 1.5 keeps clear of the rounding.
+        """
+        return min(shape) >= self.patch_size and max(shape) >= 1.5 * self.patch_size
 
 
 class FlowField:
-    """Dense flows between neighbouring frames of one cine, computed on demand and kept in a bounded cache."""
+    """Dense flows between neighbouring frames of one cine, computed on demand and kept in a bounded cache.
+
+    Flows are computed on the frames reduced to ``settings.flow_size`` pixels on the longer side (the *flow
+    grid*; :attr:`scale` is its size over the full size, 1 for small frames): :meth:`flow`, :meth:`compose`,
+    :meth:`warp` and the ``full=False`` answers of :meth:`displacements` are on that grid, in its pixels.
+    :meth:`displacements` and :meth:`upsample` give full-size displacements in full-size pixels.
+    """
 
     def __init__(self, frames: np.ndarray, settings: FlowSettings | None = None, cache_mb: float = 256.0) -> None:
         if frames.ndim != 3:
@@ -102,18 +129,135 @@ class FlowField:
         self._cv2 = _cv2()
         self.frames = frames
         self.settings = settings or FlowSettings()
+        rows, cols = (int(v) for v in frames.shape[1:])
+        if not self.settings.flow_fits((rows, cols)):
+            raise InterpolationError(f"frames of {rows} x {cols} pixels are too small for optical flow (at least "
+                                     f"{self.settings.patch_size} x {int(np.ceil(1.5 * self.settings.patch_size))} "
+                                     "needed); use --method shape")
+        self.scale = self._scale((rows, cols))
+        small = (max(round(rows * self.scale), 1), max(round(cols * self.scale), 1))
+        self.flow_shape: tuple[int, int] = small
         self._prepared: dict[tuple[int, float], np.ndarray] = {}
         self._flows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_limit = int(cache_mb * 2**20)
         self._cache_bytes = 0
         self._lock = threading.Lock()  # spans are interpolated in threads that share this cache
-        rows, cols = frames.shape[1:]
-        gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        gy, gx = np.mgrid[0:small[0], 0:small[1]].astype(np.float32)
         self._grid = (gx, gy)
+        # Full-size pixel centres as one two-channel map: adding a displacement gives cv2.remap's sampling map.
+        full = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        self._full_grid = np.ascontiguousarray(np.stack([full[1], full[0]], axis=-1))
+        # ... and where they fall on the flow grid (cv2.resize's pixel centres), to upsample part of a field.
+        c = np.float32(0.5 * self.scale - 0.5)
+        self._full_on_flow = self._full_grid * np.float32(self.scale) + c
+
+    def _scale(self, shape: tuple[int, int]) -> float:
+        size = self.settings.flow_size
+        if size <= 0 or max(shape) <= size:
+            return 1.0
+        scale = size / max(shape)
+        if not self.settings.flow_fits((round(shape[0] * scale), round(shape[1] * scale))):
+            # A long, thin frame: reduce only as far as the flow still runs.
+            scale = min(1.0, 1.5 * self.settings.patch_size / min(shape))
+        return float(scale)
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    @property
+    def rigid_margin(self) -> int:
+        """``rigid_margin`` in pixels of the flow grid."""
+        return max(round(self.settings.rigid_margin * self.scale), 1 if self.settings.rigid_margin else 0)
+
+    @property
+    def rigid_fade(self) -> float:
+        """``rigid_fade`` in pixels of the flow grid."""
+        return self.settings.rigid_fade * self.scale
+
+    @property
+    def to_flow(self) -> np.ndarray:
+        """3 x 3 map from full-size pixel coordinates (x, y, 1) to the flow grid's (pixel centres, as cv2.resize)."""
+        f = self.scale
+        c = 0.5 * f - 0.5
+        return np.array([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]])
+
+    def reduce(self, values: np.ndarray, interpolation: int | None = None) -> np.ndarray:
+        """A full-size map (rows x cols, float32) on the flow grid, by area averaging unless told otherwise."""
+        if self.scale == 1.0:
+            return values
+        rows, cols = self.flow_shape
+        method = self._cv2.INTER_AREA if interpolation is None else interpolation
+        return self._cv2.resize(values, (cols, rows), interpolation=method)
+
+    def upsample(self, displacement: np.ndarray) -> np.ndarray:
+        """A displacement on the flow grid as a full-size displacement in full-size pixels."""
+        if self.scale == 1.0:
+            return displacement
+        rows, cols = self.shape
+        full = self._cv2.resize(displacement, (cols, rows), interpolation=self._cv2.INTER_LINEAR)
+        full *= np.float32(1.0 / self.scale)
+        return full
+
+    def sampling_map(self, displacement: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """The full-size map (rows x cols x 2, float32) that cv2.remap samples along a flow-grid ``displacement``,
+        or its part ``box`` (row slice, column slice) of the frame. One map serves every label carried along it.
+        """
+        if box is None:
+            full = self.upsample(displacement)
+            return self._full_grid + full
+        grid = self._full_grid[box]
+        if self.scale == 1.0:
+            return grid + displacement[box]
+        part = self._cv2.remap(displacement, self._full_on_flow[box], None, self._cv2.INTER_LINEAR,
+                               borderMode=self._cv2.BORDER_REPLICATE)
+        part *= np.float32(1.0 / self.scale)
+        part += grid
+        return part
+
+    def reach(self, displacement: np.ndarray, box: Box, margin: float) -> Box | None:
+        """The part of the frame (full size) that a flow-grid ``displacement`` carries into ``box`` grown by ``margin``
+        pixels (None: nowhere); a box on the frame's edge reaches every point beyond it (cv2.remap replicates)."""
+        rows, cols = self.shape
+        ys, xs = box
+        f, c = self.scale, 0.5 * self.scale - 0.5
+        low_x = -np.inf if xs.start == 0 else (xs.start - margin) * f + c
+        high_x = np.inf if xs.stop == cols else (xs.stop - 1 + margin) * f + c
+        low_y = -np.inf if ys.start == 0 else (ys.start - margin) * f + c
+        high_y = np.inf if ys.stop == rows else (ys.stop - 1 + margin) * f + c
+        gx, gy = self._grid
+        px = gx + displacement[..., 0]
+        py = gy + displacement[..., 1]
+        inside = (px >= low_x) & (px <= high_x) & (py >= low_y) & (py <= high_y)
+        hit_rows, hit_cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+        if not len(hit_rows):
+            return None
+        # Back to full-size pixels, one flow-grid pixel wider for the upsampling between grid points.
+        grow = 1.0 / f
+
+        def span(first: int, last: int, size: int) -> slice:
+            lo = int(np.floor((first - c) / f - grow))
+            hi = int(np.ceil((last - c) / f + grow)) + 1
+            return slice(max(lo, 0), min(hi, size))
+
+        return span(int(hit_rows[0]), int(hit_rows[-1]), rows), span(int(hit_cols[0]), int(hit_cols[-1]), cols)
+
+    def carry(self, values: np.ndarray, sampling_map: np.ndarray) -> np.ndarray:
+        """Full-size ``values`` (rows x cols float32) sampled along a :meth:`sampling_map`."""
+        return self._cv2.remap(values, sampling_map, None, self._cv2.INTER_LINEAR,
+                               borderMode=self._cv2.BORDER_REPLICATE)
+
+    def carry_rigid(self, values: np.ndarray, matrix: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """Full-size ``values`` sampled at every pixel (of ``box``) moved by a 3 x 3 map on full-size (x, y, 1)."""
+        rows, cols = self.shape
+        m = np.asarray(matrix, dtype=np.float64)
+        if box is not None:
+            ys, xs = box
+            m = m @ np.array([[1.0, 0.0, xs.start], [0.0, 1.0, ys.start], [0.0, 0.0, 1.0]])
+            rows, cols = ys.stop - ys.start, xs.stop - xs.start
+        return self._cv2.warpAffine(values, m[:2], (cols, rows),
+                                    flags=self._cv2.INTER_LINEAR | self._cv2.WARP_INVERSE_MAP,
+                                    borderMode=self._cv2.BORDER_REPLICATE)
 
     def _make_dis(self):  # type: ignore[no-untyped-def]
         # A new matcher for every pair: an OpenCV DIS object answers its first call differently from later ones,
@@ -135,23 +279,24 @@ class FlowField:
         return dis
 
     def prepared(self, index: int, smoothing: float | None = None) -> np.ndarray:
-        """Frame ``index`` as the 8-bit, normalised, smoothed image the flow is computed on.
+        """Frame ``index`` on the flow grid as the 8-bit, normalised, smoothed image the flow is computed on.
 
         ``smoothing`` (pixels) replaces the settings' one; rigid tracking matches less smoothed frames.
         """
-        sigma = self.settings.smoothing if smoothing is None else smoothing
+        # Sigmas are in full-size pixels: a reduced frame is smoothed as much, measured on the full frame.
+        sigma = (self.settings.smoothing if smoothing is None else smoothing) * self.scale
         key = (index, sigma)
         if key not in self._prepared:
-            frame = np.asarray(self.frames[index], dtype=np.float32)
+            frame = self.reduce(np.asarray(self.frames[index], dtype=np.float32))
             low, high = np.percentile(frame, (1.0, 99.0))
-            scaled = (frame - low) * (255.0 / max(float(high - low), 1e-6))
+            scaled = (frame - np.float32(low)) * np.float32(255.0 / max(float(high - low), 1e-6))
             if sigma > 0:
                 scaled = self._cv2.GaussianBlur(scaled, (0, 0), sigma)
             self._prepared[key] = np.clip(scaled, 0, 255).astype(np.uint8)
         return self._prepared[key]
 
     def flow(self, source: int, target: int) -> np.ndarray:
-        """Flow (rows x cols x 2, x then y displacement) from frame ``source`` to frame ``target``."""
+        """Flow (flow grid rows x cols x 2, x then y displacement) from frame ``source`` to frame ``target``."""
         key = (source, target)
         with self._lock:
             cached = self._flows.get(key)
@@ -168,12 +313,13 @@ class FlowField:
                 self._cache_bytes -= old.nbytes
         return flow
 
-    def displacements(self, keyframe: int, frames: range) -> list[np.ndarray]:
+    def displacements(self, keyframe: int, frames: range, full: bool = True) -> list[np.ndarray]:
         """Displacement from each of ``frames`` (walking away from ``keyframe`` one frame at a time) to it.
 
         With ``chain`` (or without ``anchor``) each frame's displacement is the flow to the frame before it
         composed with that frame's displacement; otherwise the frame before's displacement is the prediction.
         With ``anchor`` the prediction is then corrected by matching the frame with the keyframe carried along it.
+        ``full``: full-size displacements in full-size pixels; otherwise on the flow grid.
         """
         s = self.settings
         out: list[np.ndarray] = []
@@ -186,7 +332,7 @@ class FlowField:
                 current = self.anchor(current, t, keyframe)
             out.append(current)
             previous = t
-        return out
+        return [self.upsample(d) for d in out] if full else out
 
     def anchor(self, displacement: np.ndarray, frame: int, keyframe: int) -> np.ndarray:
         """Correct a chained ``displacement`` from ``frame`` to ``keyframe`` by matching them directly.
@@ -194,13 +340,12 @@ class FlowField:
         The keyframe is warped onto ``frame`` along the chain; the small flow left between the two is composed
         in front of the chain. Matching starts from the chain's answer, so it never has to find a long motion.
         """
-        keyframe_on_frame = self.warp(self.prepared(keyframe).astype(np.float32), displacement)
-        keyframe_on_frame = np.clip(keyframe_on_frame, 0, 255).astype(np.uint8)
+        keyframe_on_frame = self.warp(self.prepared(keyframe), displacement)  # uint8 in, uint8 out
         residual = self._make_dis().calc(self.prepared(frame), keyframe_on_frame, None)
         return self.compose(residual, displacement)
 
     def compose(self, step: np.ndarray, chained: np.ndarray | None) -> np.ndarray:
-        """Displacement of ``step`` followed by ``chained`` (both rows x cols x 2)."""
+        """Displacement of ``step`` followed by ``chained`` (both flow grid rows x cols x 2)."""
         if chained is None:
             return step.copy()
         gx, gy = self._grid
@@ -209,7 +354,7 @@ class FlowField:
         return step + moved
 
     def warp(self, values: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-        """Sample ``values`` (rows x cols float32) at every pixel plus ``displacement``."""
+        """Sample ``values`` (flow grid rows x cols) at every pixel plus ``displacement``."""
         gx, gy = self._grid
         return self._cv2.remap(values, gx + displacement[..., 0], gy + displacement[..., 1],
                                self._cv2.INTER_LINEAR, borderMode=self._cv2.BORDER_REPLICATE)
@@ -324,29 +469,66 @@ def rigid_track(field: FlowField, frame: int, keyframe: int, label_mask: np.ndar
     angles = np.asarray(s.rigid_angles)
     if refine:
         angles = np.linspace(-1.0, 1.0, 5) * float(np.max(np.abs(angles))) / 6
-    search = max(s.rigid_search // 2, 2) if refine else s.rigid_search
+    full_search = max(s.rigid_search // 2, 2) if refine else s.rigid_search
+    search = max(round(full_search * field.scale), 1)  # settings are in full-size pixels
     step = float(angles[1] - angles[0]) if len(angles) > 1 else 0.0
     return _match_rigid(field._cv2, field.prepared(keyframe, s.rigid_smoothing).astype(np.float32),
                         field.prepared(frame, s.rigid_smoothing).astype(np.float32), label_mask, predicted,
-                        [predicted.angle + float(a) for a in angles], step, search, s.rigid_margin,
+                        [predicted.angle + float(a) for a in angles], step, search, field.rigid_margin,
                         refine_peak=refine)
 
 
-def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, bool]:
+def align_masks(key_mask: np.ndarray, mask: np.ndarray, coarse: float = 1.0) -> tuple[np.ndarray, float, bool]:
     """Rigid map (3 x 3, on x, y, 1) from the frame of ``mask`` to that of ``key_mask``, the Dice it reaches, and
     whether the rotation is unique.
 
     Both masks are one label on two keyframes; a Dice near 1 says the label moved as a rigid body between them.
     A shape that looks the same turned (a disc, an ellipse, a square) fits several rotations about as well: the
-    rotation is then not unique, and the smallest one is returned.
+    rotation is then not unique, and the smallest one is returned. ``coarse`` < 1: the search over all
+    rotations runs on the masks reduced by that factor, and only the final, fine match at full size.
     """
     cv2 = _cv2()
     ys, xs = np.nonzero(key_mask)
     centre = (float(xs.mean()), float(ys.mean()))
-    ys2, xs2 = np.nonzero(mask)
-    predicted = RigidState(0.0, (float(xs2.mean()) - centre[0], float(ys2.mean()) - centre[1]))
     key_image = cv2.GaussianBlur(key_mask.astype(np.float32), (0, 0), 1.5)
     image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
+    if coarse < 1.0:
+        rows, cols = key_mask.shape
+        size = (max(round(cols * coarse), 1), max(round(rows * coarse), 1))
+        small_key = cv2.resize(key_mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        to_small = np.array([[coarse, 0.0, 0.5 * coarse - 0.5], [0.0, coarse, 0.5 * coarse - 0.5], [0, 0, 1.0]])
+        if np.any(small_key >= 0.5) and np.any(small >= 0.5):
+            found, unique, small_centre = _search_rotations(cv2, small_key >= 0.5, small >= 0.5)
+            start = RigidState.from_matrix(np.linalg.inv(to_small) @ found.matrix(small_centre) @ to_small, centre)
+        else:  # too small to show at the reduced size
+            start, unique, _ = _search_rotations(cv2, key_mask, mask, key_image, image)
+    else:
+        start, unique, _ = _search_rotations(cv2, key_mask, mask, key_image, image)
+    fine = 0.02
+    state, _ = _match_rigid(cv2, key_image, image, key_mask, start, list(start.angle + np.arange(-2, 3) * fine),
+                            fine, 2, 3)
+    matrix = state.matrix(centre)
+    rows, cols = key_mask.shape
+    carried = cv2.warpAffine(key_mask.astype(np.float32), matrix[:2], (cols, rows),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.5
+    other = mask.astype(bool)
+    dice = 2.0 * np.count_nonzero(carried & other) / max(np.count_nonzero(carried) + np.count_nonzero(other), 1)
+    return matrix, float(dice), bool(unique)
+
+
+def _search_rotations(cv2, key_mask: np.ndarray, mask: np.ndarray,  # type: ignore[no-untyped-def]
+                      key_image: np.ndarray | None = None, image: np.ndarray | None = None
+                      ) -> tuple[RigidState, bool, tuple[float, float]]:
+    """The best of rotations 0.1 rad apart (and shifts) carrying ``mask`` onto ``key_mask``, whether no rotation
+    far from it fits nearly as well, and the key label's centre the state refers to."""
+    ys, xs = np.nonzero(key_mask)
+    centre = (float(xs.mean()), float(ys.mean()))
+    ys2, xs2 = np.nonzero(mask)
+    predicted = RigidState(0.0, (float(xs2.mean()) - centre[0], float(ys2.mean()) - centre[1]))
+    if key_image is None or image is None:
+        key_image = cv2.GaussianBlur(key_mask.astype(np.float32), (0, 0), 1.5)
+        image = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
     score = _rigid_candidates(cv2, key_image, image, key_mask, predicted, 3, 3)
     # Smallest turns first, so that among equal fits the one nearest no turn wins.
     angles = sorted(np.arange(-31, 32) * 0.1, key=abs)
@@ -356,26 +538,16 @@ def align_masks(key_mask: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, flo
     rival = [v for a, v in zip(angles, values, strict=True)
              if abs(np.angle(np.exp(1j * (a - angles[best])))) > 0.5]
     unique = not rival or max(rival) < values[best] - 0.02
-    fine = 0.02
-    state, _ = _match_rigid(cv2, key_image, image, key_mask, results[best][1],
-                            list(results[best][1].angle + np.arange(-2, 3) * fine), fine, 2, 3)
-    matrix = state.matrix(centre)
-    rows, cols = key_mask.shape
-    gy, gx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    mx = (matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2]).astype(np.float32)
-    my = (matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2]).astype(np.float32)
-    carried = cv2.remap(key_mask.astype(np.float32), mx, my, cv2.INTER_LINEAR) > 0.5
-    other = mask.astype(bool)
-    dice = 2.0 * np.count_nonzero(carried & other) / max(np.count_nonzero(carried) + np.count_nonzero(other), 1)
-    return matrix, float(dice), bool(unique)
+    return results[best][1], bool(unique), centre
 
 
 def matrix_displacement(field: FlowField, matrix: np.ndarray) -> np.ndarray:
-    """Displacement field (rows x cols x 2) of a 3 x 3 map acting on (x, y, 1)."""
+    """Displacement field (flow grid rows x cols x 2) of a 3 x 3 map acting on flow-grid (x, y, 1)."""
     gx, gy = field._grid
+    m = np.asarray(matrix, dtype=np.float32)  # float64 coefficients would make float64 copies of the grid
     out = np.empty((*gx.shape, 2), dtype=np.float32)
-    out[..., 0] = matrix[0, 0] * gx + matrix[0, 1] * gy + matrix[0, 2] - gx
-    out[..., 1] = matrix[1, 0] * gx + matrix[1, 1] * gy + matrix[1, 2] - gy
+    out[..., 0] = (m[0, 0] - 1) * gx + m[0, 1] * gy + m[0, 2]
+    out[..., 1] = m[1, 0] * gx + (m[1, 1] - 1) * gy + m[1, 2]
     return out
 
 

@@ -13,17 +13,23 @@ class SegmentFrames:
     """One segment (label value) of an interpolated label map.
 
     ``keyframes`` are the keyframes on which the segment is drawn. ``interpolated_frames`` are the frames
-    between two keyframes, at least one of which holds the segment, whose content for this segment was computed
-    (where the segment shrinks to nothing these frames may hold none of it). Frame numbers are 0-based indices
-    along the interpolation axis.
+    between two keyframes, at least one of which holds the segment, that were computed and hold some of it.
+    ``empty_frames`` are such frames computed to hold none of it: the segment shrinks away towards a keyframe
+    that does not hold it (a structure that ends between slices, an empty keyframe). Frame numbers are 0-based
+    indices along the interpolation axis.
     """
 
     label: int
     keyframes: list[int]
     interpolated_frames: list[int]
+    empty_frames: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "keyframes": self.keyframes, "interpolated_frames": self.interpolated_frames}
+        out: dict[str, Any] = {"label": self.label, "keyframes": self.keyframes,
+                               "interpolated_frames": self.interpolated_frames}
+        if self.empty_frames:
+            out["empty_frames"] = self.empty_frames
+        return out
 
 
 @dataclass
@@ -45,8 +51,8 @@ class InterpolationResult:
 
     @property
     def interpolated_frames(self) -> list[int]:
-        """Every frame computed rather than drawn, whatever the segment."""
-        return sorted({f for s in self.segments for f in s.interpolated_frames})
+        """Every frame computed rather than drawn, whatever the segment (and whether or not it holds any)."""
+        return sorted({f for s in self.segments for f in (*s.interpolated_frames, *s.empty_frames)})
 
     def segment(self, label: int) -> SegmentFrames:
         for s in self.segments:
