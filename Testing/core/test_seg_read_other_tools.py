@@ -282,16 +282,17 @@ def test_tiled_full_seg_reads_its_total_pixel_matrix(segmentation_type, tmp_path
     seg = pydicom.dcmread(seg_path)
     assert seg.DimensionOrganizationType == "TILED_FULL" and "PerFrameFunctionalGroupsSequence" not in seg
 
-    read = medannot("seg", "read", seg_path, "--source", tmp_path / "slide.dcm", "--labels-out",
-                    tmp_path / "labels.nrrd")
+    read = medannot("seg", "read", seg_path, "--labels-out", tmp_path / "labels.nrrd")
     assert read.returncode == 0, read.stderr
+    # a slide is no source MedAnnot segments onto (its grid is the total pixel matrix): said in one line
+    on_slide = medannot("seg", "read", seg_path, "--source", tmp_path / "slide.dcm")
+    assert on_slide.returncode == 1 and "VL Whole Slide Microscopy" in on_slide.stderr
+    assert len(on_slide.stderr.strip().splitlines()) == 1
     labels, _ = read_nrrd(tmp_path / "labels.nrrd")
     np.testing.assert_array_equal(labels, truth)
     matrix = hd.seg.segread(seg_path).get_total_pixel_matrix(rescale_fractional=False)
     np.testing.assert_array_equal(labels[0] == 1, matrix[..., 0] >= (1 if segmentation_type != "FRACTIONAL"
                                                                       else 128))
-    assert medannot("seg", "read", seg_path).returncode == 0
-
     valid = medannot("seg", "validate", seg_path)
     assert valid.returncode == 0 and "0 error(s)" in valid.stdout, valid.stdout
     assert dciodvfy_errors(seg_path) == []
