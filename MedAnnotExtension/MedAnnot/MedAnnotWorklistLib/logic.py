@@ -109,7 +109,7 @@ class CaseSession:
     guideline: Guideline = field(repr=False)
     cacheDir: Path
     seriesUid: str
-    instances: CachedInstances = field(repr=False)
+    instances: CachedInstances | None = field(repr=False)
     username: str = ""
     restoredFrom: Path | None = None
     sourcePath: Path | None = None
@@ -905,6 +905,34 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 f"The task server at {self.serverUrl} no longer accepts your login ({error.detail or 'expired'}); "
                 "log in again.", server_url=self.serverUrl, status_code=error.status_code, detail=error.detail,
             ) from None
+
+
+def caseWithoutServer(volumeNode, segmentationNode, guidelinePath, cacheDir, caseId: str = "self-test",
+                      instances: CachedInstances | None = None, browserNode=None, cine=None) -> CaseSession:
+    """A case open in the scene as :meth:`MedAnnotLogic.nextCase` leaves one, without a server or a lease: for
+    self-tests and scripts that drive the guided panel (check, instructions, tools) on nodes they made.
+
+    Parameters
+    ----------
+    volumeNode, segmentationNode : vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+        The image and the drawing on it.
+    guidelinePath : str or pathlib.Path
+        The guideline YAML the case follows.
+    cacheDir : str or pathlib.Path
+        The case folder (autosave goes to ``cacheDir/autosave``).
+    instances : CachedInstances, optional
+        The case's DICOM files, for a submit's export; without them the export asks ``slicer.dicomDatabase``.
+    browserNode, cine : optional
+        For a cine: the browser playing it and the :class:`MedAnnotCineLib.MedAnnotCineLogic` annotating it.
+    """
+    from medannot.guideline import load_guideline
+
+    guidelinePath = Path(guidelinePath)
+    return CaseSession(
+        serverUrl="", projectId="", taskId="", caseId=caseId, leaseToken="", leaseExpiresAt="",
+        volumeNode=volumeNode, segmentationNode=segmentationNode, guidelinePath=guidelinePath,
+        guideline=load_guideline(guidelinePath, require_reference_images=False), cacheDir=Path(cacheDir),
+        seriesUid="", instances=instances, browserNode=browserNode, cine=cine)
 
 
 def _caseNodes(volumeNode, segmentationNode, browserNode=None, *sequenceNodes) -> list:
