@@ -798,6 +798,48 @@ def test_a_cine_opened_by_hand_in_the_panel_never_replaces_the_worklist_case(sce
     assert panel.logicShown(parameterNode) is case.cine
 
 
+@needsMrmlAndServer
+def test_autosave_writes_only_when_the_drawing_changed(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    paintLiverAndLesion(session)
+    saved = logic.autosave()
+    written = saved.stat().st_mtime_ns
+    time.sleep(0.05)
+
+    assert logic.autosave() == saved and saved.stat().st_mtime_ns == written  # the minute passed, no stroke
+
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[:, 3:21, 3:16] = 1  # one column more liver
+    geometry = MedAnnotLib.geometryFromVolumeNode(session.volumeNode)
+    MedAnnotLib.updateSegmentationFromLabelMap(session.segmentationNode, labels, geometry, session.guideline)
+    assert logic.autosave() == saved and saved.stat().st_mtime_ns != written
+    restored = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(restored)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(saved))
+    assert storage.ReadData(restored)
+    np.testing.assert_array_equal(
+        MedAnnotLib.labelMapFromSegmentationNode(restored, session.volumeNode, session.guideline), labels)
+
+
+@needsMrmlAndServer
+def test_a_cine_autosave_follows_marked_keyframes_and_interpolation(scene, echoLab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(echoLab.echo_project_id)
+    drawKeyframes(session, frames=KEYFRAMES[:2])
+    saved = logic.autosave()
+    written = saved.stat().st_mtime_ns
+    assert logic.autosave() == saved and saved.stat().st_mtime_ns == written
+
+    session.cine.interpolate("shape")
+    logic.autosave()
+
+    assert saved.stat().st_mtime_ns != written
+    info = json.loads((saved.parent / "autosave.json").read_text(encoding="utf-8"))
+    assert (info["keyframes"], info["method"]) == (list(KEYFRAMES[:2]), "shape")
+
+
 # ---------------------------------------------------------------------------------------------- network
 @needsMrmlAndServer
 def test_after_logout_and_login_again_the_open_case_lease_is_beaten_again(scene, lab, server, tmp_path):

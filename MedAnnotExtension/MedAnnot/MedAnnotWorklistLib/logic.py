@@ -116,6 +116,7 @@ class CaseSession:
     browserNode: Any = None
     cine: Any = field(default=None, repr=False)
     leaseLost: str | None = None
+    autosavedStamp: tuple | None = field(default=None, repr=False)
 
     @property
     def isCine(self) -> bool:
@@ -483,7 +484,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         saved as every frame's labels (``autosave/frames.nrrd``) with its keyframes and interpolation method.
 
         The files are written under temporary names and then renamed over the previous autosave, so an autosave
-        that fails half-way leaves the previous one complete.
+        that fails half-way leaves the previous one complete. Nothing is written when the drawing has not changed
+        since the last autosave (writing a CT's segmentation holds Slicer for about a second), judged by the
+        modification times of the segmentation, its segments and, for a cine, its frames, keyframes and method.
 
         Returns
         -------
@@ -499,6 +502,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         if session is None or session.segmentationNode.GetScene() is None or not session.cacheDir.is_dir():
             return None
         folder = session.autosaveDir
+        target = folder / (AUTOSAVE_CINE_LABELS if session.isCine else AUTOSAVE_SEGMENTATION)
+        if _drawingStamp(session) == session.autosavedStamp and target.is_file():
+            return target
         folder.mkdir(exist_ok=True)
         target, infoTarget = folder / AUTOSAVE_SEGMENTATION, folder / AUTOSAVE_INFO
         # The storage node picks its writer by the file's extension, so the temporary name keeps ".seg.nrrd".
@@ -527,6 +533,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             # the two renames leaves a usable pair (a first autosave has no segmentation yet to pair with).
             os.replace(infoTemporary, infoTarget)
             os.replace(temporary, target)
+            # Taken after writing: reading a cine's frames copies the shown frame into its sequence item.
+            session.autosavedStamp = _drawingStamp(session)
         except BaseException as error:
             for leftover in (temporary, infoTemporary):
                 leftover.unlink(missing_ok=True)
@@ -939,6 +947,31 @@ def _caseNodes(volumeNode, segmentationNode, browserNode=None, *sequenceNodes) -
     """The nodes of a case in the order to remove them: the browser first, which would otherwise make new proxy
     nodes for its sequences when the shown ones go, then the sequences, then the shown volume and segmentation."""
     return [browserNode, *sequenceNodes, volumeNode, segmentationNode]
+
+
+def _drawingStamp(session: CaseSession) -> tuple:
+    """What changes whenever the case's drawing changes: the modification times (VTK's, which only grow) of the
+    segmentation node, its segmentation and every segment's source representation; for a cine also of every
+    frame's segmentation item, and the keyframes and method. Equal stamps: nothing to autosave."""
+    nodes = [session.segmentationNode]
+    extra: tuple = ()
+    if session.isCine and session.cine.session is not None:
+        sequenceNode = session.cine.session.segmentationSequenceNode
+        nodes += [sequenceNode] + [sequenceNode.GetNthDataNode(i) for i in range(sequenceNode.GetNumberOfDataNodes())]
+        extra = (tuple(session.cine.keyframes()), session.cine.method)
+    stamps = []
+    for node in nodes:
+        stamps.append(node.GetMTime())
+        segmentation = node.GetSegmentation() if hasattr(node, "GetSegmentation") else None
+        if segmentation is None:
+            continue
+        stamps.append(segmentation.GetMTime())
+        sourceName = segmentation.GetSourceRepresentationName()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            representation = segment.GetRepresentation(sourceName)
+            stamps += [segment.GetMTime(), representation.GetMTime() if representation is not None else 0]
+    return (*stamps, *extra)
 
 
 def _writeCineDrawing(cine, path: Path) -> dict:
