@@ -4,6 +4,7 @@ The module's work is done by :class:`MedAnnotCineLib.logic.MedAnnotCineLogic`, w
 the Slicer module, its parameter node, its GUI and its self-test.
 """
 
+import contextlib
 import pathlib
 from typing import Annotated
 
@@ -23,7 +24,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from MedAnnotCineLib import sequences
-from MedAnnotCineLib.logic import FRAME_EMPTY, FRAME_INTERPOLATED, FRAME_KEY, MedAnnotCineLogic
+from MedAnnotCineLib.logic import (
+    FRAME_EMPTY,
+    FRAME_INTERPOLATED,
+    FRAME_KEY,
+    MedAnnotCineLogic,
+    MedAnnotCinePanelLogic,
+)
 
 # Timeline cell colours: keyframes stand out, interpolated frames are what is left to review.
 STATE_COLORS = {FRAME_KEY: "#f0aa3c", FRAME_INTERPOLATED: "#5a96dc", FRAME_EMPTY: "#d8d8d8"}
@@ -87,13 +94,19 @@ class MedAnnotCineParameterNode:
 
 
 class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI only: every action calls :class:`MedAnnotCineLogic`."""
+    """GUI only: every action calls a :class:`MedAnnotCineLogic`, the one :class:`MedAnnotCinePanelLogic` says
+    annotates the selected cine. The widget keeps no annotation state: ``exit()`` (every module switch) and
+    ``enter()`` only disconnect and reconnect the GUI."""
+
+    class InterpolationCancelled(Exception):
+        """The reader pressed Cancel in the interpolation's progress dialog."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.panel = None
         self.segmentEditorWidget = None
+        self.effectFactory = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedBrowserNode = None
@@ -106,7 +119,7 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.logic = MedAnnotCineLogic()
+        self.panel = MedAnnotCinePanelLogic()
 
         self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
         self.segmentEditorWidget.setMaximumNumberOfUndoStates(10)
@@ -116,6 +129,10 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.selectSegmentEditorNode()
         self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.segmentEditorFrame.layout().addWidget(self.segmentEditorWidget)
+        # Effects registered after this widget was made (other extensions, or this module opened at startup) are
+        # added to its list, as Slicer's Segment Editor module does.
+        self.effectFactory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self.effectFactory.connect("effectRegistered(QString)", self.onEffectRegistered)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -131,6 +148,11 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self.effectFactory is not None:
+            self.effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
+
+    def onEffectRegistered(self, effectName=None) -> None:
+        self.segmentEditorWidget.updateEffectList()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -147,7 +169,7 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         self.segmentEditorWidget.setSegmentationNode(None)
         self.segmentEditorWidget.removeViewObservations()
-        self.logic = MedAnnotCineLogic()  # the session's nodes are gone with the scene
+        self.panel.sceneClosed()  # the sessions' nodes are gone with the scene
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -166,7 +188,7 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.segmentEditorWidget.setMRMLSegmentEditorNode(node)
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(MedAnnotCineParameterNode(self.logic.getParameterNode()))
+        self.setParameterNode(MedAnnotCineParameterNode(self.panel.ownLogic.getParameterNode()))
         if not self._parameterNode.browserNode:
             self._parameterNode.browserNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceBrowserNode")
 
@@ -182,8 +204,14 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onParameterNodeModified()
 
     # ------------------------------------------------------------ state shown
+    def shownLogic(self):
+        """The logic annotating the selected browser and segmentation, None when none does (see
+        :meth:`MedAnnotCinePanelLogic.logicShown`)."""
+        return self.panel.logicShown(self._parameterNode.parameterNode if self._parameterNode else None)
+
     def onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Follow the chosen browser and segmentation in the Segment Editor and the timeline."""
+        """Follow the chosen browser and segmentation in the Segment Editor and the timeline (only shows: no
+        session is started or ended here)."""
         node = self._parameterNode
         browserNode = node.browserNode if node else None
         segmentationNode = node.segmentationNode if node else None
@@ -197,8 +225,6 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 proxyVolumeNode = None
         self.segmentEditorWidget.setSegmentationNode(segmentationNode)
         self.segmentEditorWidget.setSourceVolumeNode(proxyVolumeNode)
-        if not self.logic.isSessionOf(browserNode, segmentationNode):
-            self.logic.session = None
         self.updateTimeline()
 
     def observeBrowser(self, browserNode) -> None:
@@ -230,14 +256,16 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QTimer.singleShot(0, self.syncSegments)
 
     def syncSegments(self) -> None:
-        if self.logic.session is not None:
+        logic = self.shownLogic()
+        if logic is not None:
             with slicer.util.tryWithErrorDisplay(_("Failed to add the segment to every frame.")):
-                self.logic.syncSegments()
+                logic.syncSegments()
 
     def updateTimeline(self) -> None:
         """One coloured cell per frame: keyframe, interpolated or empty."""
         table = self.ui.timelineTableWidget
-        states = self.logic.frameStates() if self.logic.session is not None else []
+        logic = self.shownLogic()
+        states = logic.frameStates() if logic is not None else []
         table.setColumnCount(len(states))
         table.setRowCount(1 if states else 0)
         for frame, state in enumerate(states):
@@ -250,12 +278,13 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def updateCurrentFrame(self) -> None:
-        if self.logic.session is None:
+        logic = self.shownLogic()
+        if logic is None:
             self.ui.frameLabel.text = _("Choose the cine's sequence browser and a segmentation, then draw on a frame "
                                         "and mark it as a keyframe.")
             return
-        frame = self.logic.currentFrame()
-        states = self.logic.frameStates()
+        frame = logic.currentFrame()
+        states = logic.frameStates()
         table = self.ui.timelineTableWidget
         if 0 <= frame < table.columnCount:
             table.setCurrentCell(0, frame)
@@ -266,56 +295,81 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self) -> None:
         node = self._parameterNode
         ready = bool(node and node.browserNode and node.segmentationNode)
-        session = self.logic.session
-        states = self.logic.frameStates() if session is not None else []
+        logic = self.shownLogic()
+        states = logic.frameStates() if logic is not None else []
         self.ui.markKeyframeButton.enabled = ready
-        self.ui.removeKeyframeButton.enabled = bool(session and self.logic.keyframes())
-        self.ui.interpolateButton.enabled = bool(session and len(self.logic.keyframes()) >= 2)
+        self.ui.removeKeyframeButton.enabled = bool(logic and logic.keyframes())
+        self.ui.interpolateButton.enabled = bool(logic and len(logic.keyframes()) >= 2)
         self.ui.nextToReviewButton.enabled = FRAME_INTERPOLATED in states
-        self.ui.undoButton.enabled = bool(session and self.logic.canUndo)
-        self.ui.exportButton.enabled = bool(session and node and node.guidelinePath.is_file() and node.readerName
+        self.ui.undoButton.enabled = bool(logic and logic.canUndo)
+        self.ui.exportButton.enabled = bool(logic and node and node.guidelinePath.is_file() and node.readerName
                                             and node.readerId and str(node.outputDir) not in ("", "."))
 
     def annotateWith(self, cineLogic) -> None:
         """Work on the cine another module opened, with that module's logic instance (the MedAnnot worklist's case),
-        so that the keyframes marked here are the ones it checks and submits. Untested in a real Slicer."""
-        self.logic = cineLogic
-        if self._parameterNode is None:
-            self.initializeParameterNode()
-        self._parameterNode.browserNode = cineLogic.session.browserNode
-        self._parameterNode.segmentationNode = cineLogic.session.segmentationNode
-        self.onParameterNodeModified()
+        so that the keyframes marked here are the ones it checks and submits. The hand-over is kept by
+        :class:`MedAnnotCinePanelLogic`, not by this widget, so leaving and entering the module keeps it."""
+        self.panel.handOver(cineLogic, self.panel.ownLogic.getParameterNode())
+        if self._parameterNode is not None:
+            self.onParameterNodeModified()
 
     # ------------------------------------------------------------ actions
-    def ensureSession(self) -> None:
-        node = self._parameterNode
-        if not self.logic.isSessionOf(node.browserNode, node.segmentationNode):
+    def actionLogic(self):
+        """The logic to act with; the panel's own one is started on the selected nodes when none annotates them."""
+        if self.shownLogic() is None:
             self.segmentEditorWidget.setActiveEffect(None)
-            self.logic.startCine(node.browserNode, node.segmentationNode)
+        return self.panel.logicForAction(self._parameterNode.parameterNode)
+
+    @contextlib.contextmanager
+    def frameProgressShown(self, text, frameCount):
+        """A progress dialog with Cancel counting computed frames; yields the ``progress`` callback the logic
+        calls after each span. The logic reads and writes the scene, so it runs on the GUI thread and the dialog is
+        repainted from the callback; Cancel raises :class:`InterpolationCancelled` from it, before any frame is
+        written."""
+        dialog = slicer.util.createProgressDialog(labelText=text, maximum=max(int(frameCount), 1),
+                                                  windowTitle=_("MedAnnot Cine"))
+
+        def progress(frames) -> None:
+            dialog.value = min(dialog.maximum, dialog.value + int(frames))
+            slicer.app.processEvents()
+            if dialog.wasCanceled:
+                raise self.InterpolationCancelled()
+
+        try:
+            yield progress
+        finally:
+            dialog.close()
+            dialog.deleteLater()
 
     def onMarkKeyframeButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to mark the keyframe."), waitCursor=True):
-            self.ensureSession()
-            changed = self.logic.markKeyframe()
-            if self.logic.method is not None and len(changed) > 1:
+            logic = self.actionLogic()
+            changed = logic.markKeyframe()
+            if logic.method is not None and len(changed) > 1:
                 self.ui.statusLabel.text = _("Frames {first} to {last} re-interpolated.").format(
                     first=changed.start + 1, last=changed.stop)
             else:
-                self.ui.statusLabel.text = _("Frame {frame} is a keyframe.").format(frame=self.logic.currentFrame() + 1)
+                self.ui.statusLabel.text = _("Frame {frame} is a keyframe.").format(frame=logic.currentFrame() + 1)
         self.updateTimeline()
 
     def onRemoveKeyframeButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to remove the keyframe."), waitCursor=True):
-            self.ensureSession()
-            self.logic.removeKeyframe()
+            logic = self.actionLogic()
+            logic.removeKeyframe()
             self.ui.statusLabel.text = _("Frame {frame} is no longer a keyframe.").format(
-                frame=self.logic.currentFrame() + 1)
+                frame=logic.currentFrame() + 1)
         self.updateTimeline()
 
     def onInterpolateButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to interpolate."), waitCursor=True):
-            self.ensureSession()
-            result = self.logic.interpolate(self._parameterNode.method)
+            logic = self.actionLogic()
+            try:
+                with self.frameProgressShown(_("Interpolating the frames between keyframes..."),
+                                             logic.session.frameCount) as progress:
+                    result = logic.interpolate(self._parameterNode.method, progress=progress)
+            except self.InterpolationCancelled:
+                self.ui.statusLabel.text = _("Interpolation cancelled; no frame was changed.")
+                return
             self.ui.statusLabel.text = _("{count} frames interpolated ({method}, {seconds:.1f} s). Press Next to "
                                          "review them.").format(count=len(result.interpolated_frames),
                                                                 method=result.method, seconds=result.seconds)
@@ -323,25 +377,27 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onNextToReviewButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to go to the next frame."), waitCursor=True):
-            if self.logic.goToNextFrameToReview() is None:
+            logic = self.shownLogic()
+            if logic is None or logic.goToNextFrameToReview() is None:
                 self.ui.statusLabel.text = _("No interpolated frame to review.")
         self.updateCurrentFrame()
 
     def onUndoButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to undo."), waitCursor=True):
-            restored = self.logic.undo()
+            restored = self.actionLogic().undo()
             self.ui.statusLabel.text = _("Undone; {count} frames restored.").format(count=len(restored))
         self.updateTimeline()
 
     def onTimelineCellClicked(self, row, column) -> None:
-        if self.logic.session is not None:
-            self.logic.goToFrame(column)
+        logic = self.shownLogic()
+        if logic is not None:
+            logic.goToFrame(column)
 
     def onExportButton(self) -> None:
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to export the cine segmentation."), waitCursor=True):
             self.segmentEditorWidget.setActiveEffect(None)
-            result = self.logic.exportSegmentation(
+            result = self.actionLogic().exportSegmentation(
                 node.guidelinePath, readerName=node.readerName, readerId=node.readerId, readerRole=node.readerRole,
                 institution=node.institution, outputDir=node.outputDir)
             self.ui.statusLabel.text = _("Written:\n{seg}\n{sr}").format(seg=result.seg_path, sr=result.sr_path)
@@ -438,6 +494,6 @@ class MedAnnotCineTest(ScriptedLoadableModuleTest):
         self.assertEqual(colours[7], STATE_COLORS[FRAME_INTERPOLATED])
         self.assertEqual(colours[20], STATE_COLORS[FRAME_EMPTY])
         widget.onNextToReviewButton()  # from keyframe 12, the last: wraps around to the first interpolated frame
-        self.assertEqual(widget.logic.currentFrame(), 3)
+        self.assertEqual(widget.shownLogic().currentFrame(), 3)
         self.assertEqual(table.currentColumn(), 3)
         self.delayDisplay("Test passed")

@@ -397,7 +397,8 @@ def test_widget_embeds_a_segment_editor_limited_to_the_effects_the_logic_allows(
     assert "editor.setEffectNameOrder(self.logic.allowedEffects(session))" in showCase
     assert "editor.unorderedEffectsVisible = False" in showCase
     assert "setMarkdown(self.logic.instructions(session))" in showCase
-    assert "self.showCase(session)" in widgetMethod("onNextCaseButton")
+    assert "self.logic.startNextCase(" in widgetMethod("onNextCaseButton")
+    assert "self.showCase(session)" in widgetMethod("onCaseOpened")  # once the worker's download is opened
 
 
 def test_widget_checks_jumps_and_submits_through_the_logic_with_errors_shown():

@@ -702,6 +702,317 @@ def test_a_cine_whose_pixel_data_is_cut_short_is_refused_naming_the_file(scene, 
     assert scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode") == 0
 
 
+# ---------------------------------------------------------------------------------------------- module switches
+def cineParameterNode(scene):
+    """MedAnnot Cine's parameter node as Slicer's ScriptedLoadableModuleLogic.getParameterNode() makes it: the
+    scene's singleton vtkMRMLScriptedModuleNode tagged with the module's name."""
+    node = scene.GetSingletonNode("MedAnnotCine", "vtkMRMLScriptedModuleNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)
+        node.SetSingletonTag("MedAnnotCine")
+        node.SetAttribute("ModuleName", "MedAnnotCine")
+        node = scene.AddNode(node)
+    return node
+
+
+@pytest.fixture
+def twoCineLab(echoLab, tmp_path):
+    """The echo lab with a second cine case, echo-002, so that one reader takes two cine cases in a row."""
+    from medannot.server.db import make_engine, session_factory, transaction
+    from medannot.server.projects import import_cases
+
+    second = make_us_cine(tmp_path / "lab" / "us" / "cine-002.dcm", frames=FRAMES, rows=ROWS, cols=COLS)
+    manifest = tmp_path / "lab" / "echo-2.csv"
+    manifest.write_text(f"case_id,source\necho-002,{second}\n")
+    engine = make_engine(echoLab.db_url)
+    with transaction(session_factory(engine)) as session:
+        import_cases(session, echoLab.echo_project_id, manifest, actor="test")
+    engine.dispose()
+    return echoLab
+
+
+@needsMrmlAndServer
+def test_leaving_and_entering_the_cine_module_keeps_the_case_and_the_second_cine_case_keeps_its_lease(
+        scene, twoCineLab, server, tmp_path):
+    """The worklist hands its cine case to MedAnnot Cine (MedAnnot.showCine -> annotateWith), the reader marks
+    keyframes there, goes back to MedAnnot (Slicer calls the Cine widget's exit(): its parameter node is
+    disconnected) to check and submit, and takes a second cine case while the Cine module is not entered."""
+    from MedAnnotCineLib import MedAnnotCinePanelLogic
+
+    logic = readerLogic(tmp_path, server)
+    panel = MedAnnotCinePanelLogic()  # the Cine widget's, made once in setup()
+    parameterNode = cineParameterNode(scene)
+    first = logic.nextCase(twoCineLab.echo_project_id)
+
+    panel.handOver(first.cine, parameterNode)  # annotateWith, then selectModule("MedAnnotCine"): enter()
+    assert panel.logicShown(parameterNode) is first.cine
+    assert panel.logicForAction(parameterNode) is first.cine
+    drawKeyframes(first)
+    assert panel.logicShown(None) is None  # exit(): the widget shows nothing, and nothing is ended
+    assert first.cine.session is not None and logic.session is first
+    assert panel.logicShown(parameterNode) is first.cine  # enter() again
+    panel.logicForAction(parameterNode).interpolate("shape")
+    assert panel.logicShown(None) is None  # exit(): back to MedAnnot to check, autosave and submit
+
+    assert logic.checkCase().passed
+    assert logic.autosave() is not None
+    assert submitCine(logic, first).status == "sent"
+
+    second = logic.nextCase(twoCineLab.echo_project_id)  # the Cine module is not entered meanwhile
+    panel.handOver(second.cine, parameterNode)
+    assert second.caseId == "echo-002" and second.cine is not first.cine
+    assert panel.logicShown(parameterNode) is second.cine
+    assert second.cine.session is not None
+    assert (parameterNode.GetNodeReference("browserNode").GetID(),
+            parameterNode.GetNodeReference("segmentationNode").GetID()) == (
+        second.browserNode.GetID(), second.segmentationNode.GetID())
+    claimedUntil = parseTime(second.leaseExpiresAt)
+    time.sleep(1.1)
+    assert logic.leaseKept and logic.beatInBackground()
+    assert logic.network.wait(timeout=60) == 0
+    assert parseTime(second.leaseExpiresAt) > claimedUntil and second.leaseLost is None
+    drawKeyframes(second, frames=KEYFRAMES[:2])
+    assert panel.logicShown(None) is None  # exit()
+    assert logic.checkCase(second).drawnSegments  # the check reads the second case's cine, still open
+
+
+@needsMrmlAndServer
+def test_a_cine_opened_by_hand_in_the_panel_never_replaces_the_worklist_case(scene, echoLab, server, tmp_path):
+    from MedAnnotCineLib import MedAnnotCinePanelLogic
+
+    logic = readerLogic(tmp_path, server)
+    panel = MedAnnotCinePanelLogic()
+    parameterNode = cineParameterNode(scene)
+    case = logic.nextCase(echoLab.echo_project_id)
+    panel.handOver(case.cine, parameterNode)
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn by hand")
+
+    parameterNode.SetNodeReferenceID("segmentationNode", other.GetID())  # the reader picks another segmentation
+    assert panel.logicShown(parameterNode) is None
+    handLogic = panel.logicForAction(parameterNode)
+
+    assert handLogic is panel.ownLogic and handLogic is not case.cine
+    assert case.cine.isSessionOf(case.browserNode, case.segmentationNode)
+    parameterNode.SetNodeReferenceID("segmentationNode", case.segmentationNode.GetID())
+    assert panel.logicShown(parameterNode) is case.cine
+
+
+@needsMrmlAndServer
+def test_autosave_writes_only_when_the_drawing_changed(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    paintLiverAndLesion(session)
+    saved = logic.autosave()
+    written = saved.stat().st_mtime_ns
+    time.sleep(0.05)
+
+    assert logic.autosave() == saved and saved.stat().st_mtime_ns == written  # the minute passed, no stroke
+
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[:, 3:21, 3:16] = 1  # one column more liver
+    geometry = MedAnnotLib.geometryFromVolumeNode(session.volumeNode)
+    MedAnnotLib.updateSegmentationFromLabelMap(session.segmentationNode, labels, geometry, session.guideline)
+    assert logic.autosave() == saved and saved.stat().st_mtime_ns != written
+    restored = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(restored)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(saved))
+    assert storage.ReadData(restored)
+    np.testing.assert_array_equal(
+        MedAnnotLib.labelMapFromSegmentationNode(restored, session.volumeNode, session.guideline), labels)
+
+
+@needsMrmlAndServer
+def test_a_cine_autosave_follows_marked_keyframes_and_interpolation(scene, echoLab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(echoLab.echo_project_id)
+    drawKeyframes(session, frames=KEYFRAMES[:2])
+    saved = logic.autosave()
+    written = saved.stat().st_mtime_ns
+    assert logic.autosave() == saved and saved.stat().st_mtime_ns == written
+
+    session.cine.interpolate("shape")
+    logic.autosave()
+
+    assert saved.stat().st_mtime_ns != written
+    info = json.loads((saved.parent / "autosave.json").read_text(encoding="utf-8"))
+    assert (info["keyframes"], info["method"]) == (list(KEYFRAMES[:2]), "shape")
+
+
+# ---------------------------------------------------------------------------------------------- network
+@needsMrmlAndServer
+def test_after_logout_and_login_again_the_open_case_lease_is_beaten_again(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    claimedUntil = parseTime(session.leaseExpiresAt)
+
+    logic.logout()
+    assert not logic.leaseKept and not logic.beatInBackground()  # the timer's ticks send nothing
+    time.sleep(1.1)
+    logic.login(server.url, "r1", PASSWORD)  # beats at once
+
+    assert logic.network.wait(timeout=60) == 0
+    assert parseTime(session.leaseExpiresAt) > claimedUntil and session.leaseLost is None
+    assert logic.leaseKept and logic.beatInBackground()  # and the timer's ticks beat again
+    assert logic.network.wait(timeout=60) == 0
+
+
+@needsMrmlAndServer
+def test_a_lease_lost_while_logged_out_is_recorded_and_beats_stop(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    logic.logout()
+    engine = create_engine(lab.db_url)  # the lease runs out meanwhile
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE tasks SET lease_expires_at = '2000-01-01 00:00:00' WHERE id = :task"),
+                           {"task": int(session.taskId)})
+    engine.dispose()
+
+    logic.login(server.url, "r1", PASSWORD)
+    assert logic.network.wait(timeout=60) == 0
+
+    assert session.leaseLost and "lease is no longer yours" in session.leaseLost
+    assert not logic.leaseKept and not logic.beatInBackground()
+    assert logic.session is session and inScene(session.segmentationNode)  # the drawing stays
+
+
+@needsMrmlAndServer
+def test_the_next_case_is_claimed_and_downloaded_on_the_worker_with_progress_then_opened_by_poll(
+        scene, lab, server, tmp_path):
+    import threading
+
+    logic = readerLogic(tmp_path, server)
+    threads = []
+    claim = logic.claimCase
+    logic.claimCase = lambda *args: threads.append(threading.current_thread()) or claim(*args)
+    opened, failed = [], []
+
+    transfer = logic.startNextCase(lab.project_id, onOpened=opened.append, onFailed=failed.append)
+    assert logic.session is None  # nothing is in the scene before the GUI polls
+    assert logic.network.wait(timeout=120) == 0
+
+    assert failed == [] and opened == [logic.session] and logic.session.caseId == "case-001"
+    assert threads and threads[0] is not threading.main_thread()
+    assert transfer.total and transfer.received == transfer.total and transfer.percent == 100
+    assert inScene(logic.session.volumeNode)
+
+
+@needsMrmlAndServer
+def test_a_cancelled_download_gives_the_claim_back_and_leaves_no_files(scene, lab, server, tmp_path):
+    from medannot.client import Transfer, TransferCancelledError
+
+    class CancelledAtFirstPiece(Transfer):
+        def report(self, received, total):
+            super().report(received, total)
+            self.cancel()
+
+    logic = readerLogic(tmp_path, server)
+    transfer = CancelledAtFirstPiece("the next case")
+
+    with pytest.raises(TransferCancelledError, match="cancelled"):
+        logic.claimCase(lab.project_id, transfer=transfer)
+
+    assert transfer.is_cancelled() and transfer.received < (transfer.total or 1) + 1
+    assert not any(path.is_file() for path in (tmp_path / "cases-r1").rglob("*"))
+    engine = create_engine(lab.db_url)
+    try:
+        with engine.connect() as connection:
+            held = connection.execute(text("SELECT COUNT(*) FROM tasks WHERE reader_id IS NOT NULL")).scalar_one()
+    finally:
+        engine.dispose()
+    assert held == 0  # the claim was given back
+
+
+@needsMrmlAndServer
+def test_a_submit_is_sent_on_the_worker_and_the_case_closes_when_polled(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+    paintLiverAndLesion(session)
+    submitted, failed = [], []
+
+    logic.startSubmit(session, "Roe^Rita", "r1", onSubmitted=submitted.append, onFailed=failed.append,
+                      readerRole="Radiologist", confidences={"Liver": 90, "Lesion": 60},
+                      checklistAnswers={"contrast-phase": "yes", "image-quality": "good"})
+    assert logic.session is session  # open until the answer is handed back
+    assert logic.network.wait(timeout=120) == 0
+
+    assert failed == [] and [result.status for result in submitted] == ["sent"]
+    assert logic.session is None and not inScene(session.segmentationNode)
+    assert submissionsOfTask(lab, session.taskId) == 1
+
+
+@needsMrmlAndServer
+def test_a_submit_the_guideline_refuses_is_refused_before_anything_is_sent(scene, lab, server, tmp_path):
+    logic = readerLogic(tmp_path, server)
+    session = logic.nextCase(lab.project_id)
+
+    with pytest.raises(CaseNotReadyError, match="cannot be submitted yet"):
+        logic.startSubmit(session, "Roe^Rita", "r1", onSubmitted=print, onFailed=print)
+    assert not logic.network.running() and logic.session is session
+
+
+def test_a_heartbeat_is_one_short_try_without_retries(tmp_path):
+    """A server that takes the connection and drops it: the heartbeat tries once; other calls retry."""
+    import socket
+    import threading
+
+    from medannot.client import ServerUnreachableError, TaskServerClient
+    from medannot.client.api import HEARTBEAT_TIMEOUT_SECONDS
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+
+    def dropEveryConnection():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+            connection.close()
+
+    threading.Thread(target=dropEveryConnection, daemon=True).start()
+    client = TaskServerClient(f"http://127.0.0.1:{listener.getsockname()[1]}", token="t", backoff_factor=0)
+    try:
+        with pytest.raises(ServerUnreachableError):
+            client.heartbeat(7, "lease")
+        beats = len(accepted)
+        with pytest.raises(ServerUnreachableError):
+            client.release(7, "lease")
+        releases = len(accepted) - beats
+    finally:
+        client.close()
+        listener.close()
+
+    assert beats == 1
+    assert releases == 4  # the default 3 retries: the heartbeat's single try is its own choice
+    assert HEARTBEAT_TIMEOUT_SECONDS <= 10
+
+
+def test_the_worker_hands_outcomes_back_on_the_polling_thread_in_order():
+    import threading
+
+    from medannot.client import BackgroundCalls
+
+    calls = BackgroundCalls()
+    seen = []
+    try:
+        calls.submit("first", sum, [1, 2])  # without callbacks: its result is dropped
+        calls.submit("where", lambda: threading.current_thread().name,
+                     on_success=lambda name: seen.append(("ran on", name, threading.current_thread().name)))
+        calls.submit("fails", lambda: 1 / 0, on_failure=lambda error: seen.append(("failed", type(error).__name__)))
+        assert calls.wait(timeout=30) == 0
+    finally:
+        calls.shutdown()
+
+    assert seen[0][0] == "ran on" and seen[0][1].startswith("medannot-network")
+    assert seen[0][2] == threading.main_thread().name
+    assert seen[1] == ("failed", "ZeroDivisionError")
+
+
 # ---------------------------------------------------------------------------------------------- module files
 MODULE_SOURCE = (MODULE_DIR / "MedAnnot.py").read_text(encoding="utf-8")
 MODULE_TREE = ast.parse(MODULE_SOURCE)
@@ -764,12 +1075,62 @@ def test_every_button_handler_shows_its_errors_through_slicer():
     assert "slicer.util.tryWithErrorDisplay" in ast.unparse(methods["errorsShown"])
 
 
-def test_a_timer_beats_the_lease_while_a_case_is_open():
-    setup = ast.unparse(next(node for node in _class("MedAnnotWidget").body
-                             if isinstance(node, ast.FunctionDef) and node.name == "setup"))
-    assert "qt.QTimer()" in setup and "HEARTBEAT_INTERVAL_SECONDS * 1000" in setup
-    assert 'connect("timeout()", self.onHeartbeatTimer)' in setup.replace("'", '"')
-    assert "self.logic.heartbeat()" in MODULE_SOURCE
+def _widgetMethods(className: str = "MedAnnotWidget", tree=None) -> dict[str, str]:
+    tree = tree or MODULE_TREE
+    widgetClass = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == className)
+    return {node.name: ast.unparse(node).replace("'", '"') for node in widgetClass.body
+            if isinstance(node, ast.FunctionDef)}
+
+
+def test_a_timer_beats_the_lease_on_the_worker_while_a_case_is_open_and_logout_does_not_stop_it():
+    methods = _widgetMethods()
+    assert "qt.QTimer()" in methods["setup"] and "HEARTBEAT_INTERVAL_SECONDS * 1000" in methods["setup"]
+    assert 'connect("timeout()", self.onHeartbeatTimer)' in methods["setup"]
+    assert "self.logic.beatInBackground(" in methods["onHeartbeatTimer"]
+    assert "self.logic.heartbeat(" not in MODULE_SOURCE  # the blocking form is for scripts
+    assert "heartbeatTimer.stop()" not in methods["onLogoutButton"]
+    assert "heartbeatTimer.stop()" not in methods["onHeartbeatAnswered"]  # a lost lease: the logic sends nothing
+    opened = methods["onCaseOpened"]
+    assert opened.index("self.heartbeatTimer.start()") < opened.index("self.showCase(session)")
+    assert "self.heartbeatTimer.stop()" in methods["afterCaseClosed"]
+
+
+def test_the_gui_polls_the_network_worker_and_waits_on_no_request_but_short_ones():
+    methods = _widgetMethods()
+    assert "NETWORK_POLL_MILLISECONDS" in methods["setup"] and "self.networkTimer.start()" in methods["setup"]
+    assert "self.logic.network.poll()" in methods["onNetworkTimer"]
+    assert "self.logic.startNextCase(" in methods["onNextCaseButton"]
+    assert "self.logic.startSubmit(" in methods["onSubmitButton"]
+    assert "self.logic.nextCase(" not in MODULE_SOURCE and "self.logic.submit(" not in MODULE_SOURCE
+    assert "createProgressDialog(" in methods["onNextCaseButton"]
+    assert "dialog.wasCanceled" in methods["onNetworkTimer"] and "transfer.cancel()" in methods["onNetworkTimer"]
+    assert "self.logic.network.shutdown()" in methods["cleanup"]
+
+
+@pytest.mark.parametrize("module", ["MedAnnot", "MedAnnotCine"])
+def test_each_embedded_segment_editor_follows_effects_registered_later(module):
+    tree = ast.parse((EXTENSION_DIR / module / f"{module}.py").read_text(encoding="utf-8"))
+    methods = _widgetMethods(f"{module}Widget", tree)
+    assert "slicer.qSlicerSegmentEditorEffectFactory.instance()" in methods["setup"]
+    assert 'connect("effectRegistered(QString)", self.onEffectRegistered)' in methods["setup"]
+    assert 'disconnect("effectRegistered(QString)", self.onEffectRegistered)' in methods["cleanup"]
+    assert "self.segmentEditorWidget.updateEffectList()" in methods["onEffectRegistered"]
+
+
+def test_the_cine_widget_keeps_no_session_and_ends_none():
+    """Slicer calls exit() on every module switch: the Cine widget's handlers must never end the case's cine
+    (the panel logic holds the hand-over; Testing: test_leaving_and_entering_the_cine_module_...)."""
+    source = (EXTENSION_DIR / "MedAnnotCine" / "MedAnnotCine.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    assigned = {ast.unparse(target) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                for target in node.targets}
+    assert not {name for name in assigned if name.endswith(".session") or name == "self.logic"}
+    methods = _widgetMethods("MedAnnotCineWidget", tree)
+    assert "self.panel = MedAnnotCinePanelLogic()" in methods["setup"]
+    assert "self.panel.handOver(" in methods["annotateWith"]
+    assert "self.panel.logicShown(" in methods["shownLogic"]
+    for name in ("enter", "exit", "setParameterNode", "onParameterNodeModified", "initializeParameterNode"):
+        assert "startCine" not in methods[name] and "sceneClosed" not in methods[name], name
 
 
 def test_a_timer_autosaves_the_drawing_while_a_case_is_open_and_on_exit():
@@ -779,9 +1140,79 @@ def test_a_timer_autosaves_the_drawing_while_a_case_is_open_and_on_exit():
     assert "AUTOSAVE_INTERVAL_SECONDS * 1000" in setup
     assert 'self.autosaveTimer.connect("timeout()", self.onAutosaveTimer)' in setup
     assert "self.logic.autosave()" in methods["onAutosaveTimer"]
-    assert "self.autosaveTimer.start()" in methods["onNextCaseButton"]
+    assert "self.autosaveTimer.start()" in methods["onCaseOpened"]
     assert "self.autosaveTimer.stop()" in methods["afterCaseClosed"]
     assert "self.onAutosaveTimer()" in methods["exit"] and "self.onAutosaveTimer()" in methods["cleanup"]
+
+
+def _selfTestMethods(module: str) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse((EXTENSION_DIR / module / f"{module}.py").read_text(encoding="utf-8"))
+    testClass = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == f"{module}Test")
+    return {node.name: node for node in testClass.body if isinstance(node, ast.FunctionDef)}
+
+
+@pytest.mark.parametrize("module", ["MedAnnot", "MedAnnotExport"])
+def test_each_self_test_needing_the_installed_packages_gets_them_or_skips_saying_why(module):
+    """Under --testing Slicer's pip_ensure installs nothing: a self-test that imports what MedAnnot installs
+    (PyYAML, highdicom through medannot's guideline and dicomseg) asks first, then skips naming the packages."""
+    methods = _selfTestMethods(module)
+    require = ast.unparse(methods["requireDependencies"])
+    assert "ensureDependencies()" in require and "missingRequirements(" in require and "self.skipTest(" in require
+    assert "REQUIREMENTS_PATH" in require
+    for name, method in methods.items():
+        if not name.startswith("test_"):
+            continue
+        statements = list(ast.walk(method))
+        importsCore = [node for node in statements if isinstance(node, ast.ImportFrom)
+                       and (node.module or "").startswith(("medannot.", "MedAnnotExportLib", "MedAnnotWorklistLib"))]
+        usesLogic = "ensureDependencies" in ast.unparse(method) or importsCore
+        if usesLogic:
+            calls = [node for node in statements if isinstance(node, ast.Call)
+                     and ast.unparse(node.func) == "self.requireDependencies"]
+            assert calls, name
+            firstImport = min((node.lineno for node in importsCore if node.module.startswith("medannot.")),
+                              default=10**9)
+            assert calls[0].lineno < firstImport, name
+    runTest = ast.unparse(methods["runTest"])
+    assert "unittest.SkipTest" in runTest  # Reload and Test calls runTest without a unittest runner
+
+
+@needsMrmlAndServer
+def test_the_self_test_builds_its_case_with_the_session_the_logic_uses(scene, tmp_path):
+    """MedAnnotTest's guided-panel test (it needs the Slicer application) makes its case as below; here the
+    same call runs on real MRML and the logic checks it as the widget's Check button does."""
+    from MedAnnotWorklistLib.logic import CaseSession, caseWithoutServer
+
+    method = _selfTestMethods("MedAnnot")["test_GuidedPanelFollowsTheGuidelineAndShowsFindings"]
+    call = next(node for node in ast.walk(method) if isinstance(node, ast.Call)
+                and ast.unparse(node.func).endswith("caseWithoutServer"))
+    assert "SimpleNamespace" not in ast.unparse(method)
+    import inspect
+
+    signature = inspect.signature(caseWithoutServer)
+    signature.bind(*[None] * len(call.args), **{keyword.arg: None for keyword in call.keywords})  # the names fit
+
+    from medannot.demo_data import ct_geometry, ct_phantom
+    from medannot.guideline import load_guideline
+
+    guideline_path = EXTENSION_DIR / "medannot" / "data" / "liver-ct.yaml"  # the self-test's: bundled
+    guideline = load_guideline(guideline_path)
+    shape = (6, 48, 48)
+    geometry = ct_geometry(shape)
+    volumeNode = MedAnnotLib.addVolumeNodeFromArray(ct_phantom(shape)[0], geometry, name="CT")
+    segmentationNode = MedAnnotLib.addSegmentationNodeFromGuideline(guideline, referenceVolumeNode=volumeNode)
+    labels = np.zeros(shape, np.uint8)
+    labels[:, 4:40, 4:20] = 1
+    labels[2:4, 10:14, 30:34] = 1  # a stray second part of the liver
+    MedAnnotLib.updateSegmentationFromLabelMap(segmentationNode, labels, geometry, guideline)
+    session = caseWithoutServer(volumeNode, segmentationNode, guideline_path, cacheDir=tmp_path / "case")
+    logic = MedAnnotLogic(outboxFolder=tmp_path / "outbox", cacheFolder=tmp_path / "cases")
+    logic.session = session
+
+    assert isinstance(session, CaseSession) and not session.isCine
+    assert session.segmentNames == [spec.name for spec in guideline.segments]
+    assert logic.allowedEffects() == list(guideline.tools) and guideline.title in logic.instructions()
+    assert any(finding.rule == "components" for finding in logic.checkCase().findings)
 
 
 def test_the_worklist_logic_needs_no_qt():

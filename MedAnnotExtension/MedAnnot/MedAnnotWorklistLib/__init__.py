@@ -17,6 +17,7 @@ from MedAnnotWorklistLib.logic import (
     MedAnnotLogic,
     OutboxStatus,
     ProjectProgress,
+    caseWithoutServer,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "OutboxStatus",
     "ProjectProgress",
     "allowedEffectNames",
+    "caseWithoutServer",
     "isCineSource",
     "loadCase",
     "loadCaseVolume",

@@ -41,6 +41,7 @@ from MedAnnotWorklistLib.guidance import (
 )
 from medannot.client import Outbox, TaskServerClient
 from medannot.client.api import medannot_home
+from medannot.client.background import BackgroundCalls, Transfer
 from medannot.client.errors import (
     AuthenticationError,
     LeaseLostError,
@@ -48,13 +49,17 @@ from medannot.client.errors import (
     ServerAddressError,
     ServerRejectedError,
     TaskServerError,
+    TransferCancelledError,
 )
 from medannot.errors import GuidelineError, MedAnnotError
 
 from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from medannot.client import DeliveryResult, Task
+    from medannot.dicomseg import ExportResult
     from medannot.guideline import Guideline
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,8 @@ AUTOSAVE_SEGMENTATION = "segmentation.seg.nrrd"
 AUTOSAVE_INFO = "autosave.json"
 # A cine's autosave: every frame's labels (the cine logic's values; the info maps them to segments) and keyframes.
 AUTOSAVE_CINE_LABELS = "frames.nrrd"
+# What the network worker runs, by name (see MedAnnotLogic.network).
+CLAIM_CALL, HEARTBEAT_CALL, SUBMIT_CALL = "claim the next case", "heartbeat", "submit"
 
 
 @dataclass
@@ -85,6 +92,9 @@ class CaseSession:
     ``segmentationNode`` the drawing on it (the proxy of a segmentation sequence holding every frame's drawing),
     ``cine`` the :class:`MedAnnotCineLib.MedAnnotCineLogic` annotating it (keyframes, interpolation, export) and
     ``browserNode`` the sequence browser playing it.
+
+    ``leaseLost`` is why the server no longer holds the lease for this reader (None while it does); heartbeats
+    stop then, the drawing stays.
     """
 
     serverUrl: str
@@ -99,12 +109,14 @@ class CaseSession:
     guideline: Guideline = field(repr=False)
     cacheDir: Path
     seriesUid: str
-    instances: CachedInstances = field(repr=False)
+    instances: CachedInstances | None = field(repr=False)
     username: str = ""
     restoredFrom: Path | None = None
     sourcePath: Path | None = None
     browserNode: Any = None
     cine: Any = field(default=None, repr=False)
+    leaseLost: str | None = None
+    autosavedStamp: tuple | None = field(default=None, repr=False)
 
     @property
     def isCine(self) -> bool:
@@ -118,6 +130,27 @@ class CaseSession:
     def segmentNames(self) -> list[str]:
         """The guideline's segment names, in order: one confidence rating each."""
         return [spec.name for spec in self.guideline.segments]
+
+
+@dataclass
+class ClaimedCase:
+    """A claimed task whose images and guideline are downloaded into ``caseDir`` but not yet in the scene: what
+    :meth:`MedAnnotLogic.claimCase` (network and files only) hands to :meth:`MedAnnotLogic.openClaimedCase`."""
+
+    serverUrl: str
+    projectId: int | str
+    task: Task
+    caseDir: Path
+    guidelinePath: Path
+    guideline: Guideline = field(repr=False)
+
+
+@dataclass
+class PreparedSubmit:
+    """A case checked and exported, waiting to be sent (see :meth:`MedAnnotLogic.prepareSubmit`)."""
+
+    session: CaseSession
+    exported: ExportResult
 
 
 @dataclass(frozen=True)
@@ -161,6 +194,11 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     One case is open at a time (:attr:`session`). Submits go through a local :class:`medannot.client.Outbox`, so a
     result made while the server is unreachable waits on disk and is delivered by :meth:`flushOutbox`.
 
+    The logic outlives module switches (the widget's ``exit()``), so the open case and its lease are kept here.
+    Every call that may wait on the network has a ``start...`` form (:meth:`startNextCase`, :meth:`beatInBackground`,
+    :meth:`startSubmit`) that runs the network part on :attr:`network`'s worker thread and the scene part in a
+    callback on the thread that calls ``network.poll()`` (the GUI's timer); the plain forms do all at once.
+
     Parameters
     ----------
     outboxFolder : str or pathlib.Path, optional
@@ -174,6 +212,7 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         self.outbox = Outbox(outboxFolder)
         self.cacheFolder = Path(cacheFolder) if cacheFolder else medannot_home() / "cases"
         self.session: CaseSession | None = None
+        self.network = BackgroundCalls()
         self._client: TaskServerClient | None = None
         self._username = ""
 
@@ -226,6 +265,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             self._client.close()
         self._client, self._username = client, username.strip()
         logger.info("Logged in to %s as %s", client.base_url, self._username)
+        # An open case's lease went unbeaten while logged out: extend it now, the timer keeps it from here.
+        self.beatInBackground()
         try:
             delivered = self.outbox.flush(client)
         except MedAnnotError as error:  # the login stands; the results wait for the next try
@@ -238,7 +279,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
 
     def logout(self) -> None:
         """Revoke the login on the server. An open case stays in the scene; its result can still be submitted
-        (it waits in the outbox until the next login)."""
+        (it waits in the outbox until the next login). Heartbeats pause until :meth:`login` (which beats at once),
+        so the lease lasts only as long as the server gives it without beats."""
         if self._client is None:
             return
         try:
@@ -265,7 +307,7 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 tasksTotal=int(project.get("tasks_total") or 0), myCase=myCase))
         return rows
 
-    def nextCase(self, projectId, cacheDir=None) -> CaseSession | None:
+    def nextCase(self, projectId, cacheDir=None, transfer: Transfer | None = None) -> CaseSession | None:
         """Claim the next case of a project and open it: images as a volume, an empty segmentation per guideline.
 
         An ultrasound cine (a multi-frame US instance) opens as a sequence of frames with a browser; its
@@ -284,6 +326,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             The project to work on.
         cacheDir : str or pathlib.Path, optional
             Folder for downloaded cases; defaults to :attr:`cacheFolder`. Each case gets its own subfolder.
+        transfer : medannot.client.Transfer, optional
+            Receives the download's progress; cancelling it gives the claim back and raises
+            :class:`medannot.client.TransferCancelledError`.
 
         Returns
         -------
@@ -296,13 +341,48 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             A case is already open, not logged in, the server fails, or the case's images or guideline are unusable
             (the claim is then given back).
         """
-        if self.session is not None:
-            raise MedAnnotError(
-                f"Case {self.session.caseId} (task {self.session.taskId}) is still open; submit or release it first.")
+        self._checkNoCaseOpen()
         self.ensureDependencies()
-        if self.outbox.pending():
-            self.flushOutbox()
+        claimed = self.claimCase(projectId, cacheDir, transfer)
+        return self.openClaimedCase(claimed) if claimed is not None else None
+
+    def startNextCase(self, projectId, onOpened: Callable[[CaseSession | None], None],
+                      onFailed: Callable[[BaseException], None], cacheDir=None) -> Transfer:
+        """:meth:`nextCase` without waiting on the network: the claim and the download run on :attr:`network`'s
+        worker; once ``network.poll()`` sees them done, the case is opened in the scene and ``onOpened(session)``
+        (None: nothing left) or ``onFailed(error)`` is called, on the polling thread.
+
+        Returns the download's :class:`~medannot.client.Transfer`: its progress to show, and ``cancel()``.
+        """
+        self._checkNoCaseOpen()
+        self.ensureDependencies()  # may ask the reader to install packages: on this (the GUI's) thread
+        transfer = Transfer(f"the next case of project {projectId}")
+
+        def opened(claimed: ClaimedCase | None) -> None:
+            if claimed is None:
+                onOpened(None)
+                return
+            try:
+                session = self.openClaimedCase(claimed)
+            except BaseException as error:  # noqa: BLE001  (handed to the caller, who shows it)
+                onFailed(error)
+                return
+            onOpened(session)
+
+        self.network.submit(CLAIM_CALL, self.claimCase, projectId, cacheDir, transfer, on_success=opened,
+                            on_failure=onFailed)
+        return transfer
+
+    def claimCase(self, projectId, cacheDir=None, transfer: Transfer | None = None) -> ClaimedCase | None:
+        """The network half of :meth:`nextCase`: deliver waiting results, claim a task, download its images and
+        guideline into its case folder. Touches no MRML, so it may run on a worker thread.
+
+        Returns None when the project has nothing left for this reader. On any failure, or when ``transfer`` is
+        cancelled, the claim is given back and the case folder emptied (an autosave in it is kept).
+        """
         with self._loginChecked() as client:
+            if self.outbox.pending():
+                self.outbox.flush(client)
             task = client.claim(projectId)
             if task is None:
                 return None
@@ -316,25 +396,87 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 )
             caseDir = Path(cacheDir or self.cacheFolder) / f"{_slug(client.base_url)}-task-{task.task_id}"
             try:
-                self.session = self._openCase(client, task, projectId, caseDir)
+                guidelinePath, guideline = self._downloadCase(client, task, caseDir, transfer)
             except BaseException as error:
                 self._giveBack(client, task, caseDir, error)
+                raise
+        return ClaimedCase(serverUrl=client.base_url, projectId=projectId, task=task, caseDir=caseDir,
+                           guidelinePath=guidelinePath, guideline=guideline)
+
+    def openClaimedCase(self, claimed: ClaimedCase) -> CaseSession:
+        """The scene half of :meth:`nextCase` (on the GUI's thread): load the downloaded images, create the
+        guideline's segments, restore an autosave. On failure the claim is given back."""
+        with self._clientFor(claimed.serverUrl) as client:
+            if self.session is not None:
+                error = MedAnnotError(f"Case {self.session.caseId} (task {self.session.taskId}) is still open; "
+                                      "submit or release it first.")
+                self._giveBack(client, claimed.task, claimed.caseDir, error)
+                raise error
+            try:
+                self.session = self._openCase(client, claimed)
+            except BaseException as error:
+                self._giveBack(client, claimed.task, claimed.caseDir, error)
                 raise
         logger.info("Opened case %s (task %s)", self.session.caseId, self.session.taskId)
         return self.session
 
     def heartbeat(self, session: CaseSession | None = None) -> str:
-        """Extend the lease on the open case; returns (and records) the new expiry.
+        """Extend the lease on the open case; returns (and records) the new expiry. One short try without
+        retries (see :meth:`beatInBackground` for the form the module's timer uses).
 
         Raises
         ------
         medannot.client.LeaseLostError
-            If the lease expired or went to someone else; the case stays in the scene so nothing is lost.
+            If the lease expired or went to someone else (recorded as :attr:`CaseSession.leaseLost`); the case
+            stays in the scene so nothing is lost.
         """
         session = self._openSession(session)
         with self._loginChecked() as client:
-            session.leaseExpiresAt = client.heartbeat(session.taskId, session.leaseToken)
+            try:
+                session.leaseExpiresAt = client.heartbeat(session.taskId, session.leaseToken)
+            except LeaseLostError as error:
+                session.leaseLost = str(error)
+                raise
         return session.leaseExpiresAt
+
+    @property
+    def leaseKept(self) -> bool:
+        """Whether heartbeats can extend the open case's lease now: a case is open, its lease is not lost, and the
+        reader is logged in to its server."""
+        session = self.session
+        return (session is not None and session.leaseLost is None and self.isLoggedIn
+                and self.serverUrl == session.serverUrl)
+
+    def beatInBackground(self, onDone: Callable[[BaseException | None], None] | None = None) -> bool:
+        """Send one heartbeat for the open case on :attr:`network`'s worker; when ``network.poll()`` sees it
+        answered, the new expiry is recorded (or the lost lease, see :attr:`CaseSession.leaseLost`) and
+        ``onDone(None or the error)`` is called on the polling thread.
+
+        Returns False (and sends nothing) when :attr:`leaseKept` is False, or a heartbeat is still under way: the
+        module's timer calls this every :data:`HEARTBEAT_INTERVAL_SECONDS`, and :meth:`login` calls it at once.
+        """
+        if not self.leaseKept or self.network.is_busy(HEARTBEAT_CALL):
+            return False
+        session, client = self.session, self._client
+
+        def answered(expiresAt: str) -> None:
+            session.leaseExpiresAt = expiresAt
+            if onDone is not None:
+                onDone(None)
+
+        def failed(error: BaseException) -> None:
+            if isinstance(error, LeaseLostError):
+                session.leaseLost = str(error)
+                logger.warning("Case %s (task %s): %s", session.caseId, session.taskId, error)
+            else:
+                logger.info("Heartbeat of task %s not answered (the next one tries again): %s", session.taskId,
+                            error)
+            if onDone is not None:
+                onDone(error)
+
+        self.network.submit(HEARTBEAT_CALL, client.heartbeat, session.taskId, session.leaseToken,
+                            on_success=answered, on_failure=failed)
+        return True
 
     def autosave(self, session: CaseSession | None = None) -> Path | None:
         """Save the open case's segmentation in its cache folder (``autosave/segmentation.seg.nrrd`` plus
@@ -342,7 +484,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         saved as every frame's labels (``autosave/frames.nrrd``) with its keyframes and interpolation method.
 
         The files are written under temporary names and then renamed over the previous autosave, so an autosave
-        that fails half-way leaves the previous one complete.
+        that fails half-way leaves the previous one complete. Nothing is written when the drawing has not changed
+        since the last autosave (writing a CT's segmentation holds Slicer for about a second), judged by the
+        modification times of the segmentation, its segments and, for a cine, its frames, keyframes and method.
 
         Returns
         -------
@@ -358,6 +502,9 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         if session is None or session.segmentationNode.GetScene() is None or not session.cacheDir.is_dir():
             return None
         folder = session.autosaveDir
+        target = folder / (AUTOSAVE_CINE_LABELS if session.isCine else AUTOSAVE_SEGMENTATION)
+        if _drawingStamp(session) == session.autosavedStamp and target.is_file():
+            return target
         folder.mkdir(exist_ok=True)
         target, infoTarget = folder / AUTOSAVE_SEGMENTATION, folder / AUTOSAVE_INFO
         # The storage node picks its writer by the file's extension, so the temporary name keeps ".seg.nrrd".
@@ -386,6 +533,8 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             # the two renames leaves a usable pair (a first autosave has no segmentation yet to pair with).
             os.replace(infoTemporary, infoTarget)
             os.replace(temporary, target)
+            # Taken after writing: reading a cine's frames copies the shown frame into its sequence item.
+            session.autosavedStamp = _drawingStamp(session)
         except BaseException as error:
             for leftover in (temporary, infoTemporary):
                 leftover.unlink(missing_ok=True)
@@ -443,6 +592,40 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             The export fails (unknown or overlapping segments, missing reader details), or the server refuses the
             result; the case then stays in the scene.
         """
+        prepared = self.prepareSubmit(session, readerName, readerId, readerRole, institution, confidences,
+                                      checklistAnswers)
+        return self.finishSubmit(prepared, self.deliver(prepared))
+
+    def startSubmit(self, session: CaseSession | None, readerName: str, readerId: str,
+                    onSubmitted: Callable[[CaseSubmitResult], None], onFailed: Callable[[BaseException], None],
+                    readerRole: str = "Annotator", institution: str = "", confidences: dict[str, int] | None = None,
+                    checklistAnswers: Mapping[str, Any] | None = None) -> None:
+        """:meth:`submit` without waiting on the network: check and export here (this reads the scene), send on
+        :attr:`network`'s worker, then (on the thread calling ``network.poll()``) close the case and call
+        ``onSubmitted(result)``, or ``onFailed(error)`` with the case still open.
+
+        Raises what :meth:`prepareSubmit` raises, before anything is sent.
+        """
+        if self.network.is_busy(SUBMIT_CALL):
+            raise MedAnnotError("A submit is under way already; wait for its answer.")
+        prepared = self.prepareSubmit(session, readerName, readerId, readerRole, institution, confidences,
+                                      checklistAnswers)
+
+        def delivered(delivery: DeliveryResult) -> None:
+            try:
+                result = self.finishSubmit(prepared, delivery)
+            except BaseException as error:  # noqa: BLE001  (handed to the caller, who shows it)
+                onFailed(error)
+                return
+            onSubmitted(result)
+
+        self.network.submit(SUBMIT_CALL, self.deliver, prepared, on_success=delivered, on_failure=onFailed)
+
+    def prepareSubmit(self, session: CaseSession | None, readerName: str, readerId: str,
+                      readerRole: str = "Annotator", institution: str = "",
+                      confidences: dict[str, int] | None = None,
+                      checklistAnswers: Mapping[str, Any] | None = None) -> PreparedSubmit:
+        """The scene half of :meth:`submit`, before sending: check the case and export its SEG + SR."""
         session = self._inSceneSession(session)
         answers = self._checkReadyToSubmit(session, confidences or {}, checklistAnswers or {})
         if session.isCine:
@@ -460,9 +643,20 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 readerRole=readerRole, institution=institution, outputDir=session.cacheDir / "result",
                 confidences=confidences, taskId=str(session.taskId), dicomDatabase=session.instances,
                 checklist=answers)
+        return PreparedSubmit(session, exported)
+
+    def deliver(self, prepared: PreparedSubmit) -> DeliveryResult:
+        """The network half of :meth:`submit`: put the exported SEG + SR in the outbox and send them (no MRML: may
+        run on a worker thread)."""
+        session = prepared.session
         with self._clientFor(session.serverUrl) as client:
-            delivery = self.outbox.submit(client, session.taskId, session.leaseToken, exported.seg_path,
-                                          exported.sr_path)
+            return self.outbox.submit(client, session.taskId, session.leaseToken, prepared.exported.seg_path,
+                                      prepared.exported.sr_path)
+
+    def finishSubmit(self, prepared: PreparedSubmit, delivery: DeliveryResult) -> CaseSubmitResult:
+        """After :meth:`deliver`: a refused result keeps the case open (raises); otherwise the case leaves the
+        scene."""
+        session = prepared.session
         if delivery.status == "rejected":
             raise ServerRejectedError(
                 f"The task server refused the result for case {session.caseId} (task {session.taskId}): "
@@ -524,17 +718,24 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             return self.outbox.flush(client)
 
     # ------------------------------------------------------------ internals
-    def _openCase(self, client: TaskServerClient, task: Task, projectId, caseDir: Path) -> CaseSession:
+    def _downloadCase(self, client: TaskServerClient, task: Task, caseDir: Path,
+                      transfer: Transfer | None) -> tuple[Path, Guideline]:
+        """Fetch a claimed task's images and guideline into its case folder (no MRML: may run on a worker)."""
         from medannot.guideline import load_guideline
 
         # A folder left by an earlier claim of this task: its images and result are fetched or made again, but its
         # autosave is the reader's drawing from before a crash and is kept.
         _emptyCaseFolder(caseDir, keep=AUTOSAVE_FOLDER)
         caseDir.mkdir(parents=True, exist_ok=True)
-        client.download_instances(task.task_id, task.lease_token, caseDir / "images")
+        client.download_instances(task.task_id, task.lease_token, caseDir / "images",
+                                  progress=transfer.report if transfer is not None else None,
+                                  cancelled=transfer.is_cancelled if transfer is not None else None)
         # The YAML as bytes (the guideline's sha256, recorded in the SEG and checked by the server, is over the
         # bytes) and its reference images beside it, each checked against its sha256.
         guidelinePath = client.download_guideline(task.project_id, caseDir / "guideline")
+        if transfer is not None and transfer.is_cancelled():
+            raise TransferCancelledError(f"Opening case {task.case_id} (task {task.task_id}) was cancelled.",
+                                         server_url=client.base_url)
         # A version stored before the server kept reference images has none to send: show the text without them.
         guideline = load_guideline(guidelinePath, require_reference_images=False)
         expected = task.raw.get("guideline_sha256")
@@ -544,6 +745,11 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
                 f"claimed under (sha256 {str(expected)[:12]}); the project's guideline changed meanwhile. Press "
                 "Next case again."
             )
+        return guidelinePath, guideline
+
+    def _openCase(self, client: TaskServerClient, claimed: ClaimedCase) -> CaseSession:
+        task, caseDir, projectId = claimed.task, claimed.caseDir, claimed.projectId
+        guidelinePath, guideline = claimed.guidelinePath, claimed.guideline
         loaded = loadCase(caseDir / "images", name=str(task.case_id))
         volumeNode, source, instances = loaded.volumeNode, loaded.source, loaded.instances
         segmentationNode = cine = None
@@ -648,6 +854,13 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             raise MedAnnotError(f"Case {session.caseId}'s cine is no longer open; release the case and take it again.")
         return session.cine
 
+    def _checkNoCaseOpen(self) -> None:
+        if self.session is not None:
+            raise MedAnnotError(
+                f"Case {self.session.caseId} (task {self.session.taskId}) is still open; submit or release it first.")
+        if self.network.is_busy(CLAIM_CALL):
+            raise MedAnnotError("The next case is being downloaded already; wait for it, or cancel it.")
+
     def _openSession(self, session: CaseSession | None) -> CaseSession:
         session = session or self.session
         if session is None:
@@ -702,10 +915,63 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
             ) from None
 
 
+def caseWithoutServer(volumeNode, segmentationNode, guidelinePath, cacheDir, caseId: str = "self-test",
+                      instances: CachedInstances | None = None, browserNode=None, cine=None) -> CaseSession:
+    """A case open in the scene as :meth:`MedAnnotLogic.nextCase` leaves one, without a server or a lease: for
+    self-tests and scripts that drive the guided panel (check, instructions, tools) on nodes they made.
+
+    Parameters
+    ----------
+    volumeNode, segmentationNode : vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+        The image and the drawing on it.
+    guidelinePath : str or pathlib.Path
+        The guideline YAML the case follows.
+    cacheDir : str or pathlib.Path
+        The case folder (autosave goes to ``cacheDir/autosave``).
+    instances : CachedInstances, optional
+        The case's DICOM files, for a submit's export; without them the export asks ``slicer.dicomDatabase``.
+    browserNode, cine : optional
+        For a cine: the browser playing it and the :class:`MedAnnotCineLib.MedAnnotCineLogic` annotating it.
+    """
+    from medannot.guideline import load_guideline
+
+    guidelinePath = Path(guidelinePath)
+    return CaseSession(
+        serverUrl="", projectId="", taskId="", caseId=caseId, leaseToken="", leaseExpiresAt="",
+        volumeNode=volumeNode, segmentationNode=segmentationNode, guidelinePath=guidelinePath,
+        guideline=load_guideline(guidelinePath, require_reference_images=False), cacheDir=Path(cacheDir),
+        seriesUid="", instances=instances, browserNode=browserNode, cine=cine)
+
+
 def _caseNodes(volumeNode, segmentationNode, browserNode=None, *sequenceNodes) -> list:
     """The nodes of a case in the order to remove them: the browser first, which would otherwise make new proxy
     nodes for its sequences when the shown ones go, then the sequences, then the shown volume and segmentation."""
     return [browserNode, *sequenceNodes, volumeNode, segmentationNode]
+
+
+def _drawingStamp(session: CaseSession) -> tuple:
+    """What changes whenever the case's drawing changes: the modification times (VTK's, which only grow) of the
+    segmentation node, its segmentation and every segment's source representation; for a cine also of every
+    frame's segmentation item, and the keyframes and method. Equal stamps: nothing to autosave."""
+    nodes = [session.segmentationNode]
+    extra: tuple = ()
+    if session.isCine and session.cine.session is not None:
+        sequenceNode = session.cine.session.segmentationSequenceNode
+        nodes += [sequenceNode] + [sequenceNode.GetNthDataNode(i) for i in range(sequenceNode.GetNumberOfDataNodes())]
+        extra = (tuple(session.cine.keyframes()), session.cine.method)
+    stamps = []
+    for node in nodes:
+        stamps.append(node.GetMTime())
+        segmentation = node.GetSegmentation() if hasattr(node, "GetSegmentation") else None
+        if segmentation is None:
+            continue
+        stamps.append(segmentation.GetMTime())
+        sourceName = segmentation.GetSourceRepresentationName()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            representation = segment.GetRepresentation(sourceName)
+            stamps += [segment.GetMTime(), representation.GetMTime() if representation is not None else 0]
+    return (*stamps, *extra)
 
 
 def _writeCineDrawing(cine, path: Path) -> dict:

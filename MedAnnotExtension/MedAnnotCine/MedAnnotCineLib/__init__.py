@@ -8,6 +8,7 @@ from MedAnnotCineLib.logic import (
     CineFrames,
     CineSession,
     MedAnnotCineLogic,
+    MedAnnotCinePanelLogic,
     UnmarkedEditsError,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "CineFrames",
     "CineSession",
     "MedAnnotCineLogic",
+    "MedAnnotCinePanelLogic",
     "UnmarkedEditsError",
 ]

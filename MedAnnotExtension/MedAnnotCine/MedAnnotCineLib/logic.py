@@ -180,6 +180,7 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         """Whether the current session annotates this browser's cine with this segmentation."""
         session = self.session
         return (session is not None and browserNode is not None and segmentationNode is not None
+                and session.browserNode.GetScene() is not None
                 and session.browserNode.GetID() == browserNode.GetID()
                 and session.segmentationNode.GetID() == segmentationNode.GetID())
 
@@ -656,6 +657,97 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
                 f"The frames of '{volumeSequence.GetName()}' come from {len(uids)} different DICOM instances; "
                 "export needs the one multi-frame cine they were drawn on: give its file as the source.")
         return MedAnnotLib.sourcePathOfVolume(volumeSequence.GetNthDataNode(0), dicomDatabase)
+
+
+# The fields of MedAnnotCineParameterNode (MedAnnotCine.py) that say what the panel shows; the parameter node
+# wrapper stores a node field as a node reference with the field's name (and an empty parameter of that name).
+BROWSER_PARAMETER = "browserNode"
+SEGMENTATION_PARAMETER = "segmentationNode"
+
+
+class MedAnnotCinePanelLogic:
+    """Which cine logic the MedAnnot Cine panel works with, kept apart from the panel's widget.
+
+    Slicer calls a module widget's ``exit()`` on every module switch and ``enter()`` on coming back, so the widget
+    holds no annotation state: it asks this object which logic annotates the browser and segmentation its
+    parameter node selects (:meth:`logicShown`), and which to act with (:meth:`logicForAction`). Two kinds of
+    logic can be current: one another module handed over (:meth:`handOver`: the MedAnnot worklist's cine case,
+    whose keyframes it checks and submits) and the panel's own, for a cine opened by hand. Nothing here ends a
+    session: selecting other nodes, leaving the module or taking the next case leaves every session as it was.
+    """
+
+    def __init__(self) -> None:
+        self.ownLogic = MedAnnotCineLogic()
+        self.handedOver: MedAnnotCineLogic | None = None
+
+    def handOver(self, cineLogic: MedAnnotCineLogic, parameterNode) -> None:
+        """Show another module's cine with that module's logic: select its browser and segmentation.
+
+        Parameters
+        ----------
+        cineLogic : MedAnnotCineLogic
+            A logic with a started session (the worklist's :attr:`CaseSession.cine`).
+        parameterNode : vtkMRMLScriptedModuleNode
+            The module's parameter node (``MedAnnotCineLogic().getParameterNode()``).
+        """
+        session = cineLogic.session
+        if session is None:
+            raise ValueError("The cine to hand over is not open (startCine was not called or its case closed).")
+        self.handedOver = cineLogic
+        selectNodes(parameterNode, session.browserNode, session.segmentationNode)
+
+    def logicShown(self, parameterNode) -> MedAnnotCineLogic | None:
+        """The logic whose session annotates what ``parameterNode`` selects (the handed-over one first); None when
+        no session does (or ``parameterNode`` is None, as after ``exit()``). Starts and ends nothing."""
+        browserNode, segmentationNode = selectedNodes(parameterNode)
+        for logic in (self.handedOver, self.ownLogic):
+            if logic is not None and logic.isSessionOf(browserNode, segmentationNode):
+                return logic
+        return None
+
+    def logicForAction(self, parameterNode) -> MedAnnotCineLogic:
+        """The logic to mark keyframes or interpolate with: :meth:`logicShown`, or else the panel's own logic,
+        started on the selected browser and segmentation (a handed-over session is never replaced).
+
+        Raises
+        ------
+        ValueError
+            If the parameter node selects no browser or segmentation (see :meth:`MedAnnotCineLogic.startCine`).
+        """
+        logic = self.logicShown(parameterNode)
+        if logic is None:
+            browserNode, segmentationNode = selectedNodes(parameterNode)
+            if browserNode is None:
+                raise ValueError("Select the cine's sequence browser.")
+            self.ownLogic.startCine(browserNode, segmentationNode)
+            logic = self.ownLogic
+        return logic
+
+    def sceneClosed(self) -> None:
+        """The scene was closed: every session's nodes are gone with it."""
+        self.ownLogic = MedAnnotCineLogic()
+        self.handedOver = None
+
+
+def selectedNodes(parameterNode) -> tuple[Any, Any]:
+    """The browser and segmentation a MedAnnot Cine parameter node selects (None for a missing one or node)."""
+    if parameterNode is None:
+        return None, None
+    return (parameterNode.GetNodeReference(BROWSER_PARAMETER),
+            parameterNode.GetNodeReference(SEGMENTATION_PARAMETER))
+
+
+def selectNodes(parameterNode, browserNode, segmentationNode) -> None:
+    """Select a browser and segmentation in a MedAnnot Cine parameter node, stored as its parameter node wrapper
+    stores node fields, so that the GUI bound to it follows (one Modified event)."""
+    wasModifying = parameterNode.StartModify()
+    try:
+        for name, node in ((BROWSER_PARAMETER, browserNode), (SEGMENTATION_PARAMETER, segmentationNode)):
+            parameterNode.SetParameter(name, "")
+            parameterNode.SetNodeReferenceID(name, node.GetID() if node is not None else None)
+        parameterNode.Modified()
+    finally:
+        parameterNode.EndModify(wasModifying)
 
 
 def _exportLogic():

@@ -13,16 +13,18 @@ _EXPORTS = {
                             "load_session", "medannot_home", "save_session"),
     "medannot.client.errors": ("AuthenticationError", "LeaseLostError", "OutboxError", "ServerAddressError",
                                "ServerRejectedError", "ServerResponseError", "ServerUnreachableError",
-                               "TaskServerError", "UnsafeArchiveError"),
+                               "TaskServerError", "TransferCancelledError", "UnsafeArchiveError"),
+    "medannot.client.background": ("BackgroundCalls", "Transfer"),
     "medannot.client.outbox": ("DeliveryResult", "Outbox", "OutboxItem", "default_outbox_folder"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "AuthenticationError", "DeliveryResult", "LeaseLostError", "Outbox", "OutboxError", "OutboxItem",
-    "ServerAddressError", "ServerRejectedError", "ServerResponseError", "ServerUnreachableError", "Session",
-    "Submission", "Task", "TaskServerClient", "TaskServerError", "UnsafeArchiveError", "clear_session",
-    "default_outbox_folder", "extract_zip", "load_session", "medannot_home", "save_session",
+    "AuthenticationError", "BackgroundCalls", "DeliveryResult", "LeaseLostError", "Outbox", "OutboxError",
+    "OutboxItem", "ServerAddressError", "ServerRejectedError", "ServerResponseError", "ServerUnreachableError",
+    "Session", "Submission", "Task", "TaskServerClient", "TaskServerError", "Transfer", "TransferCancelledError",
+    "UnsafeArchiveError", "clear_session", "default_outbox_folder", "extract_zip", "load_session", "medannot_home",
+    "save_session",
 ]
 
 

@@ -34,11 +34,14 @@ from medannot.client.errors import (
     ServerResponseError,
     ServerUnreachableError,
     TaskServerError,
+    TransferCancelledError,
     UnsafeArchiveError,
 )
 from medannot.errors import DicomSegError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,11 @@ RETRY_STATUSES = (502, 503, 504)
 # Answers that mean "try again later", not "your request is wrong": the outbox keeps such submits queued.
 TRANSIENT_STATUSES = frozenset({408, 429})
 SESSION_FILE = "session.json"
+# A heartbeat is sent every few minutes while a reader draws: one short try, no retries. A lost beat is simply sent
+# again by the next tick (the lease outlasts several), and a long wait would hold up whoever waits for the answer.
+HEARTBEAT_TIMEOUT_SECONDS = 10.0
+# Downloads are read in pieces this big: each piece reports progress and checks whether the reader cancelled.
+DOWNLOAD_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,10 @@ class TaskServerClient:
         self._http = _http_session(_retry(retries, backoff_factor, repeat_safe=True))
         # A claim is not safe to repeat once the server may have seen it: retry only failed connects.
         self._http_once = _http_session(_retry(retries, backoff_factor, repeat_safe=False))
+        # Heartbeats: one try, see HEARTBEAT_TIMEOUT_SECONDS. Their own connection pool, so that a beat sent from a
+        # worker thread never shares a connection with a request of the reader's.
+        self._http_beat = _http_session(Retry(total=0, connect=0, read=False, status=0, other=0,
+                                              raise_on_status=False))
         host = urlsplit(self.base_url).hostname or ""
         if self.base_url.startswith("http://") and not _is_loopback(host):
             logger.warning("%s is plain http: your password and token cross the network unencrypted; "
@@ -142,6 +154,7 @@ class TaskServerClient:
     def close(self) -> None:
         self._http.close()
         self._http_once.close()
+        self._http_beat.close()
 
     def __enter__(self) -> Self:
         return self
@@ -192,10 +205,15 @@ class TaskServerClient:
         except (KeyError, TypeError):
             raise self._unexpected("the claim", "no task_id, case_id or lease_token") from None
 
-    def heartbeat(self, task_id: int | str, lease_token: str) -> str:
-        """Extend the lease on a task; returns the new expiry. Raises :class:`LeaseLostError` if it is gone."""
+    def heartbeat(self, task_id: int | str, lease_token: str,
+                  timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> str:
+        """Extend the lease on a task; returns the new expiry. Raises :class:`LeaseLostError` if it is gone.
+
+        One try of at most ``timeout`` seconds, without retries: the caller beats again at its next tick.
+        """
         response = self._call("POST", f"/tasks/{task_id}/heartbeat", f"extend the lease on task {task_id}",
-                              lease_token=lease_token)
+                              lease_token=lease_token, http=self._http_beat,
+                              timeout=(min(float(timeout), 5.0), float(timeout)))
         data = self._json(response, "the heartbeat")
         if not isinstance(data, dict) or "lease_expires_at" not in data:
             raise self._unexpected("the heartbeat", "no lease_expires_at")
@@ -224,15 +242,41 @@ class TaskServerClient:
         replayed = bool(data.get("replayed")) or response.headers.get("Idempotent-Replayed") == "true"
         return Submission(submission_id=data["submission_id"], replayed=replayed, raw=data)
 
-    def download_instances(self, task_id: int | str, lease_token: str, dest_dir: str | os.PathLike[str]) -> Path:
-        """Download the task's source DICOM files and unpack them into ``dest_dir``; returns ``dest_dir``."""
+    def download_instances(self, task_id: int | str, lease_token: str, dest_dir: str | os.PathLike[str],
+                           progress: Callable[[int, int | None], None] | None = None,
+                           cancelled: Callable[[], bool] | None = None) -> Path:
+        """Download the task's source DICOM files and unpack them into ``dest_dir``; returns ``dest_dir``.
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Called as ``progress(bytes_received, bytes_total)`` after each piece (``bytes_total`` is None when the
+            server does not say), from the thread that downloads.
+        cancelled : callable, optional
+            Asked after each piece; when it returns True the download stops, nothing is unpacked and
+            :class:`TransferCancelledError` is raised.
+        """
         dest = Path(dest_dir)
         what = f"download the images of task {task_id}"
         with tempfile.TemporaryFile() as archive:
+            if cancelled is not None and cancelled():
+                raise TransferCancelledError(f"The download of task {task_id}'s images was cancelled.",
+                                             server_url=self.base_url)
             response = self._call("GET", f"/tasks/{task_id}/instances", what, lease_token=lease_token, stream=True)
             try:
-                for chunk in response.iter_content(chunk_size=1 << 20):
+                total = _content_length(response)
+                received = 0
+                if progress is not None:
+                    progress(received, total)
+                for chunk in response.iter_content(chunk_size=DOWNLOAD_CHUNK_BYTES):
                     archive.write(chunk)
+                    received += len(chunk)
+                    if progress is not None:
+                        progress(received, total)
+                    if cancelled is not None and cancelled():
+                        raise TransferCancelledError(
+                            f"The download of task {task_id}'s images was cancelled after {received} bytes.",
+                            server_url=self.base_url)
             except requests.RequestException as exc:
                 raise ServerUnreachableError(
                     f"the download of task {task_id}'s images from {self.base_url} broke off "
@@ -292,6 +336,7 @@ class TaskServerClient:
     # ------------------------------------------------------------ plumbing
     def _call(self, method: str, path: str, what: str, *, authenticated: bool = True, repeat_safe: bool = True,
               lease_token: str | None = None, headers: dict[str, str] | None = None,
+              http: requests.Session | None = None, timeout: tuple[float, float] | None = None,
               **kwargs: Any) -> requests.Response:
         url = self.base_url + API_PREFIX + path
         all_headers = {"Accept": "application/json", **(headers or {})}
@@ -302,9 +347,10 @@ class TaskServerClient:
             all_headers["Authorization"] = f"Bearer {self.token}"
         if lease_token is not None:
             all_headers["X-Lease-Token"] = lease_token
-        http = self._http if repeat_safe else self._http_once
+        if http is None:
+            http = self._http if repeat_safe else self._http_once
         try:
-            response = http.request(method, url, headers=all_headers, timeout=self.timeout, **kwargs)
+            response = http.request(method, url, headers=all_headers, timeout=timeout or self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise ServerUnreachableError(
                 f"cannot reach the task server at {self.base_url} to {what} ({_connection_reason(exc)}); "
@@ -508,6 +554,14 @@ def _connection_reason(exc: BaseException) -> str:
         if needle in text:
             return reason
     return type(exc).__name__
+
+
+def _content_length(response: requests.Response) -> int | None:
+    try:
+        length = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
 
 def _is_loopback(host: str) -> bool:

@@ -47,5 +47,9 @@ class UnsafeArchiveError(ServerResponseError):
     """A downloaded zip holds a path outside the destination folder (``../``, absolute, link)."""
 
 
+class TransferCancelledError(TaskServerError):
+    """The reader cancelled a download; nothing of it was kept."""
+
+
 class OutboxError(MedAnnotError):
     """The local outbox folder cannot be written or holds an unreadable item."""
