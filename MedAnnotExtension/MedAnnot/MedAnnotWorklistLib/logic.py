@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_PATH = MedAnnotLib.REQUIREMENTS_PATH  # the extension's one list, shared by the three modules
 
 # The server's lease lasts 30 minutes by default; beating well within it survives a missed beat or two.
 HEARTBEAT_INTERVAL_SECONDS = 180
@@ -178,7 +178,7 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         self._username = ""
 
     def ensureDependencies(self) -> None:
-        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot")
 
     # ------------------------------------------------------------ login

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_PATH = MedAnnotLib.REQUIREMENTS_PATH  # the extension's one list, shared by the three modules
 
 FRAME_KEY = "key"
 FRAME_INTERPOLATED = "interpolated"
@@ -129,7 +129,7 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         self._history: deque[_Step] = deque(maxlen=HISTORY_DEPTH)
 
     def ensureDependencies(self) -> None:
-        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot Cine")
 
     # ------------------------------------------------------------ session
