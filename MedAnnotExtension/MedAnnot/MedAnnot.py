@@ -8,6 +8,7 @@ the Slicer module, its parameter node, its GUI and its self-test.
 import contextlib
 import importlib.resources
 import pathlib
+import sys
 import types
 
 import numpy as np
@@ -23,6 +24,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# Run from a source checkout (Additional module paths: MedAnnotExtension/<module>/, as the README says), Slicer puts
+# only this file's folder on sys.path, but MedAnnotLib, medannot and the other modules' Libs sit one folder up. In a
+# build or an installed extension they share qt-scripted-modules/ with this file, and nothing is added.
+_moduleFolder = pathlib.Path(__file__).resolve().parent
+if not (_moduleFolder / "MedAnnotLib").is_dir() and (_moduleFolder.parent / "MedAnnotLib").is_dir():
+    for _folder in (_moduleFolder.parent, *(_moduleFolder.parent / name for name in ("MedAnnotExport", "MedAnnotCine"))):
+        if str(_folder) not in sys.path:
+            sys.path.append(str(_folder))
 
 import MedAnnotLib
 from medannot.client import LeaseLostError

@@ -5,6 +5,7 @@ the Slicer module, its parameter node, its GUI and its self-test.
 """
 
 import pathlib
+import sys
 from typing import Annotated
 
 import numpy as np
@@ -21,6 +22,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# Run from a source checkout (Additional module paths: MedAnnotExtension/<module>/, as the README says), Slicer puts
+# only this file's folder on sys.path, but MedAnnotLib, medannot and the other modules' Libs sit one folder up. In a
+# build or an installed extension they share qt-scripted-modules/ with this file, and nothing is added.
+_moduleFolder = pathlib.Path(__file__).resolve().parent
+if not (_moduleFolder / "MedAnnotLib").is_dir() and (_moduleFolder.parent / "MedAnnotLib").is_dir():
+    for _folder in (_moduleFolder.parent, *(_moduleFolder.parent / name for name in ("MedAnnotExport", "MedAnnotCine"))):
+        if str(_folder) not in sys.path:
+            sys.path.append(str(_folder))
 
 from MedAnnotCineLib import sequences
 from MedAnnotCineLib.logic import FRAME_EMPTY, FRAME_INTERPOLATED, FRAME_KEY, MedAnnotCineLogic
