@@ -146,6 +146,9 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshButton.connect("clicked(bool)", self.onRefreshButton)
         self.ui.projectsTableWidget.connect("itemSelectionChanged()", self.updateButtons)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
+        # The browser follows no link itself (openLinks and openExternalLinks are off in the .ui): QTextBrowser
+        # would replace the instructions by a file: link's target, or by nothing; the desktop opens it instead.
+        self.ui.instructionsTextBrowser.connect("anchorClicked(QUrl)", self.onInstructionLinkClicked)
         self.ui.checkButton.connect("clicked(bool)", self.onCheckButton)
         self.ui.findingsTableWidget.connect("itemSelectionChanged()", self.onFindingSelected)
         self.ui.submitButton.connect("clicked(bool)", self.onSubmitButton)
@@ -424,6 +427,17 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.statusLabel.text = _("Your autosaved drawing of this case was restored.") + " " + \
                         self.ui.statusLabel.text
             self.refreshWorklist()
+
+    def onInstructionLinkClicked(self, url) -> None:
+        """Open a reference image (in the image viewer) or a web link of the instructions with the desktop."""
+        try:
+            target = self.logic.instructionLinkToOpen(url.toString())
+        except MedAnnotError:
+            target = None
+        if target is None:
+            slicer.util.showStatusMessage(_("This link is not one of the guideline's reference images: not opened."), 5000)
+        elif not qt.QDesktopServices.openUrl(qt.QUrl(target)):
+            slicer.util.showStatusMessage(_("No application on this computer opens {link}.").format(link=target), 5000)
 
     def onCheckButton(self) -> None:
         with self.errorsShown(_("Failed to check the case.")):

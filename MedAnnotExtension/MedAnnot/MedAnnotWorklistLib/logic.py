@@ -36,6 +36,7 @@ from MedAnnotWorklistLib.guidance import (
     checkLabelMap,
     checkSegmentation,
     confidenceProblems,
+    instructionLinkToOpen,
     instructionsMarkdown,
     jumpSlicesToFinding,
 )
@@ -483,6 +484,11 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     def instructions(self, session: CaseSession | None = None) -> str:
         """The open case's guideline instructions as Markdown, with links to its reference images."""
         return instructionsMarkdown(self._openSession(session).guideline)
+
+    def instructionLinkToOpen(self, link: str, session: CaseSession | None = None) -> str | None:
+        """The URL the desktop should open for a link clicked in the instructions, or None to open nothing (see
+        :func:`MedAnnotWorklistLib.guidance.instructionLinkToOpen`)."""
+        return instructionLinkToOpen(link, self._openSession(session).guideline)
 
     def checkCase(self, session: CaseSession | None = None) -> CaseCheck:
         """Run the guideline's QA rules on the open case's segmentation, as it is now.
