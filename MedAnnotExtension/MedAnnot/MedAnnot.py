@@ -58,8 +58,8 @@ class MedAnnot(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("MedAnnot")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations", "MedAnnotExport"]
-        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.dependencies = ["Segmentations", "Sequences", "MedAnnotExport", "MedAnnotCine"]
+        self.parent.contributors = ["MedAnnot developers (MedAnnot project)"]
         self.parent.helpText = _(
             "The annotator's worklist: log in to your lab's MedAnnot task server, take the next case (its images "
             "load and the guideline's segments are created), segment it in the Segment Editor, then submit. If the "

@@ -55,7 +55,7 @@ class MedAnnotCine(ScriptedLoadableModule):
         self.parent.title = _("MedAnnot Cine")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Sequences", "Segmentations"]
-        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.contributors = ["MedAnnot developers (MedAnnot project)"]
         self.parent.helpText = _(
             "Segment an ultrasound cine (or any image sequence) by drawing a few keyframes: mark each drawn frame as "
             "a keyframe, interpolate the frames between them, step through the interpolated frames to review, and "
@@ -188,8 +188,21 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._offerOnlyAvailableMethods()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self.onParameterNodeModified()
+
+    def _offerOnlyAvailableMethods(self) -> None:
+        """Drop the methods this Slicer cannot run (morphological without its package) from the combo box that
+        connectGui has just filled with every choice. The connector maps item i to choice i, so only trailing
+        choices may go: morphological is the last one."""
+        available = self.logic.availableMethods()
+        combo = self.ui.methodComboBox
+        for index in reversed(range(combo.count)):
+            if combo.itemText(index) not in available:
+                combo.removeItem(index)
+        if self._parameterNode.method not in available:
+            self._parameterNode.method = "auto"
 
     # ------------------------------------------------------------ state shown
     def onParameterNodeModified(self, caller=None, event=None) -> None:

@@ -51,7 +51,7 @@ class MedAnnotExport(ScriptedLoadableModule):
         self.parent.title = _("MedAnnot Export")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "DICOM"]
-        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.contributors = ["MedAnnot developers (MedAnnot project)"]
         self.parent.helpText = _(
             "Export a segmentation drawn on a DICOM volume as DICOM-SEG with a companion SR that records who drew "
             "each segment, how, how sure they are, and which guideline version they followed."

@@ -132,6 +132,15 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot Cine")
 
+    @staticmethod
+    def availableMethods() -> list[str]:
+        """The interpolation methods this Slicer can run, in the order the GUI offers them: morphological only
+        where its optional package (itk-morphologicalcontourinterpolation) is installed."""
+        from medannot.interpolation import METHODS
+        from medannot.interpolation.morphological import is_available
+
+        return [method for method in METHODS if method != "morphological" or is_available()]
+
     # ------------------------------------------------------------ session
     def startCine(self, browserNode, segmentationNode, dicomDatabase=None) -> CineSession:
         """Start annotating the cine a sequence browser plays, with a segmentation drawn on its frames.
@@ -581,6 +590,10 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
             slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(session.browserNode)
 
     def _newInterpolator(self, keyframes: dict[int, np.ndarray], method: str) -> Interpolator:
+        if method == "morphological" and method not in self.availableMethods():  # e.g. a scene saved elsewhere
+            raise InterpolationError(
+                "Morphological interpolation is not available in this Slicer (its optional package is not "
+                "installed); choose auto, motion or shape and interpolate again.")
         self.ensureDependencies()  # OpenCV for motion-guided interpolation, on first use
         session = self._requireSession()
         return Interpolator(keyframes, session.frameCount, image=session.image, method=method,
