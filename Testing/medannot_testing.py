@@ -66,3 +66,35 @@ def fold_missing_tool_skip(item: pytest.Item, report: pytest.TestReport) -> None
     reason = item.stash.get(MISSING_TOOL, None)
     if reason is not None and report.skipped and isinstance(report.longrepr, tuple):
         report.longrepr = (report.longrepr[0], None, report.longrepr[2])
+
+
+def rewrite_as_jpeg_lossless(path: Path) -> None:
+    """Re-encode a DICOM file's pixel data as JPEG Lossless, Non-Hierarchical, First-Order Prediction (SV1), the
+    stored values unchanged; the encoder is the GDCM inside SimpleITK (pydicom has none for it).
+
+    The header keeps everything but the Image Pixel bit layout, which becomes the encoder's (16 bits stored).
+    """
+    import numpy as np
+    import SimpleITK as sitk
+    from pydicom import dcmread
+    from pydicom.uid import JPEGLosslessSV1
+
+    dataset = dcmread(path)
+    stored = np.asarray(dataset.pixel_array)
+    encoded_path = Path(path).with_suffix(".gdcm-jpeg-lossless.dcm")
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(encoded_path))
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")  # GDCM's "JPEG" is lossless process 14 SV1
+    writer.Execute(sitk.GetImageFromArray(stored.reshape(1, *stored.shape)))
+    encoded = dcmread(encoded_path)
+    encoded_path.unlink()
+    assert encoded.file_meta.TransferSyntaxUID == JPEGLosslessSV1, encoded.file_meta.TransferSyntaxUID
+    for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(dataset, keyword, encoded[keyword].value)
+    dataset.PixelData = encoded.PixelData
+    dataset["PixelData"].VR = "OB"
+    dataset["PixelData"].is_undefined_length = True
+    dataset.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    dataset.save_as(path, enforce_file_format=True)

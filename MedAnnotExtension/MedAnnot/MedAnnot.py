@@ -8,6 +8,7 @@ the Slicer module, its parameter node, its GUI and its self-test.
 import contextlib
 import importlib.resources
 import pathlib
+import sys
 import unittest
 
 import numpy as np
@@ -23,6 +24,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# Run from a source checkout (Additional module paths: MedAnnotExtension/<module>/, as the README says), Slicer puts
+# only this file's folder on sys.path, but MedAnnotLib, medannot and the other modules' Libs sit one folder up. In a
+# build or an installed extension they share qt-scripted-modules/ with this file, and nothing is added.
+_moduleFolder = pathlib.Path(__file__).resolve().parent
+if not (_moduleFolder / "MedAnnotLib").is_dir() and (_moduleFolder.parent / "MedAnnotLib").is_dir():
+    for _folder in (_moduleFolder.parent, *(_moduleFolder.parent / name for name in ("MedAnnotExport", "MedAnnotCine"))):
+        if str(_folder) not in sys.path:
+            sys.path.append(str(_folder))
 
 import MedAnnotLib
 from medannot.client import LeaseLostError, TransferCancelledError
@@ -57,8 +67,8 @@ class MedAnnot(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("MedAnnot")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations", "MedAnnotExport"]
-        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.dependencies = ["Segmentations", "Sequences", "MedAnnotExport", "MedAnnotCine"]
+        self.parent.contributors = ["MedAnnot developers (MedAnnot project)"]
         self.parent.helpText = _(
             "The annotator's worklist: log in to your lab's MedAnnot task server, take the next case (its images "
             "load and the guideline's segments are created), segment it in the Segment Editor, then submit. If the "
@@ -160,6 +170,9 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshButton.connect("clicked(bool)", self.onRefreshButton)
         self.ui.projectsTableWidget.connect("itemSelectionChanged()", self.updateButtons)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
+        # The browser follows no link itself (openLinks and openExternalLinks are off in the .ui): QTextBrowser
+        # would replace the instructions by a file: link's target, or by nothing; the desktop opens it instead.
+        self.ui.instructionsTextBrowser.connect("anchorClicked(QUrl)", self.onInstructionLinkClicked)
         self.ui.checkButton.connect("clicked(bool)", self.onCheckButton)
         self.ui.findingsTableWidget.connect("itemSelectionChanged()", self.onFindingSelected)
         self.ui.submitButton.connect("clicked(bool)", self.onSubmitButton)
@@ -483,6 +496,17 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.showFailure(_("Failed to open the next case."), error)
         self.updateButtons()
+
+    def onInstructionLinkClicked(self, url) -> None:
+        """Open a reference image (in the image viewer) or a web link of the instructions with the desktop."""
+        try:
+            target = self.logic.instructionLinkToOpen(url.toString())
+        except MedAnnotError:
+            target = None
+        if target is None:
+            slicer.util.showStatusMessage(_("This link is not one of the guideline's reference images: not opened."), 5000)
+        elif not qt.QDesktopServices.openUrl(qt.QUrl(target)):
+            slicer.util.showStatusMessage(_("No application on this computer opens {link}.").format(link=target), 5000)
 
     def onCheckButton(self) -> None:
         with self.errorsShown(_("Failed to check the case.")):

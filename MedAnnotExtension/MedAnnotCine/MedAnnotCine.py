@@ -6,6 +6,7 @@ the Slicer module, its parameter node, its GUI and its self-test.
 
 import contextlib
 import pathlib
+import sys
 from typing import Annotated
 
 import numpy as np
@@ -22,6 +23,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# Run from a source checkout (Additional module paths: MedAnnotExtension/<module>/, as the README says), Slicer puts
+# only this file's folder on sys.path, but MedAnnotLib, medannot and the other modules' Libs sit one folder up. In a
+# build or an installed extension they share qt-scripted-modules/ with this file, and nothing is added.
+_moduleFolder = pathlib.Path(__file__).resolve().parent
+if not (_moduleFolder / "MedAnnotLib").is_dir() and (_moduleFolder.parent / "MedAnnotLib").is_dir():
+    for _folder in (_moduleFolder.parent, *(_moduleFolder.parent / name for name in ("MedAnnotExport", "MedAnnotCine"))):
+        if str(_folder) not in sys.path:
+            sys.path.append(str(_folder))
 
 from MedAnnotCineLib import sequences
 from MedAnnotCineLib.logic import (
@@ -52,7 +62,7 @@ class MedAnnotCine(ScriptedLoadableModule):
         self.parent.title = _("MedAnnot Cine")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Sequences", "Segmentations"]
-        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.contributors = ["MedAnnot developers (MedAnnot project)"]
         self.parent.helpText = _(
             "Segment an ultrasound cine (or any image sequence) by drawing a few keyframes: mark each drawn frame as "
             "a keyframe, interpolate the frames between them, step through the interpolated frames to review, and "
@@ -200,8 +210,21 @@ class MedAnnotCineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._offerOnlyAvailableMethods()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self.onParameterNodeModified()
+
+    def _offerOnlyAvailableMethods(self) -> None:
+        """Drop the methods this Slicer cannot run (morphological without its package) from the combo box that
+        connectGui has just filled with every choice. The connector maps item i to choice i, so only trailing
+        choices may go: morphological is the last one."""
+        available = self.logic.availableMethods()
+        combo = self.ui.methodComboBox
+        for index in reversed(range(combo.count)):
+            if combo.itemText(index) not in available:
+                combo.removeItem(index)
+        if self._parameterNode.method not in available:
+            self._parameterNode.method = "auto"
 
     # ------------------------------------------------------------ state shown
     def shownLogic(self):

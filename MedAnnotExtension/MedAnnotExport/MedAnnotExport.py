@@ -6,6 +6,7 @@ the Slicer module, its parameter node, its GUI and its self-test.
 
 import importlib.resources
 import pathlib
+import sys
 import unittest
 
 import numpy as np
@@ -22,6 +23,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+# Run from a source checkout (Additional module paths: MedAnnotExtension/<module>/, as the README says), Slicer puts
+# only this file's folder on sys.path, but MedAnnotLib, medannot and the other modules' Libs sit one folder up. In a
+# build or an installed extension they share qt-scripted-modules/ with this file, and nothing is added.
+_moduleFolder = pathlib.Path(__file__).resolve().parent
+if not (_moduleFolder / "MedAnnotLib").is_dir() and (_moduleFolder.parent / "MedAnnotLib").is_dir():
+    for _folder in (_moduleFolder.parent, *(_moduleFolder.parent / name for name in ("MedAnnotExport", "MedAnnotCine"))):
+        if str(_folder) not in sys.path:
+            sys.path.append(str(_folder))
 
 import MedAnnotLib
 from MedAnnotExportLib import logic as exportLogic
@@ -43,7 +53,7 @@ class MedAnnotExport(ScriptedLoadableModule):
         self.parent.title = _("MedAnnot Export")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "DICOM"]
-        self.parent.contributors = ["MedAnnot developers"]
+        self.parent.contributors = ["MedAnnot developers (MedAnnot project)"]
         self.parent.helpText = _(
             "Export a segmentation drawn on a DICOM volume as DICOM-SEG with a companion SR that records who drew "
             "each segment, how, how sure they are, and which guideline version they followed."

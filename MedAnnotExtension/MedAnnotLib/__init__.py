@@ -4,7 +4,7 @@ and installing the packages MedAnnot needs on first use.
 Importing this package installs nothing and needs only what Slicer ships (numpy, SimpleITK, pydicom, VTK, MRML).
 """
 
-from MedAnnotLib.dependencies import ensureRequirements, missingRequirements
+from MedAnnotLib.dependencies import REQUIREMENTS_PATH, ensureRequirements, missingRequirements
 from MedAnnotLib.dicomsource import dicomFilesOfVolume, dicomInstanceUidsOfVolume, sourcePathOfVolume
 from MedAnnotLib.mrml import (
     addVolumeNodeFromArray,
@@ -26,6 +26,7 @@ from MedAnnotLib.segmentations import (
 )
 
 __all__ = [
+    "REQUIREMENTS_PATH",
     "addSegmentationNodeFromGuideline",
     "addSegmentationNodeFromLabelMap",
     "addVolumeNodeFromArray",

@@ -5,6 +5,7 @@ Slicer's installers are replaced by recorders: these tests check what would be a
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 pytest.importorskip("slicer_core", reason="needs the slicer-core wheel (real MRML): pip install slicer-core")
 import slicer  # noqa: E402
@@ -19,8 +21,8 @@ import slicer  # noqa: E402
 import MedAnnotLib  # noqa: E402
 from MedAnnotLib import dependencies  # noqa: E402
 
-MODULE_REQUIREMENTS = (Path(__file__).resolve().parents[2] / "MedAnnotExtension" / "MedAnnotExport" / "Resources"
-                       / "requirements.txt")
+EXTENSION_DIR = Path(__file__).resolve().parents[2] / "MedAnnotExtension"
+MODULE_REQUIREMENTS = EXTENSION_DIR / "MedAnnotLib" / "requirements.txt"
 
 
 class PipRecorder:
@@ -50,7 +52,7 @@ def recorder(monkeypatch):
 @pytest.fixture
 def requirements_with_a_missing_package(tmp_path) -> Path:
     path = tmp_path / "requirements.txt"
-    path.write_text("# what the core needs\nhighdicom>=0.28.2,<0.29\nmedannot-absent-test-package>=1.0\n")
+    path.write_text("# what the core needs\nhighdicom>=0.27.0,<0.29\nmedannot-absent-test-package>=1.0\n")
     return path
 
 
@@ -60,9 +62,100 @@ def test_the_modules_requirements_are_met_here_so_nothing_is_installed(recorder)
     assert recorder.calls == []
 
 
-def test_module_requirements_ask_for_highdicom_028(recorder):
-    names = {str(requirement) for requirement in dependencies.readRequirements(MODULE_REQUIREMENTS)}
-    assert "highdicom<0.29,>=0.28.2" in names
+def test_every_module_reads_the_one_requirements_list():
+    assert MedAnnotLib.REQUIREMENTS_PATH == MODULE_REQUIREMENTS
+    for module, lib in (("MedAnnot", "MedAnnotWorklistLib"), ("MedAnnotCine", "MedAnnotCineLib"),
+                        ("MedAnnotExport", "MedAnnotExportLib")):
+        source = (EXTENSION_DIR / module / lib / "logic.py").read_text(encoding="utf-8")
+        assert "REQUIREMENTS_PATH = MedAnnotLib.REQUIREMENTS_PATH" in source, module
+        assert not (EXTENSION_DIR / module / "Resources" / "requirements.txt").exists(), module
+
+
+def test_requirements_accept_every_version_slicer_5_12_bundles():
+    """A range that excluded Slicer's own version would make pip replace a package Slicer imports at start-up."""
+    for requirement in dependencies.readRequirements(MODULE_REQUIREMENTS):
+        for name, version in dependencies.SLICER_BUNDLED.items():
+            if canonicalize_name(name) == canonicalize_name(requirement.name):
+                assert requirement.specifier.contains(version), f"{requirement} excludes Slicer 5.12's {name} {version}"
+    names = {canonicalize_name(r.name): r for r in dependencies.readRequirements(MODULE_REQUIREMENTS)}
+    assert names["highdicom"].specifier.contains("0.27.0")
+
+
+# What the modules import, by import name -> the distribution that provides it.
+DISTRIBUTIONS = {"yaml": "PyYAML", "cv2": "opencv-python-headless", "jsonschema": "jsonschema",
+                 "highdicom": "highdicom", "pydicom": "pydicom", "numpy": "numpy", "SimpleITK": "SimpleITK",
+                 "requests": "requests", "urllib3": "urllib3", "typing_extensions": "typing_extensions",
+                 "packaging": "packaging", "PIL": "pillow", "scipy": "scipy"}
+SLICER_APPLICATION = {"slicer", "qt", "ctk", "vtk", "DICOMLib", "SegmentEditorEffects", "mrml"}
+OPTIONAL = {"itk": "the morphological interpolation, offered only where itk-morphologicalcontourinterpolation is"}
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Every top-level package the three modules can import, following medannot/ and the Libs (also imports inside
+    functions), that is neither ours nor the standard library; -> the files importing it."""
+    roots = [EXTENSION_DIR, *(EXTENSION_DIR / m for m in ("MedAnnot", "MedAnnotCine", "MedAnnotExport"))]
+
+    def ours(name: str) -> Path | None:
+        for root in roots:
+            candidate = root.joinpath(*name.split("."))
+            if (candidate / "__init__.py").is_file():
+                return candidate / "__init__.py"
+            if candidate.with_suffix(".py").is_file():
+                return candidate.with_suffix(".py")
+        return None
+
+    todo = [EXTENSION_DIR / m / f"{m}.py" for m in ("MedAnnot", "MedAnnotCine", "MedAnnotExport")]
+    todo += sorted((EXTENSION_DIR / "MedAnnotLib").glob("*.py"))
+    seen: set[Path] = set()
+    found: dict[str, set[str]] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for name in names:
+                if (module := ours(name)) is not None:
+                    todo.append(module)
+                elif ours(name.split(".")[0]) is None and name.split(".")[0] not in sys.stdlib_module_names:
+                    found.setdefault(name.split(".")[0], set()).add(path.name)
+    return found
+
+
+def test_every_package_the_modules_import_is_slicers_or_in_the_one_requirements_list():
+    listed = {canonicalize_name(r.name) for r in dependencies.readRequirements(MODULE_REQUIREMENTS)}
+    imported = _third_party_imports()
+    assert {"yaml", "jsonschema", "highdicom", "cv2"} <= set(imported)
+    for name, files in imported.items():
+        if name in SLICER_APPLICATION or name in OPTIONAL:
+            continue
+        assert name in DISTRIBUTIONS, f"{name} (imported by {sorted(files)}): which package provides it?"
+        distribution = DISTRIBUTIONS[name]
+        assert dependencies.isSlicerBundled(distribution) or canonicalize_name(distribution) in listed, \
+            f"{distribution} (imported by {sorted(files)}) is neither shipped by Slicer 5.12 nor in {MODULE_REQUIREMENTS.name}"
+
+
+def test_a_slicer_package_is_never_reinstalled_even_when_a_list_asks_for_another_version(recorder, tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("numpy>=99\nhighdicom>=99\npydicom<3\n")
+
+    assert MedAnnotLib.missingRequirements(path) == []
+    assert MedAnnotLib.ensureRequirements(path) == []
+    assert recorder.calls == []
+
+
+def test_every_installed_slicer_package_is_pinned_when_pip_runs(recorder, requirements_with_a_missing_package):
+    MedAnnotLib.ensureRequirements(requirements_with_a_missing_package)
+
+    pins = recorder.calls[0]["constraints"].splitlines()
+    for name in ("highdicom", "pillow", "pyjpegls", "requests", "urllib3", "typing_extensions", "packaging"):
+        assert f"{name}=={importlib.metadata.version(name)}" in pins
 
 
 def test_only_the_missing_requirement_is_installed_with_slicers_packages_pinned(

@@ -47,6 +47,7 @@ if slicer_core is not None:
         allowedEffectNames,
         checkSegmentation,
         confidenceProblems,
+        instructionLinkToOpen,
         instructionsMarkdown,
         jumpSlicesToFinding,
     )
@@ -187,6 +188,43 @@ def test_instructions_show_the_guideline_text_and_link_its_reference_images(tmp_
     assert f"[liver atlas.png]({atlas.resolve().as_uri()})" in markdown
     assert "liver-ct 1.0.0" in markdown
     assert "## Liver and focal lesions" in instructionsMarkdown(projectGuideline())
+
+
+def test_a_reference_image_link_is_opened_with_the_desktop_and_no_other_local_file_is(tmp_path):
+    (tmp_path / "images").mkdir()
+    atlas = tmp_path / "images" / "liver atlas.png"
+    atlas.write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "evil.sh").write_text("echo no\n")
+    guidelinePath = tmp_path / "g.yaml"
+    guidelinePath.write_text(GUIDELINE_WITHOUT_TOOLS.read_text(encoding="utf-8")
+                             + "instructions:\n  text: See [the atlas site](https://example.org/atlas).\n"
+                             "  reference_images: [images/liver atlas.png]\n", encoding="utf-8")
+    guideline = load_guideline(guidelinePath)
+    links = re.findall(r"\]\(([^)]+)\)", instructionsMarkdown(guideline))
+
+    assert links == ["https://example.org/atlas", atlas.resolve().as_uri()]
+    assert instructionLinkToOpen(links[1], guideline) == atlas.resolve().as_uri()
+    # QUrl.toString() hands the handler the decoded form ("liver atlas.png", not "liver%20atlas.png")
+    assert instructionLinkToOpen(f"file://{atlas.resolve()}", guideline) == atlas.resolve().as_uri()
+    assert instructionLinkToOpen(links[0], guideline) == "https://example.org/atlas"
+    assert instructionLinkToOpen((tmp_path / "evil.sh").as_uri(), guideline) is None
+    assert instructionLinkToOpen("images/liver atlas.png", guideline) is None
+    assert instructionLinkToOpen("javascript:alert(1)", guideline) is None
+
+
+def test_the_instructions_browser_follows_no_link_itself_and_the_widget_opens_them_with_the_desktop():
+    """With openLinks on, QTextBrowser navigates to a file: link and the instructions disappear."""
+    ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "MedAnnot.ui")
+    browser = next(w for w in ui.iter("widget") if w.get("name") == "instructionsTextBrowser")
+    properties = {p.get("name"): p.findtext("bool") for p in browser.findall("property")}
+    assert (properties.get("openLinks"), properties.get("openExternalLinks")) == ("false", "false")
+    source = (MODULE_DIR / "MedAnnot.py").read_text(encoding="utf-8")
+    assert 'instructionsTextBrowser.connect("anchorClicked(QUrl)", self.onInstructionLinkClicked)' in source
+    handler = next(node for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.FunctionDef) and node.name == "onInstructionLinkClicked")
+    body = ast.unparse(handler)
+    assert "self.logic.instructionLinkToOpen(url.toString())" in body
+    assert "qt.QDesktopServices.openUrl(qt.QUrl(target))" in body
 
 
 # ---------------------------------------------------------------------------------------------- check

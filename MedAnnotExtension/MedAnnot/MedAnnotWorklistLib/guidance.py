@@ -10,7 +10,10 @@ import logging
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
 import slicer
@@ -124,6 +127,27 @@ def instructionsMarkdown(guideline: Guideline) -> str:
         lines += ["", "#### Reference images", ""]
         lines += [f"- [{path.name}]({path.resolve().as_uri()})" for path in guideline.reference_images]
     return "\n".join(lines) + "\n"
+
+
+def instructionLinkToOpen(link: str, guideline: Guideline) -> str | None:
+    """What a click on a link of the instructions opens with the desktop (``qt.QDesktopServices.openUrl``).
+
+    A ``file:`` link opens only when it is one of the guideline's reference images (answered as that file's
+    ``file:`` URI); a web link (http, https, mailto) opens as it is; anything else (another local file, a
+    script, a relative link) returns None and opens nothing. The instructions browser must not follow links
+    itself: QTextBrowser would replace the instructions by the image, or by nothing.
+    """
+    parts = urlsplit(link.strip())
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https", "mailto"):
+        return link.strip()
+    if scheme != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    clicked = Path(url2pathname(unquote(parts.path))).resolve()
+    for image in guideline.reference_images:
+        if Path(image).resolve() == clicked:
+            return clicked.as_uri()
+    return None
 
 
 def checkSegmentation(segmentationNode, referenceVolumeNode, guideline: Guideline,

@@ -36,6 +36,7 @@ from MedAnnotWorklistLib.guidance import (
     checkLabelMap,
     checkSegmentation,
     confidenceProblems,
+    instructionLinkToOpen,
     instructionsMarkdown,
     jumpSlicesToFinding,
 )
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_PATH = MedAnnotLib.REQUIREMENTS_PATH  # the extension's one list, shared by the three modules
 
 # The server's lease lasts 30 minutes by default; beating well within it survives a missed beat or two.
 HEARTBEAT_INTERVAL_SECONDS = 180
@@ -217,7 +218,7 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         self._username = ""
 
     def ensureDependencies(self) -> None:
-        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot")
 
     # ------------------------------------------------------------ login
@@ -677,6 +678,11 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
     def instructions(self, session: CaseSession | None = None) -> str:
         """The open case's guideline instructions as Markdown, with links to its reference images."""
         return instructionsMarkdown(self._openSession(session).guideline)
+
+    def instructionLinkToOpen(self, link: str, session: CaseSession | None = None) -> str | None:
+        """The URL the desktop should open for a link clicked in the instructions, or None to open nothing (see
+        :func:`MedAnnotWorklistLib.guidance.instructionLinkToOpen`)."""
+        return instructionLinkToOpen(link, self._openSession(session).guideline)
 
     def checkCase(self, session: CaseSession | None = None) -> CaseCheck:
         """Run the guideline's QA rules on the open case's segmentation, as it is now.

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_PATH = MedAnnotLib.REQUIREMENTS_PATH  # the extension's one list, shared by the three modules
 
 FRAME_KEY = "key"
 FRAME_INTERPOLATED = "interpolated"
@@ -129,8 +129,17 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
         self._history: deque[_Step] = deque(maxlen=HISTORY_DEPTH)
 
     def ensureDependencies(self) -> None:
-        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot Cine")
+
+    @staticmethod
+    def availableMethods() -> list[str]:
+        """The interpolation methods this Slicer can run, in the order the GUI offers them: morphological only
+        where its optional package (itk-morphologicalcontourinterpolation) is installed."""
+        from medannot.interpolation import METHODS
+        from medannot.interpolation.morphological import is_available
+
+        return [method for method in METHODS if method != "morphological" or is_available()]
 
     # ------------------------------------------------------------ session
     def startCine(self, browserNode, segmentationNode, dicomDatabase=None) -> CineSession:
@@ -582,6 +591,10 @@ class MedAnnotCineLogic(ScriptedLoadableModuleLogic):
             slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(session.browserNode)
 
     def _newInterpolator(self, keyframes: dict[int, np.ndarray], method: str) -> Interpolator:
+        if method == "morphological" and method not in self.availableMethods():  # e.g. a scene saved elsewhere
+            raise InterpolationError(
+                "Morphological interpolation is not available in this Slicer (its optional package is not "
+                "installed); choose auto, motion or shape and interpolate again.")
         self.ensureDependencies()  # OpenCV for motion-guided interpolation, on first use
         session = self._requireSession()
         return Interpolator(keyframes, session.frameCount, image=session.image, method=method,

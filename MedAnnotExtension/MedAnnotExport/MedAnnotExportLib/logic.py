@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS_PATH = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_PATH = MedAnnotLib.REQUIREMENTS_PATH  # the extension's one list, shared by the three modules
 
 
 class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
@@ -34,7 +34,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
 
     def ensureDependencies(self) -> None:
-        """Install the packages the core needs and Slicer lacks (``Resources/requirements.txt``) if missing."""
+        """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot Export")
 
     def loadGuideline(self, guidelinePath) -> Guideline:

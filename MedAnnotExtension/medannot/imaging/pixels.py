@@ -43,21 +43,76 @@ def read_with_pixels(path: Path) -> Dataset:
 def stored_values(dataset: Dataset, path: Path) -> np.ndarray:
     """The decoded pixel data as pydicom gives it (YBR becomes RGB): (frames,) rows, cols(, samples).
 
+    Pixel data pydicom has no decoder for here (JPEG Lossless, HTJ2K: Slicer's Python has only pillow and pyjpegls)
+    is decoded by the GDCM inside SimpleITK, which Slicer ships.
+
     Raises
     ------
     SourceImageError
-        If the pixel data cannot be decoded; the message names the transfer syntax and the decoder to install.
+        If the pixel data cannot be decoded; the message names the transfer syntax.
     """
     try:
         return dataset.pixel_array
     except Exception as error:  # noqa: BLE001 - decoders raise anything from RuntimeError to NotImplementedError
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        decoded = _decode_with_gdcm(dataset, path) if getattr(syntax, "is_compressed", False) else None
+        if decoded is not None:
+            return decoded
         name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SourceImageError(
-            f"{path}: cannot decode the pixel data ({name}: {first_line}); serve it uncompressed or install a pydicom "
-            "decoder for it (JPEG: pillow or pylibjpeg-libjpeg; JPEG-LS: pyjpegls; JPEG 2000: pylibjpeg-openjpeg)."
+            f"{path}: cannot decode the pixel data ({name}: {first_line}; GDCM could not either); ask for the case "
+            "to be served uncompressed (Explicit VR Little Endian)."
         ) from None
+
+
+# The Image Pixel attributes GDCM needs to decode; rescale, LUTs and functional groups are left out so that GDCM
+# returns stored values, as pydicom does.
+_PIXEL_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+                   "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames", "PixelData")
+
+
+def _decode_with_gdcm(dataset: Dataset, path: Path) -> np.ndarray | None:
+    """Stored values decoded by SimpleITK's GDCM, shaped and typed as pydicom's ``pixel_array``; None if it cannot."""
+    import tempfile
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        return None
+    pixels = Dataset()
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in dataset:
+            setattr(pixels, keyword, dataset[keyword].value)
+    if int(pixels.get("SamplesPerPixel", 1) or 1) == 1:  # ITK would invert MONOCHROME1 and needs PALETTE COLOR's
+        pixels.PhotometricInterpretation = "MONOCHROME2"  # LUTs; pydicom returns the stored values of both
+    pixels.SOPClassUID, pixels.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    pixels.file_meta = FileMetaDataset()
+    pixels.file_meta.TransferSyntaxUID = dataset.file_meta.TransferSyntaxUID
+    try:
+        with tempfile.TemporaryDirectory(prefix="medannot-gdcm-") as folder:
+            copy = Path(folder) / "pixels.dcm"
+            pixels.save_as(copy, enforce_file_format=True)
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO("GDCMImageIO")
+            reader.SetFileName(str(copy))
+            array = sitk.GetArrayFromImage(reader.Execute())
+    except Exception as error:  # noqa: BLE001 - any GDCM failure means: not decodable here
+        logger.info("%s: GDCM cannot decode the pixel data either (%s)", path, str(error).splitlines()[0][:200])
+        return None
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    expected = (frames, int(dataset.Rows), int(dataset.Columns)) + ((samples,) if samples > 1 else ())
+    if array.shape != expected:
+        logger.info("%s: GDCM decoded %s, the header says %s", path, array.shape, expected)
+        return None
+    kind = "i" if int(dataset.get("PixelRepresentation", 0)) else "u"
+    dtype = np.dtype(f"{kind}{max(1, int(dataset.BitsAllocated) // 8)}")
+    logger.info("%s: %s decoded with SimpleITK's GDCM", path, dataset.file_meta.TransferSyntaxUID.name)
+    return (array if frames > 1 else array[0]).astype(dtype, copy=False)
 
 
 def modality_volume(source: SourceImage) -> np.ndarray:

@@ -21,6 +21,19 @@ from medannot.interpolation.errors import InterpolationError
 logger = logging.getLogger(__name__)
 
 _WORKER = Path(__file__).with_name("_morphological_worker.py")
+PACKAGE = "itk-morphologicalcontourinterpolation"
+
+
+def is_available() -> bool:
+    """Whether the ``itk-morphologicalcontourinterpolation`` package is installed (checked without importing ITK)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("itk") is not None
 
 
 def interpolate_spans(masks: Mapping[int, np.ndarray], spans: list[tuple[int, int]],
@@ -55,7 +68,7 @@ def interpolate_spans(masks: Mapping[int, np.ndarray], spans: list[tuple[int, in
         if done.returncode != 0 or not target.exists():
             tail = (done.stderr or "").strip().splitlines()[-1:] or ["no message"]
             if "No module named 'itk'" in (done.stderr or ""):
-                tail = ["install it with: pip install itk-morphologicalcontourinterpolation"]
+                tail = [f"the {PACKAGE} package is not installed; choose another method"]
             raise InterpolationError(f"morphological interpolation failed (exit {done.returncode}): {tail[0]}")
         with np.load(target) as found:
             frames = {(a, b): found[f"span_{a - first}_{b - first}"].astype(dtype) for a, b in spans}

@@ -27,8 +27,8 @@ def _cv2():  # type: ignore[no-untyped-def]
         import cv2
     except ImportError as exc:
         raise InterpolationError(
-            "motion-guided interpolation needs OpenCV: pip install opencv-python-headless "
-            "(or use --method shape)"
+            "motion-guided interpolation needs OpenCV (the opencv-python-headless package), which is not "
+            "installed; choose the shape method instead"
         ) from exc
     return cv2
 
