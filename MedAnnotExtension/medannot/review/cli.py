@@ -92,6 +92,7 @@ def review_consensus(segs: tuple[Path, ...], method: str, source: Path, guidelin
     the SR lists every reader SEG with, for STAPLE, each reader's sensitivity and specificity. Prints the paths."""
     import medannot
     from medannot.dicomseg import ConsensusInput, ReaderInfo, SegmentProvenance, export_segmentation
+    from medannot.review.agreement import PreparedMask
     from medannot.review.consensus import consensus_label_map, segment_consensus
     from medannot.review.reads import guideline_from_reads, load_reads, missing_segments, segment_names
 
@@ -114,8 +115,6 @@ def review_consensus(segs: tuple[Path, ...], method: str, source: Path, guidelin
     for segment in segment_names(reads):
         masks = {str(r.path): r.masks.get(segment) for r in reads}
         template = next(m for m in masks.values() if m is not None)
-        from medannot.review.agreement import PreparedMask
-
         filled = {k: (m if m is not None else PreparedMask.empty_like(template)) for k, m in masks.items()}
         results.append(segment_consensus(segment, filled, method))
     label_of = {r.segment: guideline.segment(r.segment).label for r in results}
