@@ -363,9 +363,10 @@ def demo(output: Path) -> None:
 def _register_extra_commands() -> None:
     from medannot.client.cli import client_group
     from medannot.interpolation.cli import interpolate
+    from medannot.review.cli import review
     from medannot.server.cli import admin, audit, serve
 
-    for command in (interpolate, serve, admin, audit, client_group):
+    for command in (interpolate, review, serve, admin, audit, client_group):
         main.add_command(command)
 
 

@@ -3,7 +3,7 @@ per-segment confidence, timing, keyframes, the guideline's full sha256, the task
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +30,16 @@ class SrSegment:
     volume_ml: float | None
 
 
+@dataclass(frozen=True)
+class ConsensusInput:
+    """A reader SEG a consensus was made from, and STAPLE's estimates of that reader by segment name (empty for a
+    majority vote, which estimates nothing)."""
+
+    seg_uid: str
+    sensitivity: Mapping[str, float]
+    specificity: Mapping[str, float]
+
+
 def _text(name: Code, value: str, relationship: str = "HAS OBS CONTEXT") -> Dataset:
     return hd.sr.TextContentItem(name=name, value=value, relationship_type=relationship)
 
@@ -54,8 +64,13 @@ def build_sr(
     sop_instance_uid: str,
     contributing_equipment: Sequence[hd.ContributingEquipment],
     software_version: str,
+    derived_from: Sequence[ConsensusInput] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the SR for ``seg``; each measurement group references one segment and shares its tracking UID."""
+    """Build the SR for ``seg``; each measurement group references one segment and shares its tracking UID.
+
+    ``derived_from`` lists the reader SEGs of a consensus: each is named at the root (its SOP Instance UID), and
+    each segment's group holds each reader's STAPLE sensitivity and specificity, inferred from that reader's SEG.
+    """
     person = hd.sr.PersonObserverIdentifyingAttributes(
         name=reader.name,
         login_name=reader.reader_id,
@@ -99,7 +114,7 @@ def build_sr(
         procedure_reported=codes.IMAGING_PROCEDURE,
         imaging_measurements=groups,
     )
-    _add_group_items(report, segments)
+    _add_group_items(report, segments, derived_from)
     root_items = [
         _text(codes.GUIDELINE_ID, guideline.id),
         _text(codes.GUIDELINE_VERSION, guideline.version),
@@ -113,6 +128,8 @@ def build_sr(
     if replaces_seg_uid:
         root_items.append(hd.sr.UIDRefContentItem(name=codes.REPLACES_SEG, value=replaces_seg_uid,
                                                   relationship_type="HAS OBS CONTEXT"))
+    root_items.extend(hd.sr.UIDRefContentItem(name=codes.CONSENSUS_INPUT, value=item.seg_uid,
+                                              relationship_type="HAS OBS CONTEXT") for item in derived_from)
     root = report[0]
     root.ContentSequence.extend(root_items)
     sr = hd.sr.Comprehensive3DSR(
@@ -138,7 +155,16 @@ def build_sr(
     return sr
 
 
-def _add_group_items(report: hd.sr.MeasurementReport, segments: Sequence[SrSegment]) -> None:
+def _estimate(name: Code, value: float, seg_uid: str) -> Dataset:
+    item = hd.sr.NumContentItem(name=name, value=round(float(value), 6), unit=Code("1", "UCUM", "no units"),
+                                relationship_type="CONTAINS")
+    item.ContentSequence = DicomSequence([hd.sr.UIDRefContentItem(name=codes.CONSENSUS_INPUT, value=seg_uid,
+                                                                  relationship_type="INFERRED FROM")])
+    return item
+
+
+def _add_group_items(report: hd.sr.MeasurementReport, segments: Sequence[SrSegment],
+                     derived_from: Sequence[ConsensusInput] = ()) -> None:
     root = report[0]
     containers = [i for i in root.ContentSequence if i.ValueType == "CONTAINER"
                   and i.ConceptNameCodeSequence[0].CodeValue == "126010"]
@@ -162,4 +188,9 @@ def _add_group_items(report: hd.sr.MeasurementReport, segments: Sequence[SrSegme
             extra.append(_text(codes.KEYFRAMES, _frames_text(prov.keyframes)))
         if prov.interpolated_frames:
             extra.append(_text(codes.INTERPOLATED_FRAMES, _frames_text(prov.interpolated_frames)))
+        for source in derived_from:
+            if item.spec.name in source.sensitivity:
+                extra.append(_estimate(codes.STAPLE_SENSITIVITY, source.sensitivity[item.spec.name], source.seg_uid))
+            if item.spec.name in source.specificity:
+                extra.append(_estimate(codes.STAPLE_SPECIFICITY, source.specificity[item.spec.name], source.seg_uid))
         group.ContentSequence.extend(extra)

@@ -39,6 +39,9 @@ ACTIVE_TIME = Code("ACTIVE_TIME", PRIVATE_SCHEME, "Active annotation time")
 KEYFRAMES = Code("KEYFRAMES", PRIVATE_SCHEME, "Keyframes (drawn by the reader)")
 CHECKLIST_ANSWER = Code("CHECKLIST", PRIVATE_SCHEME, "Checklist answer (item id=answer)")
 INTERPOLATED_FRAMES = Code("INTERP_FRAMES", PRIVATE_SCHEME, "Interpolated frames")
+CONSENSUS_INPUT = Code("CONSENSUS_IN", PRIVATE_SCHEME, "Reader segmentation the consensus was made from")
+STAPLE_SENSITIVITY = Code("STAPLE_SENS", PRIVATE_SCHEME, "STAPLE estimated reader sensitivity")
+STAPLE_SPECIFICITY = Code("STAPLE_SPEC", PRIVATE_SCHEME, "STAPLE estimated reader specificity")
 
 ROLE_CODES = {
     "radiologist": Code("66862007", "SCT", "Radiologist"),

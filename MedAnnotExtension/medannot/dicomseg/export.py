@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,7 @@ import medannot
 from medannot.dicomseg import codes
 from medannot.dicomseg._fractional_frames import MAX_FRACTIONAL_VALUE, quantise
 from medannot.dicomseg._seg_builder import build_seg
-from medannot.dicomseg._sr_builder import SrSegment, build_sr
+from medannot.dicomseg._sr_builder import ConsensusInput, SrSegment, build_sr
 from medannot.dicomseg.reader import find_companion_sr, read_dicom
 from medannot.dicomseg.provenance import ReaderInfo, SegmentProvenance
 from medannot.errors import (
@@ -134,6 +134,7 @@ def export_segmentation(
     content_datetime: datetime | None = None,
     labels_name: str = "label map",
     checklist: Mapping[str, str | bool] | None = None,
+    derived_from: Sequence[ConsensusInput] = (),
 ) -> ExportResult:
     """Write one SEG and one SR for a reader's segmentation of ``source``.
 
@@ -166,6 +167,8 @@ def export_segmentation(
         How to name the label map in error messages (usually its file path).
     checklist
         The reader's answers to the guideline's per-case checklist, by item id (recorded in the SR).
+    derived_from
+        For a consensus: the reader SEGs it was made from, with STAPLE's estimates (listed in the SR).
 
     Raises
     ------
@@ -294,7 +297,7 @@ def export_segmentation(
         guideline=guideline, reader=reader, task_id=task_id, content_datetime=content_datetime,
         replaces_seg_uid=replaces_uid, previous_sr=previous_sr, checklist=answers,
         series_instance_uid=hd.UID(), sop_instance_uid=sr_uid,
-        contributing_equipment=[equipment], software_version=software,
+        contributing_equipment=[equipment], software_version=software, derived_from=derived_from,
     )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
