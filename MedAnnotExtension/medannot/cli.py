@@ -28,7 +28,19 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     return pairs
 
 
-@click.group(cls=MedAnnotGroup, context_settings=CONTEXT)
+# Commands whose modules are imported only when they run (see MedAnnotGroup), with their docstring's first paragraph.
+LAZY_COMMANDS = {
+    "interpolate": ("medannot.interpolation.cli:interpolate",
+                    "Interpolate a label map between keyframes along time (cine) or slices (volume)."),
+    "serve": ("medannot.server.cli:serve", "Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."),
+    "admin": ("medannot.server.cli:admin", "Administer users, projects and cases directly on the database."),
+    "audit": ("medannot.server.cli:audit", "The tamper-evident audit trail."),
+    "client": ("medannot.client.cli:client_group", "The lab's task server: log in, claim the next case, keep the "
+               "lease, submit (kept in an outbox until sent)."),
+}
+
+
+@click.group(cls=MedAnnotGroup, context_settings=CONTEXT, lazy_commands=LAZY_COMMANDS)
 @click.version_option(medannot.__version__, prog_name="medannot")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -314,17 +326,6 @@ def demo(output: Path) -> None:
 
     run_demo(output)
 
-
-def _register_extra_commands() -> None:
-    from medannot.client.cli import client_group
-    from medannot.interpolation.cli import interpolate
-    from medannot.server.cli import admin, audit, serve
-
-    for command in (interpolate, serve, admin, audit, client_group):
-        main.add_command(command)
-
-
-_register_extra_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
-from medannot_testing import run_medannot
+from medannot_testing import CLI_ENV, run_medannot
 
 import numpy as np
 import pytest
@@ -128,3 +129,25 @@ def test_validate_reports_dciodvfy_findings_that_start_with_a_tag(ct_case, liver
     ds.save_as(odd)
     warnings = [f.message for f in run_dciodvfy(odd) if f.severity == "warning"]
     assert any(m.startswith("(0x0019,0x1010)") for m in warnings), warnings
+
+
+def test_top_level_help_lists_each_lazily_loaded_command_with_its_own_help():
+    import click
+    from click.utils import make_default_short_help
+
+    from medannot.cli import LAZY_COMMANDS, main
+
+    for name, (_, text) in LAZY_COMMANDS.items():
+        command = main.get_command(click.Context(main), name)
+        assert command is not None and command.name == name
+        assert make_default_short_help(text, 90) == command.get_short_help_str(90), name
+    listing = medannot("--help").stdout
+    assert all(f"  {name} " in listing for name in LAZY_COMMANDS)
+
+
+def test_top_level_help_imports_no_command_module():
+    code = ("import sys; from medannot.cli import main; main(['--help'], standalone_mode=False); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydicom', 'highdicom', 'SimpleITK') "
+            "or m.startswith(('medannot.interpolation', 'medannot.server', 'medannot.client', 'medannot.dicomseg'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=CLI_ENV)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
