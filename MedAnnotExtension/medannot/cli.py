@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 import medannot
+from medannot._gc import keep_until_exit, with_paused_gc
 from medannot.cli_common import CONTEXT, MedAnnotGroup
 
 logger = logging.getLogger(__name__)
@@ -198,12 +201,22 @@ def seg() -> None:
 @click.option("--replaces", type=click.Path(path_type=Path), default=None,
               help="Earlier SEG this one corrects (it is referenced, never overwritten).")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder to write the SEG and SR into.")
+@with_paused_gc  # one short run that allocates a lot: the collector would cost more than it frees
 def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...], guideline_path: Path,
                reader_name: str, reader_id: str, reader_role: str, institution: str | None,
                confidence: tuple[str, ...], algorithm: tuple[str, ...], task_id: str | None,
                interpolation_json: Path | None, answers: tuple[str, ...], replaces: Path | None,
                output: Path) -> None:
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
+    if (labels is None) == (not probabilities):
+        raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
+    from medannot.imaging import load_source, read_label_map, read_probability_map
+
+    # SimpleITK reads (and inflates) the label map without holding the GIL: read it on the second core while this
+    # thread imports highdicom and reads the guideline and the source headers. Its errors are raised where they
+    # were raised before: after those of the guideline, the options and the source.
+    label_map = _InBackground(read_label_map, labels) if labels is not None else None
+
     from dataclasses import replace
 
     from medannot.dicomseg import (
@@ -214,10 +227,7 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     )
     from medannot.errors import ProvenanceError
     from medannot.guideline import load_guideline
-    from medannot.imaging import load_source, read_label_map, read_probability_map
 
-    if (labels is None) == (not probabilities):
-        raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
     g = load_guideline(guideline_path)
     reader = ReaderInfo(name=reader_name, reader_id=reader_id, role=reader_role, institution=institution)
     provenance: dict[int, SegmentProvenance] = {}
@@ -238,8 +248,8 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     src = load_source(source)
     array = geometry = None
     maps = None
-    if labels is not None:
-        array, geometry = read_label_map(labels)
+    if label_map is not None:
+        array, geometry = label_map.value()
     else:
         maps = {}
         for key, path in _pairs(probabilities, "--probability"):
@@ -249,8 +259,33 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
         segments=provenance, task_id=task_id, probabilities=maps, replaces=replaces,
         labels_name=str(labels or "probability maps"), checklist=dict(_pairs(answers, "--answer")),
     )
+    keep_until_exit()
     click.echo(str(result.seg_path))
     click.echo(str(result.sr_path))
+
+
+class _InBackground(threading.Thread):
+    """Run ``function(*args)`` in a thread; :meth:`value` waits and returns its result or raises its error."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        super().__init__(name=f"medannot-{getattr(function, '__name__', 'task')}")
+        self._call = (function, args)
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        function, args = self._call
+        try:
+            self._result = function(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by value()
+            self._error = exc
+
+    def value(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 @seg.command("read", context_settings=CONTEXT)
