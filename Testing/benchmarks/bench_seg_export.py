@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -418,6 +419,7 @@ class Contender:
     cmd: Callable[[Inputs, Path], list[str]] | None = None
     child: str | None = None
     twin: str | None = None  # child whose imports / inputs stages are this contender's memory baselines
+    pythonpath: str | None = None  # run with this PYTHONPATH (another checkout's MedAnnotExtension)
 
 
 @dataclass
@@ -503,13 +505,37 @@ with open(sys.argv[1], "w") as fh:
 """
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[float, float, int]:
+# Python contenders run with their bytecode cached, as after `pip install` (which compiles it): an environment
+# with PYTHONDONTWRITEBYTECODE set would otherwise make MedAnnot's CLI compile its own modules on every run.
+# --no-bytecode-cache measures as the environment says instead.
+CACHE_BYTECODE = True
+
+
+def child_env(pythonpath: str | None = None) -> dict[str, str]:
+    """Environment of a contender's process."""
+    env = dict(os.environ)
+    if CACHE_BYTECODE:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def cache_bytecode(packages: list[Path]) -> None:
+    """Compile the given source folders' bytecode (``__pycache__``, git-ignored), as pip does when installing."""
+    if CACHE_BYTECODE:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *map(str, packages)], check=True, env=child_env(),
+                       stdout=subprocess.DEVNULL)
+
+
+def run_measured(cmd: list[str], log: Path, pythonpath: str | None = None) -> tuple[float, float, int]:
     """Run ``cmd`` (output to ``log``); return its wall seconds, its own peak RSS in MB, and its exit code."""
     stats = log.with_suffix(".rusage.json")
     stats.unlink(missing_ok=True)
+    env = child_env(pythonpath)
     with open(log, "wb") as fh:
         subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(stats), *cmd], stdout=fh,
-                       stderr=subprocess.STDOUT, check=False)
+                       stderr=subprocess.STDOUT, check=False, env=env)
     if not stats.is_file():
         return 0.0, 0.0, -1
     facts = json.loads(stats.read_text())
@@ -538,7 +564,7 @@ def measure(contender: Contender, inputs: Inputs, scratch: Path, index: int) -> 
     else:
         assert contender.child is not None
         cmd = _child_cmd(contender.child, "full", inputs, out, result)
-    wall, peak, code = run_measured(cmd, log)
+    wall, peak, code = run_measured(cmd, log, contender.pythonpath)
     if code != 0:
         raise RuntimeError(f"{contender.title} failed (exit {code}):\n{log.read_text(errors='replace')[-3000:]}")
     phases = json.loads(result.read_text()) if result.is_file() else {}
@@ -601,7 +627,8 @@ def report(rows: list[Row], inputs: Inputs, repeat: int) -> None:
           f"segments; non-empty frames per segment {inputs.frames_per_segment}")
     print(f"label-map bytes (uint8 in memory): {inputs.label_bytes} ({inputs.label_bytes / mb:.1f} MB); "
           f"label-map file {inputs.labels.stat().st_size} bytes")
-    print(f"times: median of {repeat} run(s), each in a fresh process. total = whole process; work = after imports. "
+    print(f"times: median of {repeat} run(s), each in a fresh process, contenders taking turns. total = whole process; "
+          "work = after imports. "
           "x-ratios use total.\npeak = ru_maxrss of the process; +imp / +inp = peak minus a twin process that only "
           "imports the same libraries / also loads the same inputs.\n")
     head = (f"{'contender':<26}{'total s':>8}{'work s':>8}{'peak MB':>9}{'+imp MB':>9}{'+inp MB':>9}"
@@ -678,6 +705,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + ",".join(c.key for c in CONTENDERS))
     p.add_argument("--workdir", type=Path, help="keep inputs and outputs here and reuse inputs made with the same "
                    "parameters (default: a temporary folder, removed at the end)")
+    p.add_argument("--before", type=Path, help="another MedAnnot checkout (its root or its MedAnnotExtension folder): "
+                   "its CLI BINARY is timed too, as cli-binary-before, in the same run and on the same inputs")
+    p.add_argument("--no-bytecode-cache", action="store_true", help="do not compile MedAnnot's bytecode first and "
+                   "keep PYTHONDONTWRITEBYTECODE for the contenders if the environment sets it (the CLI then compiles "
+                   "its modules on every run)")
     p.add_argument("--profile", action="store_true", help="profile the in-process BINARY export instead")
     p.add_argument("--profile-top", type=int, default=25, help="lines of profile to print")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -710,6 +742,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         wanted = {k for k in args.only.split(",") if k}
         contenders = [c for c in CONTENDERS if not wanted or c.key in wanted]
+        if args.before is not None:
+            before = args.before / "MedAnnotExtension" if (args.before / "MedAnnotExtension").is_dir() else args.before
+            if not (before / "medannot" / "cli.py").is_file():
+                raise SystemExit(f"--before {args.before}: no medannot package there")
+            contenders.insert(0, Contender("cli-binary-before", "medannot CLI  BINARY before",
+                                           cmd=lambda i, o: _medannot_cmd(i, o, False), pythonpath=str(before.resolve())))
+        global CACHE_BYTECODE
+        CACHE_BYTECODE = not args.no_bytecode_cache
+        import medannot
+
+        checkouts = [Path(medannot.__file__).parent] + [Path(c.pythonpath) / "medannot" for c in contenders
+                                                       if c.pythonpath]
+        cache_bytecode(checkouts + [SCRIPT.parent])
+        print("Python bytecode: " + ("cached (compiled first, as pip install does) for " + ", ".join(map(str, checkouts))
+                                     if CACHE_BYTECODE else "as the environment says (PYTHONDONTWRITEBYTECODE="
+                                     f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})"), flush=True)
         if dcmqi_program() is None:
             print("dcmqi itkimage2segimage not found; skipping it (pip install dcmqi)")
             contenders = [c for c in contenders if c.key != "dcmqi"]
@@ -717,14 +765,15 @@ def main(argv: list[str] | None = None) -> int:
         scratch.mkdir(exist_ok=True)
         baselines = {(c.twin, stage): measure_baseline(c.twin, stage, inputs, scratch)
                      for c in contenders if c.twin for stage in ("imports", "inputs")}
-        rows = []
-        for contender in contenders:
-            runs = []
-            for i in range(args.repeat):
-                runs.append(measure(contender, inputs, scratch, i))
-                print(f"  {contender.title}: run {i + 1} {runs[-1].wall:.2f} s, peak {runs[-1].peak_mb:.0f} MB",
-                      flush=True)
-            rows.append(summarise(contender, runs, baselines))
+        # Round-robin (run 1 of every contender, then run 2, ...) so that a load that comes and goes on a shared
+        # machine falls on every contender alike.
+        runs: dict[str, list[Run]] = {c.key: [] for c in contenders}
+        for i in range(args.repeat):
+            for contender in contenders:
+                runs[contender.key].append(measure(contender, inputs, scratch, i))
+                last = runs[contender.key][-1]
+                print(f"  {contender.title}: run {i + 1} {last.wall:.2f} s, peak {last.peak_mb:.0f} MB", flush=True)
+        rows = [summarise(c, runs[c.key], baselines) for c in contenders]
         report(rows, inputs, args.repeat)
     finally:
         if temp is not None:
