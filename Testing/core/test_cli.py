@@ -151,3 +151,14 @@ def test_top_level_help_imports_no_command_module():
             "or m.startswith(('medannot.interpolation', 'medannot.server', 'medannot.client', 'medannot.dicomseg'))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=CLI_ENV)
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_names_a_bad_source_before_a_bad_label_map_read_alongside_it(liver_guideline_path, tmp_path):
+    junk_source, junk_labels = tmp_path / "junk.dcm", tmp_path / "junk.nii.gz"
+    junk_source.write_bytes(b"not dicom at all")
+    junk_labels.write_bytes(b"garbage")
+    proc = medannot("seg", "export", "--source", junk_source, "--labels", junk_labels, "--guideline",
+                    liver_guideline_path, "--reader-name", "Doe^Jane", "--reader-id", "jdoe", "--output", tmp_path / "o")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"medannot: error: {junk_source}: not a DICOM file")
+    assert not (tmp_path / "o").exists()
