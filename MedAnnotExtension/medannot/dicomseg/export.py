@@ -115,7 +115,12 @@ def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
     peaks = labels.reshape(labels.shape[0], -1).max(axis=1)
     total = np.zeros(int(peaks.max()) + 1, dtype=np.int64)
     for index in np.flatnonzero(peaks):
-        total += np.bincount(labels[index].ravel(), minlength=total.size)
+        plane = labels[index]
+        if total.size <= 16:  # a few values: one comparison each costs less than bincount's int64 copy of the slice
+            for value in range(1, int(peaks[index]) + 1):
+                total[value] += np.count_nonzero(plane == value)
+        else:
+            total += np.bincount(plane.ravel(), minlength=total.size)
     return {int(v): int(c) for v, c in enumerate(total) if c and v}
 
 
