@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +208,13 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     if (labels is None) == (not probabilities):
         raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
+    from medannot._parallel import InThread
     from medannot.imaging import load_source, read_label_map, read_probability_map
 
-    # SimpleITK reads (and inflates) the label map without holding the GIL: read it on the second core while this
+    # SimpleITK reads (and inflates) the label map without holding the GIL: read it on the other core while this
     # thread imports highdicom and reads the guideline and the source headers. Its errors are raised where they
     # were raised before: after those of the guideline, the options and the source.
-    label_map = _InBackground(read_label_map, labels) if labels is not None else None
+    label_map = InThread(read_label_map, labels) if labels is not None else None
 
     from dataclasses import replace
 
@@ -262,30 +261,6 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     keep_until_exit()
     click.echo(str(result.seg_path))
     click.echo(str(result.sr_path))
-
-
-class _InBackground(threading.Thread):
-    """Run ``function(*args)`` in a thread; :meth:`value` waits and returns its result or raises its error."""
-
-    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
-        super().__init__(name=f"medannot-{getattr(function, '__name__', 'task')}")
-        self._call = (function, args)
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        function, args = self._call
-        try:
-            self._result = function(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by value()
-            self._error = exc
-
-    def value(self) -> Any:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
 
 
 @seg.command("read", context_settings=CONTEXT)
