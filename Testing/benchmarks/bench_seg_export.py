@@ -431,6 +431,7 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
     seg_bytes: int = 0
     frames: int = 0
+    cpu: float = 0.0  # user + system seconds of the process (and of children it waited for)
 
 
 def _medannot_cmd(inputs: Inputs, out: Path, fractional: bool) -> list[str]:
@@ -501,7 +502,8 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - t
 with open(sys.argv[1], "w") as fh:
-    json.dump({"wall": wall, "maxrss_kib": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, fh)
+    json.dump({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, fh)
 """
 
 
@@ -528,8 +530,9 @@ def cache_bytecode(packages: list[Path]) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def run_measured(cmd: list[str], log: Path, pythonpath: str | None = None) -> tuple[float, float, int]:
-    """Run ``cmd`` (output to ``log``); return its wall seconds, its own peak RSS in MB, and its exit code."""
+def run_measured(cmd: list[str], log: Path, pythonpath: str | None = None) -> tuple[float, float, int, float]:
+    """Run ``cmd`` (output to ``log``); return its wall seconds, its own peak RSS in MB, its exit code and its CPU
+    seconds (user + system)."""
     stats = log.with_suffix(".rusage.json")
     stats.unlink(missing_ok=True)
     env = child_env(pythonpath)
@@ -537,9 +540,9 @@ def run_measured(cmd: list[str], log: Path, pythonpath: str | None = None) -> tu
         subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(stats), *cmd], stdout=fh,
                        stderr=subprocess.STDOUT, check=False, env=env)
     if not stats.is_file():
-        return 0.0, 0.0, -1
+        return 0.0, 0.0, -1, 0.0
     facts = json.loads(stats.read_text())
-    return facts["wall"], facts["maxrss_kib"] / 1024.0, facts["code"]  # Linux: ru_maxrss in KiB
+    return facts["wall"], facts["maxrss_kib"] / 1024.0, facts["code"], facts["cpu"]  # Linux: ru_maxrss in KiB
 
 
 def _seg_facts(out: Path) -> tuple[int, int]:
@@ -564,19 +567,20 @@ def measure(contender: Contender, inputs: Inputs, scratch: Path, index: int) -> 
     else:
         assert contender.child is not None
         cmd = _child_cmd(contender.child, "full", inputs, out, result)
-    wall, peak, code = run_measured(cmd, log, contender.pythonpath)
+    wall, peak, code, cpu = run_measured(cmd, log, contender.pythonpath)
     if code != 0:
         raise RuntimeError(f"{contender.title} failed (exit {code}):\n{log.read_text(errors='replace')[-3000:]}")
     phases = json.loads(result.read_text()) if result.is_file() else {}
     seg_bytes, frames = _seg_facts(out)
     shutil.rmtree(out, ignore_errors=True)
-    return Run(wall, peak, phases, seg_bytes, frames)
+    return Run(wall, peak, phases, seg_bytes, frames, cpu)
 
 
 def measure_baseline(child: str, stage: str, inputs: Inputs, scratch: Path) -> float:
     """Peak RSS (MB) of a child that stops after ``stage`` ("imports" or "inputs")."""
     log = scratch / f"base-{child}-{stage}.log"
-    _, peak, code = run_measured(_child_cmd(child, stage, inputs, scratch / "unused", scratch / "unused.json"), log)
+    _, peak, code, _ = run_measured(_child_cmd(child, stage, inputs, scratch / "unused", scratch / "unused.json"),
+                                    log)
     if code != 0:
         raise RuntimeError(f"baseline {child}/{stage} failed:\n{log.read_text(errors='replace')[-3000:]}")
     return peak
@@ -591,6 +595,7 @@ class Row:
 
     contender: Contender
     wall: float
+    cpu: float
     work: float | None
     peak: float
     over_imports: float | None
@@ -603,6 +608,7 @@ class Row:
 def summarise(contender: Contender, runs: list[Run], baselines: dict[tuple[str, str], float]) -> Row:
     """Medians over the runs, and memory over the twin baselines."""
     wall = statistics.median(r.wall for r in runs)
+    cpu = statistics.median(r.cpu for r in runs)
     peak = statistics.median(r.peak_mb for r in runs)
     names = runs[0].phases.keys()
     phases = {n: statistics.median(r.phases.get(n, 0.0) for r in runs) for n in names}
@@ -611,7 +617,7 @@ def summarise(contender: Contender, runs: list[Run], baselines: dict[tuple[str, 
     if contender.twin:
         over_imports = peak - baselines[(contender.twin, "imports")]
         over_inputs = peak - baselines[(contender.twin, "inputs")]
-    return Row(contender, wall, work, peak, over_imports, over_inputs, runs[0].seg_bytes, runs[0].frames, phases)
+    return Row(contender, wall, cpu, work, peak, over_imports, over_inputs, runs[0].seg_bytes, runs[0].frames, phases)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -628,19 +634,20 @@ def report(rows: list[Row], inputs: Inputs, repeat: int) -> None:
     print(f"label-map bytes (uint8 in memory): {inputs.label_bytes} ({inputs.label_bytes / mb:.1f} MB); "
           f"label-map file {inputs.labels.stat().st_size} bytes")
     print(f"times: median of {repeat} run(s), each in a fresh process, contenders taking turns. total = whole process; "
-          "work = after imports. "
-          "x-ratios use total.\npeak = ru_maxrss of the process; +imp / +inp = peak minus a twin process that only "
+          "work = after imports; cpu = user + system seconds of the process (its threads added up).\n"
+          "x-ratios use total (cpu x dcmqi: cpu over dcmqi's cpu; on a busy machine cpu varies less than total).\npeak = ru_maxrss of the process; +imp / +inp = peak minus a twin process that only "
           "imports the same libraries / also loads the same inputs.\n")
-    head = (f"{'contender':<26}{'total s':>8}{'work s':>8}{'peak MB':>9}{'+imp MB':>9}{'+inp MB':>9}"
-            f"{'x floor':>8}{'x dcmqi':>8}{'frames':>7}{'SEG bytes':>11}")
+    head = (f"{'contender':<26}{'total s':>8}{'work s':>8}{'cpu s':>7}{'peak MB':>9}{'+imp MB':>9}{'+inp MB':>9}"
+            f"{'x floor':>8}{'x dcmqi':>8}{'cpu x dcmqi':>12}{'frames':>7}{'SEG bytes':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
         x_floor = r.wall / floor.wall if floor else None
         x_dcmqi = r.wall / dcmqi.wall if dcmqi else None
-        print(f"{r.contender.title:<26}{r.wall:>8.2f}{_fmt(r.work, '.2f'):>8}{r.peak:>9.0f}"
+        cpu_x_dcmqi = r.cpu / dcmqi.cpu if dcmqi and dcmqi.cpu else None
+        print(f"{r.contender.title:<26}{r.wall:>8.2f}{_fmt(r.work, '.2f'):>8}{r.cpu:>7.2f}{r.peak:>9.0f}"
               f"{_fmt(r.over_imports, '.0f'):>9}{_fmt(r.over_inputs, '.0f'):>9}{_fmt(x_floor, '.1f'):>8}"
-              f"{_fmt(x_dcmqi, '.2f'):>8}{r.frames:>7}{r.seg_bytes:>11}")
+              f"{_fmt(x_dcmqi, '.2f'):>8}{_fmt(cpu_x_dcmqi, '.2f'):>12}{r.frames:>7}{r.seg_bytes:>11}")
     print("\nphases (s, median):")
     for r in rows:
         if r.phases:
@@ -772,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             for contender in contenders:
                 runs[contender.key].append(measure(contender, inputs, scratch, i))
                 last = runs[contender.key][-1]
-                print(f"  {contender.title}: run {i + 1} {last.wall:.2f} s, peak {last.peak_mb:.0f} MB", flush=True)
+                print(f"  {contender.title}: run {i + 1} {last.wall:.2f} s (cpu {last.cpu:.2f} s), "
+                      f"peak {last.peak_mb:.0f} MB", flush=True)
         rows = [summarise(c, runs[c.key], baselines) for c in contenders]
         report(rows, inputs, args.repeat)
     finally:
