@@ -19,9 +19,9 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 import medannot
+from medannot._gc import with_paused_gc
 from medannot.dicomseg import codes
 from medannot.dicomseg._fractional_frames import MAX_FRACTIONAL_VALUE, quantise
-from medannot._gc import with_paused_gc
 from medannot.dicomseg._highdicom_setup import prepare_highdicom
 from medannot.dicomseg._seg_builder import build_seg
 from medannot.dicomseg._sr_builder import SrSegment, build_sr
@@ -184,6 +184,7 @@ def export_segmentation(
     GeometryMismatchError, SegmentContentError, LabelMapError
         Before anything is written.
     """
+    prepare_highdicom()  # before highdicom is first used, so that its tables are read the fast way
     output_dir = Path(output_dir)
     provenance = _resolve_provenance(guideline, segments)
     answers = checklist_answers(guideline, checklist or {})
@@ -286,7 +287,6 @@ def export_segmentation(
         volume = counts.get(spec.label, 0) * volume_per_voxel if volume_per_voxel else None
         sr_segments.append(SrSegment(number, spec, prov, tracking_uid, tracking_id, volume))
 
-    prepare_highdicom()  # after the checks: a refused export does not wait for highdicom's tables
     seg_uid, sr_uid = hd.UID(), hd.UID()
     description = f"{guideline.id} {guideline.version}" + (f" task {task_id}" if task_id else "")
     seg = build_seg(
