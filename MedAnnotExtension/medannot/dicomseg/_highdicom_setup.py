@@ -7,14 +7,19 @@ the 436 modules of the standard). Three things make that first use slow, and all
 * Python's cyclic garbage collector runs again and again while those dicts are created (each collection walks
   everything created so far), which makes the parse 2 to 4 times slower than the parse itself. The tables hold
   no reference cycles, so they are parsed with the collector paused (:func:`medannot._gc.paused_gc`).
-* A SEG and its SR use a few dozen of the 436 modules. highdicom's module table is handed to highdicom as a
-  mapping that parses a module's entry from highdicom's own file the first time highdicom asks for that module
-  (:class:`LazyModuleTable`); every check highdicom makes reads exactly what it would have read from the whole
-  parse (a test compares all 436 entries).
+* A SEG and its SR use a few dozen of the 436 modules. MedAnnot replaces highdicom's private loader
+  ``get_module_attribute_map`` (in the three highdicom modules that hold it) by one that returns a
+  :class:`LazyModuleTable`: a mapping that parses a module's entry from highdicom's own file the first time
+  highdicom asks for that module. highdicom's checks are not touched and read exactly what they would have read
+  from the whole parse (a test compares all 436 entries).
 * ``is_attribute_in_iod`` scans every attribute of every module of an IOD; highdicom calls it (through
   ``is_multiframe_image``) once per source image, 300 scans of the same CT IOD for a 300-slice series. Its answer
-  depends only on its arguments and the fixed tables, so :func:`prepare_highdicom` remembers the answers. The
-  checks that use it run as before and give the same results (a test compares them with highdicom's own).
+  depends only on its arguments and the fixed tables, so MedAnnot replaces ``highdicom._standard_utils.
+  is_attribute_in_iod`` by a wrapper that remembers highdicom's answers. The checks that use it run as before
+  and give the same results (a test compares them with highdicom's own).
+
+Both replacements are made once, by :func:`prepare_highdicom`, only when highdicom's functions look as expected
+(highdicom 0.28); otherwise highdicom is left as it is and simply does its own, slower, first use.
 """
 
 from __future__ import annotations
