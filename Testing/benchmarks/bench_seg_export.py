@@ -509,7 +509,7 @@ with open(sys.argv[1], "w") as fh:
 
 # Python contenders run with their bytecode cached, as after `pip install` (which compiles it): an environment
 # with PYTHONDONTWRITEBYTECODE set would otherwise make MedAnnot's CLI compile its own modules on every run.
-# --no-bytecode-cache measures as the environment says instead.
+# The bytecode goes into the checkouts' __pycache__ folders (git-ignored) and stays there.
 CACHE_BYTECODE = True
 
 
@@ -715,8 +715,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--before", type=Path, help="another MedAnnot checkout (its root or its MedAnnotExtension folder): "
                    "its CLI BINARY is timed too, as cli-binary-before, in the same run and on the same inputs")
     p.add_argument("--no-bytecode-cache", action="store_true", help="do not compile MedAnnot's bytecode first and "
-                   "keep PYTHONDONTWRITEBYTECODE for the contenders if the environment sets it (the CLI then compiles "
-                   "its modules on every run)")
+                   "keep PYTHONDONTWRITEBYTECODE for the contenders if the environment sets it (bytecode already in "
+                   "__pycache__ is still used: remove those folders to time a CLI that compiles its modules each run)")
     p.add_argument("--profile", action="store_true", help="profile the in-process BINARY export instead")
     p.add_argument("--profile-top", type=int, default=25, help="lines of profile to print")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
