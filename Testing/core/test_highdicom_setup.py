@@ -138,8 +138,9 @@ def test_export_writes_what_highdicom_alone_writes(source_kind, case, ct_case, l
     written = {}
     for mode in ("medannot", "highdicom-alone"):
         out = tmp_path / mode
-        subprocess.run([sys.executable, "-c", _EXPORT, str(source_path), str(labels_path), str(liver_guideline_path),
-                        str(out), mode], check=True, env=CLI_ENV, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", _EXPORT, str(source_path), str(labels_path),
+                               str(liver_guideline_path), str(out), mode], env=CLI_ENV, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{mode}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
         written[mode] = _written(out)
     for part in ("SEG", "SR", "file meta"):
         ours, alone = written["medannot"][part], written["highdicom-alone"][part]
