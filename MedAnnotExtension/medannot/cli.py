@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 import medannot
+from medannot._gc import keep_until_exit, with_paused_gc
 from medannot.cli_common import CONTEXT, MedAnnotGroup
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,21 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     return pairs
 
 
-@click.group(cls=MedAnnotGroup, context_settings=CONTEXT)
+# Commands whose modules are imported only when they run (see MedAnnotGroup), with their docstring's first paragraph.
+LAZY_COMMANDS = {
+    "interpolate": ("medannot.interpolation.cli:interpolate",
+                    "Interpolate a label map between keyframes along time (cine) or slices (volume)."),
+    "serve": ("medannot.server.cli:serve", "Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."),
+    "admin": ("medannot.server.cli:admin", "Administer users, projects and cases directly on the database."),
+    "audit": ("medannot.server.cli:audit", "The tamper-evident audit trail."),
+    "review": ("medannot.review.cli:review",
+               "Multi-reader review of SEGs on your disk: agreement between reads, consensus of reads."),
+    "client": ("medannot.client.cli:client_group", "The lab's task server: log in, claim the next case, keep the "
+               "lease, submit (kept in an outbox until sent)."),
+}
+
+
+@click.group(cls=MedAnnotGroup, context_settings=CONTEXT, lazy_commands=LAZY_COMMANDS)
 @click.version_option(medannot.__version__, prog_name="medannot")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -214,12 +229,23 @@ def seg() -> None:
 @click.option("--replaces", type=click.Path(path_type=Path), default=None,
               help="Earlier SEG this one corrects (it is referenced, never overwritten).")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder to write the SEG and SR into.")
+@with_paused_gc  # one short run that allocates a lot: the collector would cost more than it frees
 def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...], guideline_path: Path,
                reader_name: str, reader_id: str, reader_role: str, institution: str | None,
                confidence: tuple[str, ...], algorithm: tuple[str, ...], task_id: str | None,
                interpolation_json: Path | None, answers: tuple[str, ...], replaces: Path | None,
                output: Path) -> None:
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
+    if (labels is None) == (not probabilities):
+        raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
+    from medannot._parallel import InThread
+    from medannot.imaging import load_source, read_label_map, read_probability_map
+
+    # SimpleITK reads (and inflates) the label map without holding the GIL: read it on the other core while this
+    # thread imports highdicom and reads the guideline and the source headers. Its errors are raised where they
+    # were raised before: after those of the guideline, the options and the source.
+    label_map = InThread(read_label_map, labels) if labels is not None else None
+
     from dataclasses import replace
 
     from medannot.dicomseg import (
@@ -230,10 +256,7 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     )
     from medannot.errors import ProvenanceError
     from medannot.guideline import load_guideline
-    from medannot.imaging import load_source, read_label_map, read_probability_map
 
-    if (labels is None) == (not probabilities):
-        raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
     g = load_guideline(guideline_path)
     reader = ReaderInfo(name=reader_name, reader_id=reader_id, role=reader_role, institution=institution)
     provenance: dict[int, SegmentProvenance] = {}
@@ -254,8 +277,8 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     src = load_source(source)
     array = geometry = None
     maps = None
-    if labels is not None:
-        array, geometry = read_label_map(labels)
+    if label_map is not None:
+        array, geometry = label_map.value()
     else:
         maps = {}
         for key, path in _pairs(probabilities, "--probability"):
@@ -265,6 +288,7 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
         segments=provenance, task_id=task_id, probabilities=maps, replaces=replaces,
         labels_name=str(labels or "probability maps"), checklist=dict(_pairs(answers, "--answer")),
     )
+    keep_until_exit()
     click.echo(str(result.seg_path))
     click.echo(str(result.sr_path))
 
@@ -359,18 +383,6 @@ def demo(output: Path) -> None:
 
     run_demo(output)
 
-
-def _register_extra_commands() -> None:
-    from medannot.client.cli import client_group
-    from medannot.interpolation.cli import interpolate
-    from medannot.review.cli import review
-    from medannot.server.cli import admin, audit, serve
-
-    for command in (interpolate, review, serve, admin, audit, client_group):
-        main.add_command(command)
-
-
-_register_extra_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

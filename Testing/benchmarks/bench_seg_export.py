@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -418,6 +419,7 @@ class Contender:
     cmd: Callable[[Inputs, Path], list[str]] | None = None
     child: str | None = None
     twin: str | None = None  # child whose imports / inputs stages are this contender's memory baselines
+    pythonpath: str | None = None  # run with this PYTHONPATH (another checkout's MedAnnotExtension)
 
 
 @dataclass
@@ -429,6 +431,7 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
     seg_bytes: int = 0
     frames: int = 0
+    cpu: float = 0.0  # user + system seconds of the process (and of children it waited for)
 
 
 def _medannot_cmd(inputs: Inputs, out: Path, fractional: bool) -> list[str]:
@@ -499,21 +502,47 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - t
 with open(sys.argv[1], "w") as fh:
-    json.dump({"wall": wall, "maxrss_kib": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, fh)
+    json.dump({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, fh)
 """
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[float, float, int]:
-    """Run ``cmd`` (output to ``log``); return its wall seconds, its own peak RSS in MB, and its exit code."""
+# Python contenders run with their bytecode cached, as after `pip install` (which compiles it): an environment
+# with PYTHONDONTWRITEBYTECODE set would otherwise make MedAnnot's CLI compile its own modules on every run.
+# The bytecode goes into the checkouts' __pycache__ folders (git-ignored) and stays there.
+CACHE_BYTECODE = True
+
+
+def child_env(pythonpath: str | None = None) -> dict[str, str]:
+    """Environment of a contender's process."""
+    env = dict(os.environ)
+    if CACHE_BYTECODE:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def cache_bytecode(packages: list[Path]) -> None:
+    """Compile the given source folders' bytecode (``__pycache__``, git-ignored), as pip does when installing."""
+    if CACHE_BYTECODE:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *map(str, packages)], check=True, env=child_env(),
+                       stdout=subprocess.DEVNULL)
+
+
+def run_measured(cmd: list[str], log: Path, pythonpath: str | None = None) -> tuple[float, float, int, float]:
+    """Run ``cmd`` (output to ``log``); return its wall seconds, its own peak RSS in MB, its exit code and its CPU
+    seconds (user + system)."""
     stats = log.with_suffix(".rusage.json")
     stats.unlink(missing_ok=True)
+    env = child_env(pythonpath)
     with open(log, "wb") as fh:
         subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(stats), *cmd], stdout=fh,
-                       stderr=subprocess.STDOUT, check=False)
+                       stderr=subprocess.STDOUT, check=False, env=env)
     if not stats.is_file():
-        return 0.0, 0.0, -1
+        return 0.0, 0.0, -1, 0.0
     facts = json.loads(stats.read_text())
-    return facts["wall"], facts["maxrss_kib"] / 1024.0, facts["code"]  # Linux: ru_maxrss in KiB
+    return facts["wall"], facts["maxrss_kib"] / 1024.0, facts["code"], facts["cpu"]  # Linux: ru_maxrss in KiB
 
 
 def _seg_facts(out: Path) -> tuple[int, int]:
@@ -538,19 +567,20 @@ def measure(contender: Contender, inputs: Inputs, scratch: Path, index: int) -> 
     else:
         assert contender.child is not None
         cmd = _child_cmd(contender.child, "full", inputs, out, result)
-    wall, peak, code = run_measured(cmd, log)
+    wall, peak, code, cpu = run_measured(cmd, log, contender.pythonpath)
     if code != 0:
         raise RuntimeError(f"{contender.title} failed (exit {code}):\n{log.read_text(errors='replace')[-3000:]}")
     phases = json.loads(result.read_text()) if result.is_file() else {}
     seg_bytes, frames = _seg_facts(out)
     shutil.rmtree(out, ignore_errors=True)
-    return Run(wall, peak, phases, seg_bytes, frames)
+    return Run(wall, peak, phases, seg_bytes, frames, cpu)
 
 
 def measure_baseline(child: str, stage: str, inputs: Inputs, scratch: Path) -> float:
     """Peak RSS (MB) of a child that stops after ``stage`` ("imports" or "inputs")."""
     log = scratch / f"base-{child}-{stage}.log"
-    _, peak, code = run_measured(_child_cmd(child, stage, inputs, scratch / "unused", scratch / "unused.json"), log)
+    _, peak, code, _ = run_measured(_child_cmd(child, stage, inputs, scratch / "unused", scratch / "unused.json"),
+                                    log)
     if code != 0:
         raise RuntimeError(f"baseline {child}/{stage} failed:\n{log.read_text(errors='replace')[-3000:]}")
     return peak
@@ -565,6 +595,7 @@ class Row:
 
     contender: Contender
     wall: float
+    cpu: float
     work: float | None
     peak: float
     over_imports: float | None
@@ -577,6 +608,7 @@ class Row:
 def summarise(contender: Contender, runs: list[Run], baselines: dict[tuple[str, str], float]) -> Row:
     """Medians over the runs, and memory over the twin baselines."""
     wall = statistics.median(r.wall for r in runs)
+    cpu = statistics.median(r.cpu for r in runs)
     peak = statistics.median(r.peak_mb for r in runs)
     names = runs[0].phases.keys()
     phases = {n: statistics.median(r.phases.get(n, 0.0) for r in runs) for n in names}
@@ -585,7 +617,7 @@ def summarise(contender: Contender, runs: list[Run], baselines: dict[tuple[str, 
     if contender.twin:
         over_imports = peak - baselines[(contender.twin, "imports")]
         over_inputs = peak - baselines[(contender.twin, "inputs")]
-    return Row(contender, wall, work, peak, over_imports, over_inputs, runs[0].seg_bytes, runs[0].frames, phases)
+    return Row(contender, wall, cpu, work, peak, over_imports, over_inputs, runs[0].seg_bytes, runs[0].frames, phases)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -601,19 +633,21 @@ def report(rows: list[Row], inputs: Inputs, repeat: int) -> None:
           f"segments; non-empty frames per segment {inputs.frames_per_segment}")
     print(f"label-map bytes (uint8 in memory): {inputs.label_bytes} ({inputs.label_bytes / mb:.1f} MB); "
           f"label-map file {inputs.labels.stat().st_size} bytes")
-    print(f"times: median of {repeat} run(s), each in a fresh process. total = whole process; work = after imports. "
-          "x-ratios use total.\npeak = ru_maxrss of the process; +imp / +inp = peak minus a twin process that only "
+    print(f"times: median of {repeat} run(s), each in a fresh process, contenders taking turns. total = whole process; "
+          "work = after imports; cpu = user + system seconds of the process (its threads added up).\n"
+          "x-ratios use total (cpu x dcmqi: cpu over dcmqi's cpu; on a busy machine cpu varies less than total).\npeak = ru_maxrss of the process; +imp / +inp = peak minus a twin process that only "
           "imports the same libraries / also loads the same inputs.\n")
-    head = (f"{'contender':<26}{'total s':>8}{'work s':>8}{'peak MB':>9}{'+imp MB':>9}{'+inp MB':>9}"
-            f"{'x floor':>8}{'x dcmqi':>8}{'frames':>7}{'SEG bytes':>11}")
+    head = (f"{'contender':<26}{'total s':>8}{'work s':>8}{'cpu s':>7}{'peak MB':>9}{'+imp MB':>9}{'+inp MB':>9}"
+            f"{'x floor':>8}{'x dcmqi':>8}{'cpu x dcmqi':>12}{'frames':>7}{'SEG bytes':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
         x_floor = r.wall / floor.wall if floor else None
         x_dcmqi = r.wall / dcmqi.wall if dcmqi else None
-        print(f"{r.contender.title:<26}{r.wall:>8.2f}{_fmt(r.work, '.2f'):>8}{r.peak:>9.0f}"
+        cpu_x_dcmqi = r.cpu / dcmqi.cpu if dcmqi and dcmqi.cpu else None
+        print(f"{r.contender.title:<26}{r.wall:>8.2f}{_fmt(r.work, '.2f'):>8}{r.cpu:>7.2f}{r.peak:>9.0f}"
               f"{_fmt(r.over_imports, '.0f'):>9}{_fmt(r.over_inputs, '.0f'):>9}{_fmt(x_floor, '.1f'):>8}"
-              f"{_fmt(x_dcmqi, '.2f'):>8}{r.frames:>7}{r.seg_bytes:>11}")
+              f"{_fmt(x_dcmqi, '.2f'):>8}{_fmt(cpu_x_dcmqi, '.2f'):>12}{r.frames:>7}{r.seg_bytes:>11}")
     print("\nphases (s, median):")
     for r in rows:
         if r.phases:
@@ -678,6 +712,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + ",".join(c.key for c in CONTENDERS))
     p.add_argument("--workdir", type=Path, help="keep inputs and outputs here and reuse inputs made with the same "
                    "parameters (default: a temporary folder, removed at the end)")
+    p.add_argument("--before", type=Path, help="another MedAnnot checkout (its root or its MedAnnotExtension folder): "
+                   "its CLI BINARY is timed too, as cli-binary-before, in the same run and on the same inputs")
+    p.add_argument("--no-bytecode-cache", action="store_true", help="do not compile MedAnnot's bytecode first and "
+                   "keep PYTHONDONTWRITEBYTECODE for the contenders if the environment sets it (bytecode already in "
+                   "__pycache__ is still used: remove those folders to time a CLI that compiles its modules each run)")
     p.add_argument("--profile", action="store_true", help="profile the in-process BINARY export instead")
     p.add_argument("--profile-top", type=int, default=25, help="lines of profile to print")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -710,6 +749,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         wanted = {k for k in args.only.split(",") if k}
         contenders = [c for c in CONTENDERS if not wanted or c.key in wanted]
+        if args.before is not None:
+            before = args.before / "MedAnnotExtension" if (args.before / "MedAnnotExtension").is_dir() else args.before
+            if not (before / "medannot" / "cli.py").is_file():
+                raise SystemExit(f"--before {args.before}: no medannot package there")
+            contenders.insert(0, Contender("cli-binary-before", "medannot CLI  BINARY before",
+                                           cmd=lambda i, o: _medannot_cmd(i, o, False), pythonpath=str(before.resolve())))
+        global CACHE_BYTECODE
+        CACHE_BYTECODE = not args.no_bytecode_cache
+        import medannot
+
+        checkouts = [Path(medannot.__file__).parent] + [Path(c.pythonpath) / "medannot" for c in contenders
+                                                       if c.pythonpath]
+        cache_bytecode(checkouts + [SCRIPT.parent])
+        print("Python bytecode: " + ("cached (compiled first, as pip install does) for " + ", ".join(map(str, checkouts))
+                                     if CACHE_BYTECODE else "as the environment says (PYTHONDONTWRITEBYTECODE="
+                                     f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})"), flush=True)
         if dcmqi_program() is None:
             print("dcmqi itkimage2segimage not found; skipping it (pip install dcmqi)")
             contenders = [c for c in contenders if c.key != "dcmqi"]
@@ -717,14 +772,16 @@ def main(argv: list[str] | None = None) -> int:
         scratch.mkdir(exist_ok=True)
         baselines = {(c.twin, stage): measure_baseline(c.twin, stage, inputs, scratch)
                      for c in contenders if c.twin for stage in ("imports", "inputs")}
-        rows = []
-        for contender in contenders:
-            runs = []
-            for i in range(args.repeat):
-                runs.append(measure(contender, inputs, scratch, i))
-                print(f"  {contender.title}: run {i + 1} {runs[-1].wall:.2f} s, peak {runs[-1].peak_mb:.0f} MB",
-                      flush=True)
-            rows.append(summarise(contender, runs, baselines))
+        # Round-robin (run 1 of every contender, then run 2, ...) so that a load that comes and goes on a shared
+        # machine falls on every contender alike.
+        runs: dict[str, list[Run]] = {c.key: [] for c in contenders}
+        for i in range(args.repeat):
+            for contender in contenders:
+                runs[contender.key].append(measure(contender, inputs, scratch, i))
+                last = runs[contender.key][-1]
+                print(f"  {contender.title}: run {i + 1} {last.wall:.2f} s (cpu {last.cpu:.2f} s), "
+                      f"peak {last.peak_mb:.0f} MB", flush=True)
+        rows = [summarise(c, runs[c.key], baselines) for c in contenders]
         report(rows, inputs, args.repeat)
     finally:
         if temp is not None:

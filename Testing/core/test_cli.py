@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
-from medannot_testing import require_tool, run_medannot
+from medannot_testing import CLI_ENV, require_tool, run_medannot
 
 import numpy as np
 import pytest
@@ -127,3 +128,36 @@ def test_validate_reports_dciodvfy_findings_that_start_with_a_tag(ct_case, liver
     ds.save_as(odd)
     warnings = [f.message for f in run_dciodvfy(odd) if f.severity == "warning"]
     assert any(m.startswith("(0x0019,0x1010)") for m in warnings), warnings
+
+
+def test_top_level_help_lists_each_lazily_loaded_command_with_its_own_help():
+    import click
+    from click.utils import make_default_short_help
+
+    from medannot.cli import LAZY_COMMANDS, main
+
+    for name, (_, text) in LAZY_COMMANDS.items():
+        command = main.get_command(click.Context(main), name)
+        assert command is not None and command.name == name
+        assert make_default_short_help(text, 90) == command.get_short_help_str(90), name
+    listing = medannot("--help").stdout
+    assert all(f"  {name} " in listing for name in LAZY_COMMANDS)
+
+
+def test_top_level_help_imports_no_command_module():
+    code = ("import sys; from medannot.cli import main; main(['--help'], standalone_mode=False); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydicom', 'highdicom', 'SimpleITK') "
+            "or m.startswith(('medannot.interpolation', 'medannot.server', 'medannot.client', 'medannot.dicomseg'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=CLI_ENV)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_names_a_bad_source_before_a_bad_label_map_read_alongside_it(liver_guideline_path, tmp_path):
+    junk_source, junk_labels = tmp_path / "junk.dcm", tmp_path / "junk.nii.gz"
+    junk_source.write_bytes(b"not dicom at all")
+    junk_labels.write_bytes(b"garbage")
+    proc = medannot("seg", "export", "--source", junk_source, "--labels", junk_labels, "--guideline",
+                    liver_guideline_path, "--reader-name", "Doe^Jane", "--reader-id", "jdoe", "--output", tmp_path / "o")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"medannot: error: {junk_source}: not a DICOM file")
+    assert not (tmp_path / "o").exists()

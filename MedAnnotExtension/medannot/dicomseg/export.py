@@ -19,8 +19,10 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 import medannot
+from medannot._gc import with_paused_gc
 from medannot.dicomseg import codes
 from medannot.dicomseg._fractional_frames import MAX_FRACTIONAL_VALUE, quantise
+from medannot.dicomseg._highdicom_setup import prepare_highdicom
 from medannot.dicomseg._seg_builder import build_seg
 from medannot.dicomseg._sr_builder import ConsensusInput, SrSegment, build_sr
 from medannot.dicomseg.reader import find_companion_sr, read_dicom
@@ -102,14 +104,23 @@ def checklist_answers(guideline: Guideline, answers: Mapping[str, str | bool]) -
 
 
 def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
-    """Voxels per label value, counted a few slices at a time so no int64 copy of the whole map is made."""
-    if labels.size and labels.min() < 0:
+    """Voxels per label value, counted one non-empty slice at a time (no int64 copy of the whole map is made).
+
+    Most slices of a label map are empty; one ``max`` per slice finds those that are not.
+    """
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise LabelMapError(f"label map holds negative value {int(labels.min())}")
-    total = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int64)
-    step = max(1, (1 << 22) // max(1, labels[0].size))
-    for start in range(0, labels.shape[0], step):
-        chunk = np.bincount(labels[start:start + step].ravel(), minlength=total.size)
-        total += chunk
+    if not labels.size:
+        return {}
+    peaks = labels.reshape(labels.shape[0], -1).max(axis=1)
+    total = np.zeros(int(peaks.max()) + 1, dtype=np.int64)
+    for index in np.flatnonzero(peaks):
+        plane = labels[index]
+        if total.size <= 16:  # a few values: one comparison each costs less than bincount's int64 copy of the slice
+            for value in range(1, int(peaks[index]) + 1):
+                total[value] += np.count_nonzero(plane == value)
+        else:
+            total += np.bincount(plane.ravel(), minlength=total.size)
     return {int(v): int(c) for v, c in enumerate(total) if c and v}
 
 
@@ -120,6 +131,7 @@ def _count_at_least(values: np.ndarray, threshold: float) -> int:
                for start in range(0, values.shape[0], step))
 
 
+@with_paused_gc
 def export_segmentation(
     source: SourceImage,
     labels: np.ndarray | None,
@@ -175,6 +187,7 @@ def export_segmentation(
     GeometryMismatchError, SegmentContentError, LabelMapError
         Before anything is written.
     """
+    prepare_highdicom()  # before highdicom is first used, so that its tables are read the fast way
     output_dir = Path(output_dir)
     provenance = _resolve_provenance(guideline, segments)
     answers = checklist_answers(guideline, checklist or {})

@@ -48,7 +48,7 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
             raise LabelMapError(f"{path}: holds non-integer values ({image.GetPixelIDTypeAsString()}); "
                                 "a label map holds whole label values")
         array = array.astype(np.int64)
-    if array.size and array.min() < 0:
+    if array.dtype.kind != "u" and array.size and array.min() < 0:  # an unsigned map cannot: no pass over it
         raise LabelMapError(f"{path}: holds negative label value {int(array.min())}")
     if array.ndim == 2:
         array = array[np.newaxis]
