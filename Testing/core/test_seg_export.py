@@ -251,3 +251,18 @@ def test_fractional_ct_plane_whose_probabilities_all_round_to_zero_gets_no_frame
         assert_missing_frames_are_empty=True, rescale_fractional=False)
     for index, p in enumerate((liver, lesion)):
         np.testing.assert_array_equal(read_back[..., index], np.round(p * 255).astype(np.uint8))
+
+
+def test_export_of_acr_nema_dates_leaves_the_loaded_source_as_read(ct_case, liver_guideline_path, tmp_path):
+    """The SEG gets DA dates; the source a caller (the Slicer worklist) keeps still holds what its files say."""
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for path in sorted(Path(ct_case["folder"]).iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyDate = "2004.01.19"
+        ds.save_as(folder / path.name)
+    source = load_source(folder)
+    result = export_segmentation(source, ct_case["labels"], ct_case["geometry"], load_guideline(liver_guideline_path),
+                                 READER, tmp_path / "out")
+    assert pydicom.dcmread(result.seg_path).StudyDate == "20040119"
+    assert {str(ds.StudyDate) for ds in source.datasets} == {"2004.01.19"}

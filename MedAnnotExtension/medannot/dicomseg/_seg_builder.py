@@ -131,9 +131,10 @@ def _as_highdicom_reads(source: SourceImage) -> SourceImage:
         view.file_meta = getattr(ds, "file_meta", Dataset())
         view.set_original_encoding(*ds.original_encoding)
         for keyword, value in fixes.items():
-            if value is None:
+            if keyword in view:
+                # the view shares ds's elements: setting the value of one would change ds; put a new one instead
                 del view[keyword]
-            else:
+            if value is not None:
                 setattr(view, keyword, value)
         datasets.append(view)
     changed = any(a is not b for a, b in zip(datasets, source.datasets))
