@@ -266,3 +266,22 @@ def test_export_of_acr_nema_dates_leaves_the_loaded_source_as_read(ct_case, live
                                  READER, tmp_path / "out")
     assert pydicom.dcmread(result.seg_path).StudyDate == "20040119"
     assert {str(ds.StudyDate) for ds in source.datasets} == {"2004.01.19"}
+
+
+def test_seg_of_frames_stored_head_to_feet_reads_back_on_the_source_grid(ct_case, enhanced_ct_path,
+                                                                        liver_guideline_path, tmp_path):
+    """Frames against the slice normal: `seg read` without --source gives the grid load_source gives, so the
+    label map it writes lies where the reader drew it (not mirrored or shifted along the slice axis)."""
+    enhanced = pydicom.dcmread(enhanced_ct_path)
+    order = np.arange(int(enhanced.NumberOfFrames))[::-1]
+    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
+    enhanced.PixelData = enhanced.pixel_array[order].tobytes()
+    path = tmp_path / "head-to-feet.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    source = load_source(path)
+    labels = ct_case["labels"][::-1].copy()  # the drawing in frame order
+    result = export_segmentation(source, labels, source.geometry, load_guideline(liver_guideline_path), READER,
+                                 tmp_path / "out")
+    record = read_segmentation(result.seg_path)
+    np.testing.assert_array_equal(record.labels, labels)
+    assert record.geometry is not None and source.geometry.mismatches(record.geometry) == []

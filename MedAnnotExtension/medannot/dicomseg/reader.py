@@ -393,16 +393,21 @@ def _geometry(seg: Dataset, indices: list[int], n_slices: int) -> Geometry | Non
     idx = np.asarray(indices)
     dist = pos @ normal
     spacing = float(measures.get("SpacingBetweenSlices") or 0) or None
-    if spacing is None:
-        distinct = np.unique(idx)
-        if len(distinct) > 1:
-            a, b = distinct[0], distinct[-1]
-            spacing = float((dist[idx == b][0] - dist[idx == a][0]) / (b - a))
-        else:
-            spacing = float(measures.get("SliceThickness") or 1.0)
+    distinct = np.unique(idx)
+    if len(distinct) > 1:
+        a, b = distinct[0], distinct[-1]
+        step = float((dist[idx == b][0] - dist[idx == a][0]) / (b - a))
+        if step < 0:
+            # A source whose frames run against row x column (stored head to feet): the slice axis is -normal, as
+            # load_source gives that source's grid.
+            normal = -normal
+        spacing = spacing or abs(step)
+    elif spacing is None:
+        spacing = float(measures.get("SliceThickness") or 1.0)
     first = int(np.argmin(idx))
     origin = pos[first] - idx[first] * spacing * normal
-    return Geometry.from_dicom_plane(int(seg.Rows), int(seg.Columns), n_slices, pixel, spacing, origin, iop)
+    return Geometry.from_dicom_plane(int(seg.Rows), int(seg.Columns), n_slices, pixel, spacing, origin, iop,
+                                     normal=normal)
 
 
 def _segment_masks(seg_path: Path, hseg: hd.seg.Segmentation, placement: _Placement,
