@@ -625,3 +625,18 @@ def test_export_records_an_interpolation_as_semiautomatic_with_its_keyframes(tmp
     assert segments[0].SegmentAlgorithmName == f"MedAnnot keyframe interpolation ({json.loads(done.stdout)['method']})"
     text = str(pydicom.dcmread(sr_path))
     assert "1,9,17,24" in text  # keyframes, 1-based, listed in the SR
+
+
+def test_shape_interpolation_keeps_the_echo_wall_one_ring_between_keyframes():
+    """A thin ring interpolated by shape stays one piece (OpenCV's distance transform, tried for speed, split it)."""
+    import SimpleITK as sitk
+
+    from medannot.demo_data import cine_phantom
+
+    _, truth = cine_phantom(24, 96, 128)
+    result = interpolate_labels(truth, [1, 8, 15, 22], method="shape")
+    for frame in range(1, 23):
+        for label in (1, 2):
+            mask = (result.labels[frame] == label).astype(np.uint8)
+            pieces = int(sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask))).max())
+            assert pieces == 1, f"frame {frame}: label {label} in {pieces} pieces"

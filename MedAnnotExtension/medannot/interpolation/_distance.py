@@ -17,16 +17,9 @@ def signed_distance(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0))
         return np.full(mask.shape, np.inf, dtype=np.float32)
     if mask.all():
         return np.full(mask.shape, -np.inf, dtype=np.float32)
-    if spacing[0] == spacing[1]:
-        # Square pixels: OpenCV's exact Euclidean transforms, a few times faster than Maurer's map. Each pixel's
-        # distance to the nearest pixel of the other side, less half a pixel, as below.
-        import cv2
-
-        inside = mask.astype(np.uint8)
-        to_outside = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        to_inside = cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        distance = np.where(mask, np.float32(0.5) - to_outside, to_inside - np.float32(0.5))
-        return distance * np.float32(spacing[0])
+    # Maurer's map measures to the nearest boundary pixel of the mask. OpenCV's distanceTransform (tried for speed)
+    # measures to the nearest pixel of the other side, up to sqrt(2) - 1 px more on diagonals: enough to split a
+    # thin interpolated ring into pieces (the echo wall between keyframes), so it is not used.
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing((float(spacing[1]), float(spacing[0])))
     distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
