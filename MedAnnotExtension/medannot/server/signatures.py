@@ -1,0 +1,150 @@
+"""Electronic signatures (21 CFR Part 11 style): the signer enters their password again; the signature records
+user, printed name, UTC time and meaning over the sha256 of the exact bytes signed (the SEG), and is audited.
+A signature cannot be moved to other bytes: :func:`verify` fails as soon as the file's bytes differ."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from medannot.errors import MedAnnotError
+from medannot.server.audit import append_audit
+from medannot.server.db import transaction
+from medannot.server.models import MEANINGS, Review, Signature, Submission, Task, User, utcnow
+from medannot.server.security import reauthenticate
+from medannot.server.storage import ObjectStore
+
+
+class SignatureRefused(MedAnnotError):
+    """The signature is not allowed: wrong password, wrong meaning for this signer, or nothing to sign yet."""
+
+
+class WrongPassword(SignatureRefused):
+    """The password entered to sign is wrong (or the account is throttled)."""
+
+
+class SignatureNotFound(MedAnnotError):
+    """No such signature or signed object."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    valid: bool
+    detail: str
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, password: str, meaning: str,
+         printed_name: str | None = None, submission_id: int | None = None,
+         review_id: int | None = None) -> Signature:
+    """Sign a reader's submission, or a review's consensus (``review_id``), with ``meaning``.
+
+    ``authored``: only the submission's own reader. ``reviewed`` / ``approved``: a reviewer or admin who did not
+    read the case, once the read is part of a review (blinding), never their own read.
+    """
+    if meaning not in MEANINGS:
+        raise SignatureRefused(f"meaning {meaning!r} is not one of {', '.join(MEANINGS)}")
+    if not reauthenticate(factory, user_id, password, "signature"):
+        raise WrongPassword("the password is wrong (or the account is throttled after failed attempts); "
+                            "nothing was signed")
+    with transaction(factory) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        if submission_id is not None:
+            submission = session.get(Submission, submission_id)
+            if submission is None:
+                raise SignatureNotFound(f"no submission {submission_id}")
+            task = session.get(Task, submission.task_id)
+            assert task is not None
+            subject, case_id, file_sha = f"submission:{submission.id}", task.case_id, submission.seg_sha256
+            author_id: int | None = submission.user_id
+        else:
+            review = session.get(Review, review_id)
+            if review is None or review.consensus_seg_sha256 is None:
+                raise SignatureNotFound(f"review task {review_id} has no consensus to sign")
+            subject, case_id, file_sha, author_id = (f"review:{review.id}:consensus", review.case_id,
+                                                     review.consensus_seg_sha256, None)
+        _check_signer(session, user, meaning, subject, case_id, author_id, submission_id)
+        data = store.get(file_sha)
+        if _sha256(data) != file_sha:  # the stored object itself was altered: never sign what is not on record
+            raise SignatureRefused(f"{subject}: the stored file no longer matches its sha256 {file_sha[:12]}...; "
+                                   "nothing was signed, tell the administrator")
+        signature = Signature(submission_id=submission_id, review_id=review_id if submission_id is None else None,
+                              file_sha256=file_sha, user_id=user.id, username=user.username,
+                              printed_name=(printed_name or user.username).strip()[:256], meaning=meaning,
+                              signed_at=utcnow())
+        session.add(signature)
+        session.flush()
+        append_audit(session, user.username, "signature.sign", subject, None,
+                     {"signature": signature.id, "meaning": meaning, "printed_name": signature.printed_name,
+                      "sha256": file_sha, "signed_at": signature.signed_at})
+        return signature
+
+
+def _check_signer(session: Session, user: User, meaning: str, subject: str, case_id: int, author_id: int | None,
+                  submission_id: int | None) -> None:
+    from medannot.server.review import _readers_of
+
+    if meaning == "authored":
+        if author_id != user.id:
+            raise SignatureRefused(f"{subject}: only its own reader signs it as authored")
+        return
+    if user.role not in ("reviewer", "admin"):
+        raise SignatureRefused(f"{subject}: signing as {meaning} needs the reviewer or admin role, not {user.role}")
+    if author_id == user.id or user.id in _readers_of(session, case_id):
+        raise SignatureRefused(f"{subject}: you read this case yourself; a reader cannot sign their own read as "
+                               f"{meaning}")
+    if submission_id is not None:
+        rounds = session.scalars(select(Review.submission_ids).where(Review.case_id == case_id))
+        if not any(submission_id in json.loads(ids) for ids in rounds):
+            raise SignatureRefused(f"{subject}: not all reads of its case are in yet, so it is not in review; "
+                                   f"it cannot be signed as {meaning}")
+
+
+def get_signature(session: Session, signature_id: int) -> Signature:
+    signature = session.get(Signature, signature_id)
+    if signature is None:
+        raise SignatureNotFound(f"no signature {signature_id}")
+    return signature
+
+
+def verify_bytes(signature: Signature, data: bytes) -> Verification:
+    """Whether ``data`` are exactly the bytes ``signature`` was made over."""
+    actual = _sha256(data)
+    if actual != signature.file_sha256:
+        return Verification(False, f"signature {signature.id} is over sha256 {signature.file_sha256}, but the "
+                                   f"file has sha256 {actual}: the file was changed after signing")
+    return Verification(True, f"signature {signature.id}: {signature.meaning} by {signature.printed_name} "
+                              f"({signature.username}) at {signature.signed_at.isoformat()}Z over sha256 {actual}")
+
+
+def verify(session: Session, store: ObjectStore, signature: Signature) -> Verification:
+    """Verify a signature against the stored file (and the signed record still pointing at those bytes)."""
+    if signature.submission_id is not None:
+        submission = session.get(Submission, signature.submission_id)
+        recorded = submission.seg_sha256 if submission else None
+    else:
+        review = session.get(Review, signature.review_id)
+        recorded = review.consensus_seg_sha256 if review else None
+    if recorded != signature.file_sha256:
+        return Verification(False, f"signature {signature.id}: the signed record now points at other bytes "
+                                   f"({recorded}), not the signed sha256 {signature.file_sha256}")
+    try:
+        data = store.get(signature.file_sha256)
+    except OSError:
+        return Verification(False, f"signature {signature.id}: the signed file {signature.file_sha256} is missing")
+    return verify_bytes(signature, data)
+
+
+def signature_body(signature: Signature) -> dict[str, object]:
+    return {"signature_id": signature.id, "submission_id": signature.submission_id,
+            "review_id": signature.review_id, "sha256": signature.file_sha256, "user": signature.username,
+            "printed_name": signature.printed_name, "meaning": signature.meaning,
+            "signed_at": signature.signed_at.isoformat() + "Z"}

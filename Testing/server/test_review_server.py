@@ -1,0 +1,256 @@
+"""The review stage on SQLite and PostgreSQL: blinding, reviewer claims, stored agreement and consensus,
+decisions, electronic signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from harness import GUIDELINE, PASSWORD, SHAPE, Lab, db_url, make_lab  # noqa: F401
+from scipy import ndimage
+from sqlalchemy import create_engine, text
+
+from medannot.demo_data import ct_geometry, ct_phantom
+from medannot.dicomseg import ReaderInfo, export_segmentation
+from medannot.guideline import load_guideline
+from medannot.imaging import load_source
+from medannot.server.app import create_app
+from medannot.server.config import resolve_settings
+from medannot.server.db import make_engine, session_factory, transaction
+from medannot.server.projects import add_guideline_version
+
+REVIEW_BLOCK = """review:
+  senior_share: 0.2
+  gold_standard_cases: []
+  consensus: staple
+  agreement:
+    Liver: {dice_min: 0.99, hd95_max_mm: 5.0, nsd_tolerance_mm: 1.0, nsd_min: 0.5}
+  adjudication: always
+  signatures: [reviewed, approved]
+"""
+
+
+@pytest.fixture
+def lab(db_url: str, tmp_path: Path) -> Lab:  # noqa: F811
+    lab = make_lab(db_url, tmp_path / "lab", cases=2, extra_users={"rev": "reviewer", "rev2": "reviewer",
+                                                                   "r3": "annotator"})
+    text_ = GUIDELINE.read_text().replace('version: "1.0.0"', 'version: "1.1.0"')
+    text_ = text_.replace("review:\n  senior_share: 0.2\n  gold_standard_cases: []\n", REVIEW_BLOCK)
+    assert "consensus: staple" in text_
+    lab.guideline = tmp_path / "lab" / "liver-review.yaml"  # type: ignore[attr-defined]
+    lab.guideline.write_text(text_)  # type: ignore[attr-defined]
+    engine = make_engine(db_url)
+    with transaction(session_factory(engine)) as session:
+        add_guideline_version(session, lab.project_id, lab.guideline, actor="test")  # type: ignore[attr-defined]
+    engine.dispose()
+    return lab
+
+
+def client_for(lab: Lab, tmp_path: Path) -> TestClient:
+    return TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data", 1800)))
+
+
+def auth(client: TestClient, user: str) -> dict[str, str]:
+    response = client.post("/api/v1/auth/login", json={"username": user, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def reader_labels(grow: int) -> np.ndarray:
+    """The phantom's labels with the liver grown by ``grow`` voxels in-plane: readers who disagree by a rim."""
+    _, labels = ct_phantom(SHAPE)
+    if grow:
+        plane = np.zeros((1, 3, 3), bool)
+        plane[0, 1, :] = plane[0, :, 1] = True
+        grown = ndimage.binary_dilation(labels > 0, plane, iterations=grow)
+        labels[grown & (labels == 0)] = 1
+    return labels
+
+
+def read_and_submit(client: TestClient, lab: Lab, user: str, tmp_path: Path, grow: int = 0) -> dict:
+    headers = auth(client, user)
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=headers).json()
+    out = tmp_path / "exports" / user / task["case_id"] / uuid.uuid4().hex[:6]
+    result = export_segmentation(load_source(lab.series[task["case_id"]]), reader_labels(grow), ct_geometry(SHAPE),
+                                 load_guideline(lab.guideline), ReaderInfo(f"{user}^Test", user), out)  # type: ignore[attr-defined]
+    response = client.post(f"/api/v1/tasks/{task['task_id']}/submit",
+                           headers={**headers, "X-Lease-Token": task["lease_token"],
+                                    "Idempotency-Key": str(uuid.uuid4())},
+                           files={"seg": result.seg_path.read_bytes(), "sr": result.sr_path.read_bytes()})
+    assert response.status_code == 201, response.text
+    return {**task, **response.json(), "seg_path": result.seg_path}
+
+
+def claim_review(client: TestClient, lab: Lab, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    return client.post(f"/api/v1/projects/{lab.project_id}/reviews/claim", headers=headers)
+
+
+def decide(client: TestClient, headers: dict[str, str], review: dict, key: str | None = None, **body: object):  # type: ignore[no-untyped-def]
+    return client.post(f"/api/v1/reviews/{review['review_id']}/decide", json=body,
+                       headers={**headers, "X-Lease-Token": review["lease_token"] or "",
+                                "Idempotency-Key": key or str(uuid.uuid4())})
+
+
+def test_a_reviewer_never_sees_a_read_before_all_reads_of_the_case_are_in(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    rev = auth(client, "rev")
+    first = read_and_submit(client, lab, "r1", tmp_path)
+    assert claim_review(client, lab, rev).status_code == 204
+    assert client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json() == []
+    hidden = client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=rev)
+    assert hidden.status_code == 403 and "all reads of its case are in" in hidden.json()["detail"]
+    other_reader = client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=auth(client, "r2"))
+    assert other_reader.status_code == 403  # readers stay blind to each other, before and after
+    assert client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=auth(client, "r1")).status_code == 403
+
+    read_and_submit(client, lab, "r2", tmp_path, grow=1)
+    listed = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()
+    assert [(r["case_id"], r["status"], r["round"]) for r in listed] == [(first["case_id"], "open", 1)]
+    shown = client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=rev)
+    assert shown.status_code == 200 and shown.content == first["seg_path"].read_bytes()
+    assert client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=auth(client, "r2")).status_code == 403
+
+
+def test_stored_metrics_match_medannot_review_on_the_same_segs_and_the_consensus_is_a_seg_of_them(lab, tmp_path):
+    from medannot.review.agreement import agreement_table
+    from medannot.review.reads import load_reads
+
+    client = client_for(lab, tmp_path)
+    a = read_and_submit(client, lab, "r1", tmp_path)
+    b = read_and_submit(client, lab, "r2", tmp_path, grow=2)
+    rev = auth(client, "rev")
+    review = claim_review(client, lab, rev).json()
+    assert review["status"] == "leased" and review["consensus"] is not None
+    assert any("Liver" in miss and "Dice" in miss for miss in review["disagreement"])  # dice_min 0.99 missed
+
+    reads = load_reads([a["seg_path"], b["seg_path"]], load_source(lab.series[a["case_id"]]))
+    ours = {(row.segment, row.a, row.b): row.agreement for segment, tolerance in (("Liver", 1.0), ("Lesion", 2.0))
+            for row in agreement_table({str(a["submission_id"]): reads[0].masks,
+                                        str(b["submission_id"]): reads[1].masks}, [segment], tolerance)}
+    stored = {(m["segment"], m["a"], m["b"]): m for m in review["metrics"]}
+    assert set(ours) <= set(stored)
+    for key, expected in ours.items():
+        got = stored[key]
+        assert got["dice"] == pytest.approx(expected.dice, abs=1e-9)
+        assert got["hd95_mm"] == pytest.approx(expected.hd95_mm, abs=1e-9)
+        assert got["nsd"] == pytest.approx(expected.nsd, abs=1e-9)
+        assert got["tolerance_mm"] == expected.tolerance_mm
+        assert got["volume_b_ml"] - got["volume_a_ml"] == pytest.approx(got["volume_difference_ml"])
+    liver = stored[("Liver", str(a["submission_id"]), str(b["submission_id"]))]
+    assert liver["dice"] < 0.99 and liver["below_threshold"] is True
+    assert {(m["a"], m["b"]) for m in review["metrics"] if m["b"] == "consensus"} == {
+        (str(a["submission_id"]), "consensus"), (str(b["submission_id"]), "consensus")}
+
+    import io
+
+    from pydicom import dcmread
+
+    seg = client.get(f"/api/v1/reviews/{review['review_id']}/consensus/seg", headers=rev)
+    sr = client.get(f"/api/v1/reviews/{review['review_id']}/consensus/sr", headers=rev)
+    assert seg.status_code == sr.status_code == 200
+    ds = dcmread(io.BytesIO(seg.content), stop_before_pixels=True)
+    assert ds.Modality == "SEG" and ds.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert ds.SegmentSequence[0].SegmentAlgorithmName == "STAPLE"
+    for read in reads:  # the SR names every reader SEG the consensus was made from
+        assert read.seg_uid.encode() in sr.content
+
+
+def test_a_reviewer_cannot_claim_or_sign_a_case_they_read(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    a = read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r3", tmp_path, grow=1)
+    engine = create_engine(lab.db_url)
+    with engine.begin() as connection:  # r3 becomes a reviewer after reading case-001
+        connection.execute(text("UPDATE users SET role = 'reviewer' WHERE username = 'r3'"))
+    engine.dispose()
+    r3 = auth(client, "r3")
+    assert claim_review(client, lab, r3).status_code == 204
+    own = client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=r3,
+                      json={"password": PASSWORD, "meaning": "approved"})
+    assert own.status_code == 403 and "read this case yourself" in own.json()["detail"]
+    assert claim_review(client, lab, auth(client, "rev")).json()["case_id"] == a["case_id"]
+
+
+def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_review(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    rev = auth(client, "rev")
+    assert decide(client, rev, {"review_id": 999, "lease_token": "x"}, action="consensus").status_code == 404
+    a = read_and_submit(client, lab, "r1", tmp_path)
+    b = read_and_submit(client, lab, "r2", tmp_path, grow=1)
+    review = claim_review(client, lab, rev).json()
+    stale = decide(client, rev, {**review, "lease_token": "forged"}, action="consensus")
+    assert stale.status_code == 409 and "lease token" in stale.json()["detail"]
+    not_a_read = decide(client, rev, review, action="accept", submission_id=12345)
+    assert not_a_read.status_code == 422 and "not one of the reads" in not_a_read.json()["detail"]
+    done = decide(client, rev, review, key="d-1", action="accept", submission_id=b["submission_id"])
+    assert done.status_code == 201 and done.json()["replayed"] is False
+    replay = decide(client, rev, review, key="d-1", action="accept", submission_id=b["submission_id"])
+    assert replay.status_code == 201 and replay.json()["decision_id"] == done.json()["decision_id"]
+    again = decide(client, rev, review, action="consensus")
+    assert again.status_code == 409 and "not in review" in again.json()["detail"]
+    assert client.get(f"/api/v1/reviews/{review['review_id']}", headers=rev).json()["status"] == "decided"
+
+    # the second case: returned to r1 with a reason; r1 gets that slot back, its first result is kept
+    c = read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r2", tmp_path)
+    second = claim_review(client, lab, rev).json()
+    assert second["case_id"] == c["case_id"] != a["case_id"]
+    no_reason = decide(client, rev, second, action="return", submission_id=c["submission_id"])
+    assert no_reason.status_code == 422
+    back = decide(client, rev, second, action="return", submission_id=c["submission_id"], reason="lesion missed")
+    assert back.status_code == 201
+    again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r1")).json()
+    assert again["task_id"] == c["task_id"]
+    assert client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r3")).status_code == 204
+    kept = client.get(f"/api/v1/submissions/{c['submission_id']}/seg", headers=rev)
+    assert kept.status_code == 200
+    audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
+    actions = [(r["action"], r["entity"], r["reason"]) for r in audit]
+    assert ("review.decide", f"review:{review['review_id']}", None) in actions
+    assert ("task.return", f"task:{c['task_id']}", "lesion missed") in actions
+
+
+def test_signature_needs_the_password_and_fails_verification_once_the_bytes_change(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    a = read_and_submit(client, lab, "r1", tmp_path)
+    r1 = auth(client, "r1")
+    early = client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=auth(client, "rev"),
+                        json={"password": PASSWORD, "meaning": "reviewed"})
+    assert early.status_code == 403 and "not in review" in early.json()["detail"]
+    read_and_submit(client, lab, "r2", tmp_path, grow=1)
+    rev = auth(client, "rev")
+    wrong = client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=rev,
+                        json={"password": "not my password at all", "meaning": "reviewed"})
+    assert wrong.status_code == 403 and "password is wrong" in wrong.json()["detail"]
+    audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
+    failed = [r for r in audit if r["action"] == "signature.failed"]
+    assert len(failed) == 1 and failed[0]["user"] == "rev" and '"failed_logins": 1' in failed[0]["new_value"]
+    own = client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=r1,
+                      json={"password": PASSWORD, "meaning": "approved"})
+    assert own.status_code == 403  # a reader cannot approve their own read
+    assert client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=r1,
+                       json={"password": PASSWORD, "meaning": "authored"}).status_code == 201
+
+    signed = client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=rev,
+                         json={"password": PASSWORD, "meaning": "approved", "printed_name": "Rev Iewer"})
+    assert signed.status_code == 201, signed.text
+    body = signed.json()
+    seg_bytes = a["seg_path"].read_bytes()
+    assert body["sha256"] == hashlib.sha256(seg_bytes).hexdigest()
+    assert (body["user"], body["printed_name"], body["meaning"]) == ("rev", "Rev Iewer", "approved")
+    assert body["signed_at"].endswith("Z")
+    check = client.get(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev).json()
+    assert check["valid"] is True
+    changed = bytearray(seg_bytes)
+    changed[-1] ^= 0xFF
+    posted = client.post(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev,
+                         files={"file": bytes(changed)}).json()
+    assert posted["valid"] is False and "changed after signing" in posted["detail"]
+    stored = tmp_path / "data" / "objects" / body["sha256"][:2] / body["sha256"]
+    stored.write_bytes(bytes(changed))  # someone edits the stored file
+    check = client.get(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev).json()
+    assert check["valid"] is False and "changed after signing" in check["detail"]
