@@ -72,8 +72,12 @@ def reader_labels(grow: int) -> np.ndarray:
 
 
 def read_and_submit(client: TestClient, lab: Lab, user: str, tmp_path: Path, grow: int = 0) -> dict:
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, user)).json()
+    return read_and_submit_task(client, lab, user, task, tmp_path, grow)
+
+
+def read_and_submit_task(client: TestClient, lab: Lab, user: str, task: dict, tmp_path: Path, grow: int = 0) -> dict:
     headers = auth(client, user)
-    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=headers).json()
     out = tmp_path / "exports" / user / task["case_id"] / uuid.uuid4().hex[:6]
     result = export_segmentation(load_source(lab.series[task["case_id"]]), reader_labels(grow), ct_geometry(SHAPE),
                                  load_guideline(lab.guideline), ReaderInfo(f"{user}^Test", user), out)  # type: ignore[attr-defined]
@@ -208,6 +212,15 @@ def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_re
     assert client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r3")).status_code == 204
     kept = client.get(f"/api/v1/submissions/{c['submission_id']}/seg", headers=rev)
     assert kept.status_code == 200
+    redo = client.post(f"/api/v1/tasks/{c['task_id']}/submit",
+                       headers={**auth(client, "r1"), "X-Lease-Token": again["lease_token"], "Idempotency-Key": "redo"},
+                       files={"seg": c["seg_path"].read_bytes(), "sr": c["seg_path"].read_bytes()})
+    assert redo.status_code == 422  # (an SR is required: nothing stored)
+    redone = read_and_submit_task(client, lab, "r1", again, tmp_path, grow=1)
+    assert redone["replaces"] == c["submission_id"]
+    rounds = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()
+    assert [(r["case_id"], r["round"], r["status"]) for r in rounds][-2:] == [
+        (c["case_id"], 1, "returned"), (c["case_id"], 2, "open")]
     audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
     actions = [(r["action"], r["entity"], r["reason"]) for r in audit]
     assert ("review.decide", f"review:{review['review_id']}", None) in actions
@@ -254,3 +267,56 @@ def test_signature_needs_the_password_and_fails_verification_once_the_bytes_chan
     stored.write_bytes(bytes(changed))  # someone edits the stored file
     check = client.get(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev).json()
     assert check["valid"] is False and "changed after signing" in check["detail"]
+
+
+def test_client_commands_list_claim_download_sign_and_decide_a_review(tmp_path):
+    import json
+
+    import requests
+    from harness import ServerProcess, login, run_medannot
+
+    lab = make_lab(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "lab", cases=1,
+                   extra_users={"rev": "reviewer"})
+    server = ServerProcess(lab.db_url, tmp_path / "data").start()
+    try:
+        subs = []
+        for user in ("r1", "r2"):
+            headers = login(server.url, user)
+            task = requests.post(f"{server.url}/api/v1/projects/{lab.project_id}/claim", headers=headers,
+                                 timeout=30).json()
+            seg, sr = lab.export_for(task["case_id"], tmp_path / user, reader=user)
+            sent = requests.post(f"{server.url}/api/v1/tasks/{task['task_id']}/submit", timeout=120,
+                                 headers={**headers, "X-Lease-Token": task["lease_token"], "Idempotency-Key": user},
+                                 files={"seg": seg.read_bytes(), "sr": sr.read_bytes()})
+            assert sent.status_code == 201, sent.text
+            subs.append(sent.json()["submission_id"])
+        env = {"MEDANNOT_HOME": str(tmp_path / "home")}
+
+        def cli(*args: object, stdin: str | None = None):  # type: ignore[no-untyped-def]
+            return run_medannot("client", *args, stdin=stdin, env=env)
+
+        assert cli("login", "--server", server.url, "--username", "rev", "--password-stdin",
+                   stdin=PASSWORD + "\n").returncode == 0
+        listed = cli("reviews", lab.project_id, "--json")
+        assert listed.returncode == 0 and [r["status"] for r in json.loads(listed.stdout)] == ["open"]
+        claimed = cli("review", "next", lab.project_id, "--download", tmp_path / "review")
+        assert claimed.returncode == 0, claimed.stderr
+        review = json.loads(claimed.stdout)
+        assert sorted(review["files"]) == sorted([f"submission-{s}-{k}.dcm" for s in subs for k in ("seg", "sr")]
+                                                 + ["consensus-seg.dcm", "consensus-sr.dcm"])
+        assert {m["segment"] for m in review["metrics"]} == {"Liver", "Lesion"}
+        wrong = cli("sign", subs[0], "--meaning", "reviewed", "--password-stdin", stdin="wrong password!!\n")
+        assert wrong.returncode == 1 and "password is wrong" in wrong.stderr
+        signed = cli("sign", subs[0], "--meaning", "reviewed", "--password-stdin", stdin=PASSWORD + "\n")
+        assert signed.returncode == 0, signed.stderr
+        assert json.loads(signed.stdout)["sha256"] == hashlib.sha256(
+            (tmp_path / "review" / f"submission-{subs[0]}-seg.dcm").read_bytes()).hexdigest()
+        both = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus",
+                   "--accept", subs[0])
+        assert both.returncode == 2 and "exactly one of" in both.stderr
+        done = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus")
+        assert done.returncode == 0 and json.loads(done.stdout)["action"] == "consensus"
+        again = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus")
+        assert again.returncode == 1 and "not in review" in again.stderr
+    finally:
+        server.stop()
