@@ -50,6 +50,20 @@ def lab(db_url: str, tmp_path: Path) -> Lab:  # noqa: F811
     return lab
 
 
+def new_version(lab: Lab, version: str, changes: dict[str, str]) -> None:
+    """Give the project a new guideline version: the review guideline with these text changes."""
+    text_ = lab.guideline.read_text().replace('version: "1.1.0"', f'version: "{version}"')  # type: ignore[attr-defined]
+    for old, new in changes.items():
+        assert old in text_
+        text_ = text_.replace(old, new)
+    lab.guideline = lab.guideline.with_name(f"liver-{version}.yaml")  # type: ignore[attr-defined]
+    lab.guideline.write_text(text_)  # type: ignore[attr-defined]
+    engine = make_engine(lab.db_url)
+    with transaction(session_factory(engine)) as session:
+        add_guideline_version(session, lab.project_id, lab.guideline, actor="test")  # type: ignore[attr-defined]
+    engine.dispose()
+
+
 def client_for(lab: Lab, tmp_path: Path) -> TestClient:
     return TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data", 1800)))
 
@@ -208,7 +222,7 @@ def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_re
     back = decide(client, rev, second, action="return", submission_id=c["submission_id"], reason="lesion missed")
     assert back.status_code == 201
     again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r1")).json()
-    assert again["task_id"] == c["task_id"]
+    assert again["task_id"] == c["task_id"] and again["returned_reason"] == "lesion missed"
     assert client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r3")).status_code == 204
     kept = client.get(f"/api/v1/submissions/{c['submission_id']}/seg", headers=rev)
     assert kept.status_code == 200
@@ -267,6 +281,43 @@ def test_signature_needs_the_password_and_fails_verification_once_the_bytes_chan
     stored.write_bytes(bytes(changed))  # someone edits the stored file
     check = client.get(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev).json()
     assert check["valid"] is False and "changed after signing" in check["detail"]
+
+
+def test_agreeing_reads_are_decided_by_consensus_without_a_reviewer_when_adjudication_is_on_disagreement(lab,
+                                                                                                   tmp_path):
+    new_version(lab, "1.2.0", {"adjudication: always": "adjudication: on_disagreement",
+                               "dice_min: 0.99": "dice_min: 0.5"})
+    client = client_for(lab, tmp_path)
+    read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r2", tmp_path, grow=1)  # Dice well above 0.5, HD95 below 5 mm
+    rev = auth(client, "rev")
+    listed = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()
+    assert [(r["status"], r["disagreement"], r["result"]["kind"]) for r in listed] == [("decided", [], "consensus")]
+    assert claim_review(client, lab, rev).status_code == 204
+    # the consensus still needs its signatures before the case is final
+    assert (listed[0]["signatures_required"], listed[0]["final"]) == (["reviewed", "approved"], False)
+    for meaning in ("reviewed", "approved"):
+        signed = client.post(f"/api/v1/reviews/{listed[0]['review_id']}/consensus/sign", headers=rev,
+                             json={"password": PASSWORD, "meaning": meaning})
+        assert signed.status_code == 201, signed.text
+    after = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()[0]
+    assert (after["signatures"], after["final"]) == (["approved", "reviewed"], True)
+
+
+def test_no_consensus_when_the_guideline_says_none(lab, tmp_path):
+    new_version(lab, "1.3.0", {"consensus: staple": "consensus: none"})
+    client = client_for(lab, tmp_path)
+    a = read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r2", tmp_path, grow=1)
+    rev = auth(client, "rev")
+    review = claim_review(client, lab, rev).json()
+    assert review["consensus"] is None and all("consensus" not in (m["a"], m["b"]) for m in review["metrics"])
+    refused = decide(client, rev, review, action="consensus")
+    assert refused.status_code == 422 and "no consensus" in refused.json()["detail"]
+    assert decide(client, rev, review, action="accept", submission_id=a["submission_id"]).status_code == 201
+    listed = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()[0]
+    assert listed["result"] == {"kind": "submission", "submission_id": a["submission_id"],
+                                "seg_sha256": a["seg_sha256"]}
 
 
 def test_client_commands_list_claim_download_sign_and_decide_a_review(tmp_path):

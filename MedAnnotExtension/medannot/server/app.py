@@ -167,7 +167,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "lease_token": task.lease_token, "lease_expires_at": iso(task.lease_expires_at),
                 "study_uid": case.study_uid, "series_uid": case.series_uid,
                 "guideline_id": project.guideline_id, "guideline_version": version.version if version else None,
-                "guideline_sha256": version.sha256 if version else None}
+                "guideline_sha256": version.sha256 if version else None,
+                "returned_reason": review.return_reason(session, task.id)}
 
     @api.post("/projects/{project_id}/claim", tags=["tasks"], responses={204: {"description": "nothing left"}})
     def claim(project_id: int, session: DB, user: Annotator) -> Response:

@@ -353,12 +353,62 @@ def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_t
         return DecisionResult(decision, False)
 
 
+def return_reason(session: Session, task_id: int) -> str | None:
+    """Why a reviewer returned this slot, while the returned read is still its newest (None otherwise)."""
+    latest = session.scalar(select(Submission).where(Submission.task_id == task_id)
+                            .order_by(Submission.id.desc()).limit(1))
+    if latest is None:
+        return None
+    decision = session.scalar(select(ReviewDecision).where(ReviewDecision.action == "return",
+                                                           ReviewDecision.submission_id == latest.id)
+                              .order_by(ReviewDecision.id.desc()).limit(1))
+    return decision.reason if decision else None
+
+
+def _result(session: Session, review: Review) -> dict[str, object] | None:
+    """What the decision made the case's result: a submission or the consensus (None while undecided)."""
+    if review.status != REVIEW_DECIDED:
+        return None
+    decision = session.scalar(select(ReviewDecision).where(ReviewDecision.review_id == review.id)
+                              .order_by(ReviewDecision.id.desc()).limit(1))
+    if decision is None or decision.action == "consensus":  # no decision row: decided automatically
+        return {"kind": "consensus", "review_id": review.id, "seg_sha256": review.consensus_seg_sha256}
+    submission = session.get(Submission, decision.submission_id)
+    assert submission is not None
+    return {"kind": "submission", "submission_id": submission.id, "seg_sha256": submission.seg_sha256}
+
+
+def _required_signatures(session: Session, review: Review) -> tuple[str, ...]:
+    from medannot.guideline import parse_guideline
+
+    first = session.get(Submission, json.loads(review.submission_ids)[0])
+    assert first is not None
+    version = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == review.project_id,
+                                                            GuidelineVersion.version == first.guideline_version))
+    assert version is not None
+    return parse_guideline(version.yaml_text.encode("utf-8")).review.signatures
+
+
 def review_summary(session: Session, review: Review) -> dict[str, object]:
+    """A review round as listed: its state and, once decided, its result and whether the signatures the guideline
+    requires (``review.signatures``) are on the result's exact bytes (``final``)."""
+    from medannot.server.models import Signature
+
     reviewer = session.get(User, review.reviewer_id) if review.reviewer_id else None
+    result = _result(session, review)
+    required = _required_signatures(session, review)
+    signed: list[str] = []
+    if result is not None:
+        query = select(Signature.meaning).where(Signature.file_sha256 == result["seg_sha256"])
+        query = (query.where(Signature.submission_id == result["submission_id"]) if result["kind"] == "submission"
+                 else query.where(Signature.review_id == review.id))
+        signed = sorted(set(session.scalars(query)))
     return {"review_id": review.id, "case_id": _case_key(session, review), "round": review.round,
             "status": review.status, "consensus_method": review.consensus_method,
             "disagreement": json.loads(review.disagreement) if review.disagreement else None,
-            "reviewer": reviewer.username if reviewer else None, "error": review.error}
+            "reviewer": reviewer.username if reviewer else None, "error": review.error, "result": result,
+            "signatures_required": list(required), "signatures": signed,
+            "final": result is not None and set(required) <= set(signed)}
 
 
 def review_detail(session: Session, review: Review) -> dict[str, object]:
