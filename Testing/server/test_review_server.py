@@ -320,6 +320,48 @@ def test_no_consensus_when_the_guideline_says_none(lab, tmp_path):
                                 "seg_sha256": a["seg_sha256"]}
 
 
+def test_an_edited_segmentation_is_a_decision_that_references_what_it_was_edited_from(lab, tmp_path):
+    client = client_for(lab, tmp_path)
+    a = read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r2", tmp_path, grow=2)
+    rev = auth(client, "rev")
+    review = claim_review(client, lab, rev).json()
+
+    def export(replaces: Path | None) -> tuple[bytes, bytes]:
+        out = tmp_path / "edit" / uuid.uuid4().hex[:6]
+        made = export_segmentation(load_source(lab.series[a["case_id"]]), reader_labels(1), ct_geometry(SHAPE),
+                                   load_guideline(lab.guideline), ReaderInfo("rev^Test", "rev"), out,  # type: ignore[attr-defined]
+                                   replaces=replaces)
+        return made.seg_path.read_bytes(), made.sr_path.read_bytes()
+
+    def send(seg: bytes, sr: bytes):  # type: ignore[no-untyped-def]
+        return client.post(f"/api/v1/reviews/{review['review_id']}/decide/edited", files={"seg": seg, "sr": sr},
+                           headers={**rev, "X-Lease-Token": review["lease_token"],
+                                    "Idempotency-Key": str(uuid.uuid4())})
+
+    unanchored = send(*export(None))
+    assert unanchored.status_code == 422 and "edited from" in unanchored.json()["detail"]
+    seg, sr = export(a["seg_path"])
+    done = send(seg, sr)
+    assert done.status_code == 201, done.text
+    detail = client.get(f"/api/v1/reviews/{review['review_id']}", headers=rev).json()
+    reads = {r["submission_id"]: r for r in detail["reads"]}
+    assert detail["status"] == "decided" and detail["edited"]["edited_from_uid"] == reads[a["submission_id"]]["seg_uid"]
+    assert detail["result"]["kind"] == "edited"
+    assert client.get(f"/api/v1/reviews/{review['review_id']}/edited/seg", headers=rev).content == seg
+
+    def sign(headers: dict[str, str], meaning: str):  # type: ignore[no-untyped-def]
+        return client.post(f"/api/v1/reviews/{review['review_id']}/edited/sign", headers=headers,
+                           json={"password": PASSWORD, "meaning": meaning})
+
+    assert sign(rev, "authored").status_code == 201
+    assert sign(rev, "approved").status_code == 403  # its own drawing
+    rev2 = auth(client, "rev2")
+    assert sign(rev2, "reviewed").status_code == sign(rev2, "approved").status_code == 201
+    listed = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()[0]
+    assert listed["final"] is True and listed["signatures"] == ["approved", "authored", "reviewed"]
+
+
 def test_client_commands_list_claim_download_sign_and_decide_a_review(tmp_path):
     import json
 
@@ -365,6 +407,9 @@ def test_client_commands_list_claim_download_sign_and_decide_a_review(tmp_path):
         both = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus",
                    "--accept", subs[0])
         assert both.returncode == 2 and "exactly one of" in both.stderr
+        half = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"],
+                   "--seg", tmp_path / "review" / "consensus-seg.dcm")
+        assert half.returncode == 2 and "both --seg SEG and --sr SR" in half.stderr
         done = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus")
         assert done.returncode == 0 and json.loads(done.stdout)["action"] == "consensus"
         again = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus")

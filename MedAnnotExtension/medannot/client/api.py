@@ -384,6 +384,23 @@ class TaskServerClient:
             raise self._unexpected("the decision", "no decision_id")
         return data
 
+    def decide_edited(self, review_id: int | str, lease_token: str, idempotency_key: str,
+                      seg_path: str | os.PathLike[str], sr_path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Decide a held review with an edited SEG + SR (exported with ``replaces=`` the SEG it was edited from)."""
+        seg, sr = Path(seg_path), Path(sr_path)
+        for path in (seg, sr):
+            if not path.is_file():
+                raise DicomSegError(f"{path}: no such file to send as review {review_id}'s edited result")
+        with seg.open("rb") as seg_file, sr.open("rb") as sr_file:
+            response = self._call("POST", f"/reviews/{review_id}/decide/edited", f"decide review {review_id}",
+                                  headers={"Idempotency-Key": idempotency_key, "X-Lease-Token": lease_token},
+                                  files={"seg": (seg.name, seg_file, "application/dicom"),
+                                         "sr": (sr.name, sr_file, "application/dicom")})
+        data = self._json(response, "the decision")
+        if not isinstance(data, dict) or "decision_id" not in data:
+            raise self._unexpected("the decision", "no decision_id")
+        return data
+
     def sign(self, submission_id: int | str, password: str, meaning: str,
              printed_name: str | None = None) -> dict[str, Any]:
         """Sign a submission's SEG with ``meaning``; the password is sent again (not the session token)."""

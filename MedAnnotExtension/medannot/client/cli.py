@@ -295,21 +295,32 @@ def review_next(project_id: str, download_dir: Path | None) -> None:
 @click.option("--return", "returned", type=int, default=None, metavar="SUBMISSION_ID",
               help="Return this submission's slot to its reader (with --reason); the old result is kept.")
 @click.option("--reason", default=None, help="Why the read is returned (the reader is told).")
+@click.option("--seg", "seg_path", type=click.Path(path_type=Path), default=None,
+              help="Your edited SEG (exported with replaces= the SEG you edited), with --sr.")
+@click.option("--sr", "sr_path", type=click.Path(path_type=Path), default=None, help="The edited SEG's SR.")
 def review_decide(task_id: str, lease_token: str, accept: int | None, use_consensus: bool, returned: int | None,
-                  reason: str | None) -> None:
-    """Decide review TASK_ID: exactly one of --accept SUBMISSION_ID, --consensus, --return SUBMISSION_ID --reason."""
+                  reason: str | None, seg_path: Path | None, sr_path: Path | None) -> None:
+    """Decide review TASK_ID: exactly one of --accept SUBMISSION_ID, --consensus, --seg SEG --sr SR,
+    --return SUBMISSION_ID --reason TEXT."""
     import uuid
 
     chosen = [name for name, given in (("--accept", accept is not None), ("--consensus", use_consensus),
-                                       ("--return", returned is not None)) if given]
+                                       ("--return", returned is not None),
+                                       ("--seg", seg_path is not None or sr_path is not None)) if given]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --accept SUBMISSION_ID, --consensus, --return SUBMISSION_ID")
+        raise click.UsageError("give exactly one of --accept SUBMISSION_ID, --consensus, --seg SEG --sr SR, "
+                               "--return SUBMISSION_ID")
     if returned is not None and not (reason or "").strip():
         raise click.UsageError("--return needs --reason TEXT: the reader is told why")
-    action = "accept" if accept is not None else "consensus" if use_consensus else "return"
     with _client() as client:
-        data = client.decide(task_id, lease_token, str(uuid.uuid4()), action,
-                             accept if accept is not None else returned, reason)
+        if seg_path is not None or sr_path is not None:
+            if seg_path is None or sr_path is None:
+                raise click.UsageError("an edited result needs both --seg SEG and --sr SR")
+            data = client.decide_edited(task_id, lease_token, str(uuid.uuid4()), seg_path, sr_path)
+        else:
+            action = "accept" if accept is not None else "consensus" if use_consensus else "return"
+            data = client.decide(task_id, lease_token, str(uuid.uuid4()), action,
+                                 accept if accept is not None else returned, reason)
     _print_json(data)
 
 

@@ -266,6 +266,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              "submission_id": d.submission_id, "reason": d.reason, "replayed": result.replayed},
                             status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
+    @api.post("/reviews/{review_id}/decide/edited", status_code=201, tags=["review"])
+    def decide_edited(review_id: int, user: Reviewer, seg: Annotated[UploadFile, File()],
+                      sr: Annotated[UploadFile, File()], lease: LeaseToken = None,
+                      idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
+        """Decide with an edited segmentation: a new SEG + SR that references the read or consensus SEG it was
+        edited from (``export_segmentation(replaces=...)``)."""
+        edited = review.parse_edited(store, seg.file.read(), sr.file.read())
+        result = review.decide(factory, user.id, review_id, lease, idempotency_key or "", "edited", edited=edited)
+        d = result.decision
+        return JSONResponse({"decision_id": d.id, "review_id": d.review_id, "action": d.action,
+                             "seg_sha256": edited.seg_sha256, "edited_from_uid": edited.edited_from_uid,
+                             "replayed": result.replayed},
+                            status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
+
     def _file(sha: str | None, kind: str) -> Response:
         if sha is None:
             raise HTTPException(404, "no such file")
@@ -285,13 +299,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                      "own reads, reviewers a read once all reads of its case are in")
         return _file(submission.seg_sha256 if kind == "seg" else submission.sr_sha256, kind)
 
-    @api.get("/reviews/{review_id}/consensus/{kind}", tags=["review"], response_class=Response,
+    @api.get("/reviews/{review_id}/{which}/{kind}", tags=["review"], response_class=Response,
              responses={200: {"content": {"application/dicom": {}}}})
-    def consensus_file(review_id: int, kind: str, session: DB, _user: ReviewerOrAdmin) -> Response:
+    def review_file(review_id: int, which: str, kind: str, session: DB, _user: ReviewerOrAdmin) -> Response:
+        """The consensus or the edited SEG / SR of a review."""
         r = review.get_review(session, review_id)
-        if kind not in ("seg", "sr"):
-            raise HTTPException(404, f"no file {kind!r}: use seg or sr")
-        return _file(r.consensus_seg_sha256 if kind == "seg" else r.consensus_sr_sha256, kind)
+        if which not in ("consensus", "edited") or kind not in ("seg", "sr"):
+            raise HTTPException(404, f"no file {which}/{kind}: use consensus or edited, then seg or sr")
+        shas = {("consensus", "seg"): r.consensus_seg_sha256, ("consensus", "sr"): r.consensus_sr_sha256,
+                ("edited", "seg"): r.edited_seg_sha256, ("edited", "sr"): r.edited_sr_sha256}
+        return _file(shas[(which, kind)], kind)
 
     @api.post("/submissions/{submission_id}/sign", status_code=201, tags=["signatures"])
     def sign_submission(submission_id: int, body: SignRequest, user: AnyUser) -> dict[str, object]:
@@ -300,10 +317,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                submission_id=submission_id)
         return signatures.signature_body(made)
 
-    @api.post("/reviews/{review_id}/consensus/sign", status_code=201, tags=["signatures"])
-    def sign_consensus(review_id: int, body: SignRequest, user: ReviewerOrAdmin) -> dict[str, object]:
+    @api.post("/reviews/{review_id}/{which}/sign", status_code=201, tags=["signatures"])
+    def sign_review_file(review_id: int, which: str, body: SignRequest, user: ReviewerOrAdmin) -> dict[str, object]:
+        """Sign a review's consensus or edited SEG (``which``)."""
         made = signatures.sign(factory, store, user.id, body.password, body.meaning, body.printed_name,
-                               review_id=review_id)
+                               review_id=review_id, which=which)
         return signatures.signature_body(made)
 
     @api.get("/signatures/{signature_id}/verify", tags=["signatures"])

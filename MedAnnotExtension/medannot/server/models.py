@@ -162,6 +162,11 @@ class Review(Base):
     consensus_seg_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     disagreement: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of threshold misses
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a reviewer's edited segmentation, when that is the decision (it references the SEG it was edited from)
+    edited_seg_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_sr_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_seg_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_from_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -197,7 +202,7 @@ class ReviewDecision(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    action: Mapped[str] = mapped_column(String(16))  # accept | consensus | return
+    action: Mapped[str] = mapped_column(String(16))  # accept | consensus | edited | return
     submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id"), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     idempotency_key: Mapped[str] = mapped_column(String(128))
@@ -210,7 +215,8 @@ class Signature(Base):
     __tablename__ = "signatures"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id"), nullable=True)
-    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)  # a consensus
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)
+    subject: Mapped[str] = mapped_column(String(16))  # submission | consensus | edited (a review's)
     file_sha256: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     username: Mapped[str] = mapped_column(String(64))

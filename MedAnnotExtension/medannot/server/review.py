@@ -34,7 +34,7 @@ from medannot.server.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("accept", "consensus", "return")
+ACTIONS = ("accept", "consensus", "edited", "return")
 CONSENSUS = "consensus"  # the name of the consensus in metric rows (reads are named by submission id)
 
 
@@ -290,6 +290,42 @@ def held_review(session: Session, user: User, review_id: int, lease_token: str |
 
 
 @dataclass(frozen=True)
+class EditedUpload:
+    """A reviewer's edited segmentation, read and stored before the decision's transaction."""
+
+    seg_sha256: str
+    sr_sha256: str
+    seg_uid: str
+    series_uids: set[str]
+    guideline: dict[str, str | None]
+    edited_from_uid: str | None
+
+
+def parse_edited(store: ObjectStore, seg_bytes: bytes, sr_bytes: bytes) -> EditedUpload:
+    """Read an edited SEG + SR (as a reader's upload is read) and the SEG it says it was edited from (the SR's
+    "replaces" item, written by ``export_segmentation(replaces=...)``), then store both files."""
+    import io
+    import re
+
+    from medannot.dicomseg import codes
+    from medannot.dicomseg.reader import _key, parse_sr
+    from medannot.server.submissions import SubmissionRejected, parse_upload
+
+    upload = parse_upload(seg_bytes, sr_bytes)
+    try:
+        root = parse_sr(dcmread(io.BytesIO(sr_bytes)))["root"]
+        seg = dcmread(io.BytesIO(seg_bytes), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable upload is the uploader's problem (422)
+        raise SubmissionRejected(f"the edited upload is not a readable SEG + SR ({type(exc).__name__}: {exc})") from exc
+    found = root.get(_key(codes.REPLACES_SEG))
+    if not found:
+        match = re.search(r"replaces SEG ([0-9.]+)", str(seg.get("DerivationDescription", "")))
+        found = match[1] if match else None
+    return EditedUpload(store.put(seg_bytes), store.put(sr_bytes), upload.seg_uid, upload.series_uids,
+                        upload.guideline, str(found) if found else None)
+
+
+@dataclass(frozen=True)
 class DecisionResult:
     decision: ReviewDecision
     replayed: bool
@@ -297,9 +333,10 @@ class DecisionResult:
 
 def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_token: str | None,
            idempotency_key: str, action: str, submission_id: int | None = None,
-           reason: str | None = None) -> DecisionResult:
+           reason: str | None = None, edited: EditedUpload | None = None) -> DecisionResult:
     """Record a reviewer's decision once per (reviewer, Idempotency-Key): ``accept`` a reader's submission,
-    ``consensus``, or ``return`` a submission's slot to its reader with a reason (the old result is kept)."""
+    ``consensus``, ``edited`` (the reviewer's own SEG + SR, referencing the read or consensus SEG it was edited
+    from), or ``return`` a submission's slot to its reader with a reason (the old result is kept)."""
     if not idempotency_key or len(idempotency_key) > 128:
         raise DecisionRejected("an Idempotency-Key header (1-128 characters) is required for a decision")
     if action not in ACTIONS:
@@ -325,6 +362,8 @@ def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_t
         if action == "consensus" and review.consensus_seg_sha256 is None:
             raise DecisionRejected(f"review task {review_id} has no consensus (guideline review.consensus is "
                                    f"{review.consensus_method}); accept or return a submission")
+        if action == "edited":
+            _check_edited(session, review, edited)
         if action == "return" and not (reason or "").strip():
             raise DecisionRejected("returning a read needs --reason: the reader sees it when they get the task back")
         old = {"status": review.status}
@@ -341,16 +380,46 @@ def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_t
                          reason)
         else:
             review.status = REVIEW_DECIDED
+            if action == "edited":
+                assert edited is not None
+                review.edited_seg_sha256, review.edited_sr_sha256 = edited.seg_sha256, edited.sr_sha256
+                review.edited_seg_uid, review.edited_from_uid = edited.seg_uid, edited.edited_from_uid
         review.lease_token, review.lease_expires_at, review.decided_at = None, None, utcnow()
         decision = ReviewDecision(review_id=review.id, user_id=user.id, action=action,
-                                  submission_id=submission_id if action != "consensus" else None,
+                                  submission_id=submission_id if action in ("accept", "return") else None,
                                   reason=reason, idempotency_key=idempotency_key, created_at=utcnow())
         session.add(decision)
         session.flush()
         append_audit(session, user.username, "review.decide", f"review:{review.id}", old,
                      {"status": review.status, "action": action, "submission": decision.submission_id,
-                      "decision": decision.id}, reason)
+                      "decision": decision.id,
+                      **({"edited_seg_sha256": review.edited_seg_sha256, "edited_seg_uid": review.edited_seg_uid,
+                          "edited_from": review.edited_from_uid} if action == "edited" else {})}, reason)
         return DecisionResult(decision, False)
+
+
+def _check_edited(session: Session, review: Review, edited: EditedUpload | None) -> None:
+    from medannot.server.submissions import _check_content
+
+    if edited is None:
+        raise DecisionRejected("an edited decision needs the edited SEG and SR files")
+    task = session.scalar(select(Task).where(Task.case_id == review.case_id).limit(1))
+    assert task is not None
+    _check_content(session, task, edited)  # type: ignore[arg-type] - the same series and guideline checks
+    reads = {}
+    for sid in json.loads(review.submission_ids):
+        submission = session.get(Submission, sid)
+        assert submission is not None
+        reads[submission.seg_sop_uid] = f"submission {sid}"
+    if review.consensus_seg_uid:
+        reads[review.consensus_seg_uid] = "the consensus"
+    if edited.edited_from_uid not in reads:
+        raise DecisionRejected(f"the edited SEG references {edited.edited_from_uid or 'no SEG'} as what it was "
+                               f"edited from, not one of review task {review.id}'s SEGs ({', '.join(reads)}); export "
+                               "it with replaces= the reader's or the consensus SEG you edited")
+    if edited.seg_uid in reads:
+        raise DecisionRejected(f"the edited SEG has SOP Instance UID {edited.seg_uid}, the same as "
+                               f"{reads[edited.seg_uid]}; an edit is a new SEG instance")
 
 
 def return_reason(session: Session, task_id: int) -> str | None:
@@ -373,6 +442,9 @@ def _result(session: Session, review: Review) -> dict[str, object] | None:
                               .order_by(ReviewDecision.id.desc()).limit(1))
     if decision is None or decision.action == "consensus":  # no decision row: decided automatically
         return {"kind": "consensus", "review_id": review.id, "seg_sha256": review.consensus_seg_sha256}
+    if decision.action == "edited":
+        return {"kind": "edited", "review_id": review.id, "seg_sha256": review.edited_seg_sha256,
+                "edited_from_uid": review.edited_from_uid}
     submission = session.get(Submission, decision.submission_id)
     assert submission is not None
     return {"kind": "submission", "submission_id": submission.id, "seg_sha256": submission.seg_sha256}
@@ -401,7 +473,7 @@ def review_summary(session: Session, review: Review) -> dict[str, object]:
     if result is not None:
         query = select(Signature.meaning).where(Signature.file_sha256 == result["seg_sha256"])
         query = (query.where(Signature.submission_id == result["submission_id"]) if result["kind"] == "submission"
-                 else query.where(Signature.review_id == review.id))
+                 else query.where(Signature.review_id == review.id, Signature.subject == result["kind"]))
         signed = sorted(set(session.scalars(query)))
     return {"review_id": review.id, "case_id": _case_key(session, review), "round": review.round,
             "status": review.status, "consensus_method": review.consensus_method,
@@ -435,8 +507,11 @@ def review_detail(session: Session, review: Review) -> dict[str, object]:
     consensus = None if review.consensus_seg_sha256 is None else {
         "seg_sha256": review.consensus_seg_sha256, "sr_sha256": review.consensus_sr_sha256,
         "seg_uid": review.consensus_seg_uid}
+    edited = None if review.edited_seg_sha256 is None else {
+        "seg_sha256": review.edited_seg_sha256, "sr_sha256": review.edited_sr_sha256,
+        "seg_uid": review.edited_seg_uid, "edited_from_uid": review.edited_from_uid}
     return {**review_summary(session, review), "reads": reads, "metrics": metrics, "consensus": consensus,
-            "decisions": decisions}
+            "edited": edited, "decisions": decisions}
 
 
 def visible_submission(session: Session, user: User, submission: Submission) -> bool:

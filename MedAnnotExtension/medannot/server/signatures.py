@@ -41,10 +41,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+REVIEW_SUBJECTS = ("consensus", "edited")
+
+
+def _review_file(review: Review, which: str) -> str | None:
+    return review.consensus_seg_sha256 if which == "consensus" else review.edited_seg_sha256
+
+
 def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, password: str, meaning: str,
          printed_name: str | None = None, submission_id: int | None = None,
-         review_id: int | None = None) -> Signature:
-    """Sign a reader's submission, or a review's consensus (``review_id``), with ``meaning``.
+         review_id: int | None = None, which: str = "consensus") -> Signature:
+    """Sign a reader's submission, or a review's consensus or edited SEG (``review_id``, ``which``), with
+    ``meaning``.
 
     ``authored``: only the submission's own reader. ``reviewed`` / ``approved``: a reviewer or admin who did not
     read the case, once the read is part of a review (blinding), never their own read.
@@ -66,17 +74,22 @@ def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, passw
             subject, case_id, file_sha = f"submission:{submission.id}", task.case_id, submission.seg_sha256
             author_id: int | None = submission.user_id
         else:
+            if which not in REVIEW_SUBJECTS:
+                raise SignatureNotFound(f"a review has no {which!r} to sign; sign its consensus or edited SEG")
             review = session.get(Review, review_id)
-            if review is None or review.consensus_seg_sha256 is None:
-                raise SignatureNotFound(f"review task {review_id} has no consensus to sign")
-            subject, case_id, file_sha, author_id = (f"review:{review.id}:consensus", review.case_id,
-                                                     review.consensus_seg_sha256, None)
+            found = _review_file(review, which) if review is not None else None
+            if review is None or found is None:
+                raise SignatureNotFound(f"review task {review_id} has no {which} SEG to sign")
+            subject, case_id, file_sha = f"review:{review.id}:{which}", review.case_id, found
+            # an edited SEG is its reviewer's own work: they sign it as authored, someone else approves it
+            author_id = review.reviewer_id if which == "edited" else None
         _check_signer(session, user, meaning, subject, case_id, author_id, submission_id)
         data = store.get(file_sha)
         if _sha256(data) != file_sha:  # the stored object itself was altered: never sign what is not on record
             raise SignatureRefused(f"{subject}: the stored file no longer matches its sha256 {file_sha[:12]}...; "
                                    "nothing was signed, tell the administrator")
         signature = Signature(submission_id=submission_id, review_id=review_id if submission_id is None else None,
+                              subject="submission" if submission_id is not None else which,
                               file_sha256=file_sha, user_id=user.id, username=user.username,
                               printed_name=(printed_name or user.username).strip()[:256], meaning=meaning,
                               signed_at=utcnow())
@@ -99,6 +112,7 @@ def _check_signer(session: Session, user: User, meaning: str, subject: str, case
     if user.role not in ("reviewer", "admin"):
         raise SignatureRefused(f"{subject}: signing as {meaning} needs the reviewer or admin role, not {user.role}")
     if author_id == user.id or user.id in _readers_of(session, case_id):
+        # (the reviewer who drew an edited SEG is its author: they cannot review or approve it either)
         raise SignatureRefused(f"{subject}: you read this case yourself; a reader cannot sign their own read as "
                                f"{meaning}")
     if submission_id is not None:
@@ -132,7 +146,7 @@ def verify(session: Session, store: ObjectStore, signature: Signature) -> Verifi
         recorded = submission.seg_sha256 if submission else None
     else:
         review = session.get(Review, signature.review_id)
-        recorded = review.consensus_seg_sha256 if review else None
+        recorded = _review_file(review, signature.subject) if review else None
     if recorded != signature.file_sha256:
         return Verification(False, f"signature {signature.id}: the signed record now points at other bytes "
                                    f"({recorded}), not the signed sha256 {signature.file_sha256}")
@@ -144,7 +158,7 @@ def verify(session: Session, store: ObjectStore, signature: Signature) -> Verifi
 
 
 def signature_body(signature: Signature) -> dict[str, object]:
-    return {"signature_id": signature.id, "submission_id": signature.submission_id,
+    return {"signature_id": signature.id, "subject": signature.subject, "submission_id": signature.submission_id,
             "review_id": signature.review_id, "sha256": signature.file_sha256, "user": signature.username,
             "printed_name": signature.printed_name, "meaning": signature.meaning,
             "signed_at": signature.signed_at.isoformat() + "Z"}
