@@ -416,3 +416,36 @@ def test_client_commands_list_claim_download_sign_and_decide_a_review(tmp_path):
         assert again.returncode == 1 and "not in review" in again.stderr
     finally:
         server.stop()
+
+
+def test_a_round_that_cannot_be_measured_is_stored_as_failed_and_an_admin_can_retry_it(lab, tmp_path):
+    import shutil
+
+    client = client_for(lab, tmp_path)
+    read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r2", tmp_path, grow=1)
+    rev = auth(client, "rev")
+    listed = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()
+    assert listed[0]["status"] == "open"
+    # a second case whose source disappears before its last read arrives
+    c = read_and_submit(client, lab, "r1", tmp_path)
+    series = lab.series[c["case_id"]]
+    hidden = series.with_name(series.name + "-away")
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r2")).json()
+    out = tmp_path / "late-export"
+    made = export_segmentation(load_source(series), reader_labels(0), ct_geometry(SHAPE),
+                               load_guideline(lab.guideline), ReaderInfo("r2^Test", "r2"), out)  # type: ignore[attr-defined]
+    shutil.move(series, hidden)
+    sent = client.post(f"/api/v1/tasks/{task['task_id']}/submit", files={"seg": made.seg_path.read_bytes(),
+                                                                         "sr": made.sr_path.read_bytes()},
+                       headers={**auth(client, "r2"), "X-Lease-Token": task["lease_token"], "Idempotency-Key": "k"})
+    assert sent.status_code == 201  # the read is stored even though the review could not be measured
+    failed = client.get(f"/api/v1/projects/{lab.project_id}/reviews", headers=rev).json()[1]
+    assert failed["status"] == "failed" and failed["error"]
+    admin = auth(client, "admin")
+    assert client.post(f"/api/v1/reviews/{failed['review_id']}/retry", headers=rev).status_code == 403
+    shutil.move(hidden, series)
+    retried = client.post(f"/api/v1/reviews/{failed['review_id']}/retry", headers=admin)
+    assert retried.status_code == 200 and retried.json()["status"] == "open"
+    again = client.post(f"/api/v1/reviews/{failed['review_id']}/retry", headers=admin)
+    assert again.status_code == 409

@@ -280,6 +280,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              "replayed": result.replayed},
                             status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
+    @api.post("/reviews/{review_id}/retry", tags=["review"])
+    def retry_review(review_id: int, user: Admin) -> dict[str, object]:
+        """Measure a failed review round again (its error is kept in the audit trail)."""
+        review.retry_review(factory, store, review_id, user.username)
+        with transaction(factory) as session:
+            return review.review_summary(session, review.get_review(session, review_id))
+
     def _file(sha: str | None, kind: str) -> Response:
         if sha is None:
             raise HTTPException(404, "no such file")

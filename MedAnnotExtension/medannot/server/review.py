@@ -166,6 +166,19 @@ def prepare_review(factory: sessionmaker[Session], store: ObjectStore, review_id
         return review
 
 
+def retry_review(factory: sessionmaker[Session], store: ObjectStore, review_id: int, actor: str) -> Review:
+    """Measure a failed review round again (say the PACS was down); audited."""
+    with transaction(factory) as session:
+        review = get_review(session, review_id, lock=True)
+        if review.status != REVIEW_FAILED:
+            raise NotInReview(f"review task {review_id} is {review.status}; only a failed round is measured again")
+        old_error, review.status, review.error = review.error, REVIEW_PENDING, None
+        append_audit(session, actor, "review.retry", f"review:{review.id}", {"status": REVIEW_FAILED,
+                                                                            "error": old_error},
+                     {"status": REVIEW_PENDING})
+    return prepare_review(factory, store, review_id)
+
+
 def _measure(store: ObjectStore, inputs: _Inputs, workdir: Path
              ) -> tuple[list[dict[str, object]], tuple[str, str, str] | None, list[str]]:
     from medannot.guideline import parse_guideline
