@@ -100,7 +100,7 @@ def read_and_submit_task(client: TestClient, lab: Lab, user: str, task: dict, tm
                                     "Idempotency-Key": str(uuid.uuid4())},
                            files={"seg": result.seg_path.read_bytes(), "sr": result.sr_path.read_bytes()})
     assert response.status_code == 201, response.text
-    return {**task, **response.json(), "seg_path": result.seg_path}
+    return {**task, **response.json(), "seg_path": result.seg_path, "sr_path": result.sr_path}
 
 
 def claim_review(client: TestClient, lab: Lab, headers: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -272,6 +272,29 @@ def test_signature_needs_the_password_and_fails_verification_once_the_bytes_chan
     assert body["signed_at"].endswith("Z")
     check = client.get(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev).json()
     assert check["valid"] is True
+
+    # approval reissues the SR as VERIFIED by the signer at the signature's time, a new instance
+    import io
+
+    from pydicom import dcmread
+
+    from medannot.dicomseg.validate import run_dciodvfy
+
+    original = dcmread(a["sr_path"])
+    verified_bytes = client.get(f"/api/v1/signatures/{body['signature_id']}/sr", headers=rev).content
+    verified = dcmread(io.BytesIO(verified_bytes))
+    observer = verified.VerifyingObserverSequence[0]
+    assert verified.VerificationFlag == "VERIFIED" and str(observer.VerifyingObserverName) == "Rev^Iewer"
+    assert observer.VerificationDateTime.startswith(body["signed_at"][:19].replace("-", "").replace("T", "")
+                                                    .replace(":", ""))
+    assert verified.SOPInstanceUID != original.SOPInstanceUID
+    predecessor = verified.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    (tmp_path / "verified-sr.dcm").write_bytes(verified_bytes)
+    assert [f for f in run_dciodvfy(tmp_path / "verified-sr.dcm") if f.severity == "error"] == []
+    reviewed_only = client.post(f"/api/v1/submissions/{a['submission_id']}/sign", headers=auth(client, "rev2"),
+                                json={"password": PASSWORD, "meaning": "reviewed"}).json()
+    assert client.get(f"/api/v1/signatures/{reviewed_only['signature_id']}/sr", headers=rev).status_code == 404
     changed = bytearray(seg_bytes)
     changed[-1] ^= 0xFF
     posted = client.post(f"/api/v1/signatures/{body['signature_id']}/verify", headers=rev,

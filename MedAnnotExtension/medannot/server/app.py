@@ -338,6 +338,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
         result = signatures.verify(session, store, sig)
         return {**signatures.signature_body(sig), "valid": result.valid, "detail": result.detail}
 
+    @api.get("/signatures/{signature_id}/sr", tags=["signatures"], response_class=Response,
+             responses={200: {"content": {"application/dicom": {}}}})
+    def verified_sr(signature_id: int, session: DB, _user: AnyUser) -> Response:
+        """The SR an "approved" signature reissued with VerificationFlag VERIFIED (its signer and time)."""
+        sig = signatures.get_signature(session, signature_id)
+        if sig.verified_sr_sha256 is None:
+            raise HTTPException(404, f"signature {signature_id} ({sig.meaning}) has no verified SR; only an "
+                                     "'approved' signature reissues the SR as VERIFIED")
+        return _file(sig.verified_sr_sha256, "sr")
+
     @api.post("/signatures/{signature_id}/verify", tags=["signatures"])
     def verify_signature_file(signature_id: int, file: Annotated[UploadFile, File()], session: DB,
                               _user: AnyUser) -> dict[str, object]:

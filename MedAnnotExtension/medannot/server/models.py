@@ -223,3 +223,5 @@ class Signature(Base):
     printed_name: Mapped[str] = mapped_column(String(256))
     meaning: Mapped[str] = mapped_column(String(16))
     signed_at: Mapped[datetime] = mapped_column(DateTime)
+    # an "approved" signature: the SEG's SR reissued with VerificationFlag VERIFIED by this signer at this time
+    verified_sr_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -72,6 +72,7 @@ def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, passw
             task = session.get(Task, submission.task_id)
             assert task is not None
             subject, case_id, file_sha = f"submission:{submission.id}", task.case_id, submission.seg_sha256
+            sr_sha = submission.sr_sha256
             author_id: int | None = submission.user_id
         else:
             if which not in REVIEW_SUBJECTS:
@@ -81,6 +82,7 @@ def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, passw
             if review is None or found is None:
                 raise SignatureNotFound(f"review task {review_id} has no {which} SEG to sign")
             subject, case_id, file_sha = f"review:{review.id}:{which}", review.case_id, found
+            sr_sha = review.consensus_sr_sha256 if which == "consensus" else review.edited_sr_sha256
             # an edited SEG is its reviewer's own work: they sign it as authored, someone else approves it
             author_id = review.reviewer_id if which == "edited" else None
         _check_signer(session, user, meaning, subject, case_id, author_id, submission_id)
@@ -93,11 +95,14 @@ def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, passw
                               file_sha256=file_sha, user_id=user.id, username=user.username,
                               printed_name=(printed_name or user.username).strip()[:256], meaning=meaning,
                               signed_at=utcnow())
+        if meaning == "approved" and sr_sha is not None:
+            signature.verified_sr_sha256 = store.put(verified_sr(store.get(sr_sha), signature))
         session.add(signature)
         session.flush()
         append_audit(session, user.username, "signature.sign", subject, None,
                      {"signature": signature.id, "meaning": meaning, "printed_name": signature.printed_name,
-                      "sha256": file_sha, "signed_at": signature.signed_at})
+                      "sha256": file_sha, "signed_at": signature.signed_at,
+                      "verified_sr_sha256": signature.verified_sr_sha256})
         return signature
 
 
@@ -120,6 +125,44 @@ def _check_signer(session: Session, user: User, meaning: str, subject: str, case
         if not any(submission_id in json.loads(ids) for ids in rounds):
             raise SignatureRefused(f"{subject}: not all reads of its case are in yet, so it is not in review; "
                                    f"it cannot be signed as {meaning}")
+
+
+def verified_sr(sr_bytes: bytes, signature: Signature, organization: str = "MedAnnot") -> bytes:
+    """The SR reissued as a new instance with VerificationFlag VERIFIED, the signer as VerifyingObserver and the
+    signature's own time (not "now" at writing), pointing at the unverified SR as its predecessor."""
+    import io
+
+    from pydicom import Dataset, dcmread
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(io.BytesIO(sr_bytes))
+    previous = Dataset()
+    previous.ReferencedSOPClassUID, previous.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = ds.SeriesInstanceUID
+    series.ReferencedSOPSequence = Sequence([previous])
+    study = Dataset()
+    study.StudyInstanceUID = ds.StudyInstanceUID
+    study.ReferencedSeriesSequence = Sequence([series])
+    ds.PredecessorDocumentsSequence = Sequence([study])
+    when = signature.signed_at.strftime("%Y%m%d%H%M%S.%f")
+    observer = Dataset()
+    observer.VerifyingObserverName = signature.printed_name.replace(" ", "^")
+    person = Dataset()
+    person.CodeValue, person.CodingSchemeDesignator = signature.username[:16], "99MEDANNOT"
+    person.CodeMeaning = signature.printed_name[:64]
+    observer.VerifyingObserverIdentificationCodeSequence = Sequence([person])
+    observer.VerifyingOrganization = organization
+    observer.VerificationDateTime = when
+    ds.VerificationFlag = "VERIFIED"
+    ds.VerifyingObserverSequence = Sequence([observer])
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceCreationDate, ds.InstanceCreationTime = when[:8], when[8:]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def get_signature(session: Session, signature_id: int) -> Signature:
@@ -161,4 +204,4 @@ def signature_body(signature: Signature) -> dict[str, object]:
     return {"signature_id": signature.id, "subject": signature.subject, "submission_id": signature.submission_id,
             "review_id": signature.review_id, "sha256": signature.file_sha256, "user": signature.username,
             "printed_name": signature.printed_name, "meaning": signature.meaning,
-            "signed_at": signature.signed_at.isoformat() + "Z"}
+            "signed_at": signature.signed_at.isoformat() + "Z", "verified_sr_sha256": signature.verified_sr_sha256}

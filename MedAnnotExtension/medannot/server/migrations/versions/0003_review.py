@@ -82,6 +82,7 @@ def upgrade() -> None:
         sa.Column("printed_name", sa.String(256), nullable=False),
         sa.Column("meaning", sa.String(16), nullable=False),
         sa.Column("signed_at", sa.DateTime, nullable=False),
+        sa.Column("verified_sr_sha256", sa.String(64), nullable=True),
     )
 
 
