@@ -472,3 +472,64 @@ def test_a_round_that_cannot_be_measured_is_stored_as_failed_and_an_admin_can_re
     assert retried.status_code == 200 and retried.json()["status"] == "open"
     again = client.post(f"/api/v1/reviews/{failed['review_id']}/retry", headers=admin)
     assert again.status_code == 409
+
+
+def test_an_expired_review_lease_goes_back_to_the_queue_and_its_token_is_refused(lab, tmp_path):
+    import time
+
+    client = TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data", 2)))
+    read_and_submit(client, lab, "r1", tmp_path)
+    read_and_submit(client, lab, "r2", tmp_path, grow=1)
+    rev, rev2 = auth(client, "rev"), auth(client, "rev2")
+    first = claim_review(client, lab, rev).json()
+    assert claim_review(client, lab, rev2).status_code == 204  # leased to rev
+    assert claim_review(client, lab, rev).json()["lease_token"] == first["lease_token"]  # claiming again: the same
+    time.sleep(2.5)
+    taken = claim_review(client, lab, rev2).json()
+    assert taken["review_id"] == first["review_id"] and taken["lease_token"] != first["lease_token"]
+    late = decide(client, rev, first, action="consensus")
+    assert late.status_code == 409 and "lease token" in late.json()["detail"]
+    assert decide(client, rev2, taken, action="consensus").status_code == 201
+    audit = client.get("/api/v1/audit", headers=auth(client, "admin")).json()
+    assert any(r["action"] == "review.lease.expire" and r["entity"] == f"review:{first['review_id']}" for r in audit)
+
+
+def test_parallel_reviewers_never_share_a_review(db_url, tmp_path):  # noqa: F811
+    import threading
+
+    import requests
+    from harness import ServerProcess, login
+
+    lab = make_lab(db_url, tmp_path / "lab", cases=3, extra_users={f"rv{i}": "reviewer" for i in range(6)})
+    server = ServerProcess(db_url, tmp_path / "data").start()
+    try:
+        for user in ("r1", "r2"):
+            headers = login(server.url, user)
+            for _ in range(3):
+                task = requests.post(f"{server.url}/api/v1/projects/{lab.project_id}/claim", headers=headers,
+                                     timeout=30).json()
+                seg, sr = lab.export_for(task["case_id"], tmp_path / user / task["case_id"], reader=user)
+                sent = requests.post(f"{server.url}/api/v1/tasks/{task['task_id']}/submit", timeout=120,
+                                     headers={**headers, "X-Lease-Token": task["lease_token"],
+                                              "Idempotency-Key": f"{user}-{task['task_id']}"},
+                                     files={"seg": seg.read_bytes(), "sr": sr.read_bytes()})
+                assert sent.status_code == 201, sent.text
+        tokens = {f"rv{i}": login(server.url, f"rv{i}") for i in range(6)}
+        got: dict[str, int | None] = {}
+        start = threading.Barrier(6)
+
+        def claim(name: str) -> None:
+            start.wait()
+            response = requests.post(f"{server.url}/api/v1/projects/{lab.project_id}/reviews/claim",
+                                     headers=tokens[name], timeout=60)
+            got[name] = response.json()["review_id"] if response.status_code == 200 else None
+
+        threads = [threading.Thread(target=claim, args=(name,)) for name in tokens]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        claimed = [r for r in got.values() if r is not None]
+        assert len(claimed) == 3 and len(set(claimed)) == 3  # three reviews, three reviewers, three left empty
+    finally:
+        server.stop()
