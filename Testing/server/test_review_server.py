@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from dataclasses import dataclass
+
 from harness import GUIDELINE, PASSWORD, SHAPE, Lab, db_url, make_lab  # noqa: F401
 from scipy import ndimage
 from sqlalchemy import create_engine, text
@@ -34,33 +36,41 @@ REVIEW_BLOCK = """review:
 """
 
 
+@dataclass
+class ReviewLab(Lab):
+    """A lab whose project's current guideline (``guideline``, the file readers export with) has a review block."""
+
+    guideline: Path = GUIDELINE
+
+
 @pytest.fixture
-def lab(db_url: str, tmp_path: Path) -> Lab:  # noqa: F811
-    lab = make_lab(db_url, tmp_path / "lab", cases=2, extra_users={"rev": "reviewer", "rev2": "reviewer",
-                                                                   "r3": "annotator"})
+def lab(db_url: str, tmp_path: Path) -> ReviewLab:  # noqa: F811
+    base = make_lab(db_url, tmp_path / "lab", cases=2, extra_users={"rev": "reviewer", "rev2": "reviewer",
+                                                                    "r3": "annotator"})
+    lab = ReviewLab(**vars(base))
     text_ = GUIDELINE.read_text().replace('version: "1.0.0"', 'version: "1.1.0"')
     text_ = text_.replace("review:\n  senior_share: 0.2\n  gold_standard_cases: []\n", REVIEW_BLOCK)
     assert "consensus: staple" in text_
-    lab.guideline = tmp_path / "lab" / "liver-review.yaml"  # type: ignore[attr-defined]
-    lab.guideline.write_text(text_)  # type: ignore[attr-defined]
+    lab.guideline = tmp_path / "lab" / "liver-review.yaml"
+    lab.guideline.write_text(text_)
     engine = make_engine(db_url)
     with transaction(session_factory(engine)) as session:
-        add_guideline_version(session, lab.project_id, lab.guideline, actor="test")  # type: ignore[attr-defined]
+        add_guideline_version(session, lab.project_id, lab.guideline, actor="test")
     engine.dispose()
     return lab
 
 
-def new_version(lab: Lab, version: str, changes: dict[str, str]) -> None:
+def new_version(lab: ReviewLab, version: str, changes: dict[str, str]) -> None:
     """Give the project a new guideline version: the review guideline with these text changes."""
-    text_ = lab.guideline.read_text().replace('version: "1.1.0"', f'version: "{version}"')  # type: ignore[attr-defined]
+    text_ = lab.guideline.read_text().replace('version: "1.1.0"', f'version: "{version}"')
     for old, new in changes.items():
         assert old in text_
         text_ = text_.replace(old, new)
-    lab.guideline = lab.guideline.with_name(f"liver-{version}.yaml")  # type: ignore[attr-defined]
-    lab.guideline.write_text(text_)  # type: ignore[attr-defined]
+    lab.guideline = lab.guideline.with_name(f"liver-{version}.yaml")
+    lab.guideline.write_text(text_)
     engine = make_engine(lab.db_url)
     with transaction(session_factory(engine)) as session:
-        add_guideline_version(session, lab.project_id, lab.guideline, actor="test")  # type: ignore[attr-defined]
+        add_guideline_version(session, lab.project_id, lab.guideline, actor="test")
     engine.dispose()
 
 
@@ -85,16 +95,17 @@ def reader_labels(grow: int) -> np.ndarray:
     return labels
 
 
-def read_and_submit(client: TestClient, lab: Lab, user: str, tmp_path: Path, grow: int = 0) -> dict:
+def read_and_submit(client: TestClient, lab: ReviewLab, user: str, tmp_path: Path, grow: int = 0) -> dict:
     task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, user)).json()
     return read_and_submit_task(client, lab, user, task, tmp_path, grow)
 
 
-def read_and_submit_task(client: TestClient, lab: Lab, user: str, task: dict, tmp_path: Path, grow: int = 0) -> dict:
+def read_and_submit_task(client: TestClient, lab: ReviewLab, user: str, task: dict, tmp_path: Path,
+                         grow: int = 0) -> dict:
     headers = auth(client, user)
     out = tmp_path / "exports" / user / task["case_id"] / uuid.uuid4().hex[:6]
     result = export_segmentation(load_source(lab.series[task["case_id"]]), reader_labels(grow), ct_geometry(SHAPE),
-                                 load_guideline(lab.guideline), ReaderInfo(f"{user}^Test", user), out)  # type: ignore[attr-defined]
+                                 load_guideline(lab.guideline), ReaderInfo(f"{user}^Test", user), out)
     response = client.post(f"/api/v1/tasks/{task['task_id']}/submit",
                            headers={**headers, "X-Lease-Token": task["lease_token"],
                                     "Idempotency-Key": str(uuid.uuid4())},
@@ -107,7 +118,8 @@ def claim_review(client: TestClient, lab: Lab, headers: dict[str, str]):  # type
     return client.post(f"/api/v1/projects/{lab.project_id}/reviews/claim", headers=headers)
 
 
-def decide(client: TestClient, headers: dict[str, str], review: dict, key: str | None = None, **body: object):  # type: ignore[no-untyped-def]
+def decide(client: TestClient, headers: dict[str, str], review: dict, key: str | None = None,  # type: ignore[no-untyped-def]
+           **body: object):
     return client.post(f"/api/v1/reviews/{review['review_id']}/decide", json=body,
                        headers={**headers, "X-Lease-Token": review["lease_token"] or "",
                                 "Idempotency-Key": key or str(uuid.uuid4())})
@@ -130,7 +142,8 @@ def test_a_reviewer_never_sees_a_read_before_all_reads_of_the_case_are_in(lab, t
     assert [(r["case_id"], r["status"], r["round"]) for r in listed] == [(first["case_id"], "open", 1)]
     shown = client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=rev)
     assert shown.status_code == 200 and shown.content == first["seg_path"].read_bytes()
-    assert client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=auth(client, "r2")).status_code == 403
+    still_hidden = client.get(f"/api/v1/submissions/{first['submission_id']}/seg", headers=auth(client, "r2"))
+    assert still_hidden.status_code == 403
 
 
 def test_stored_metrics_match_medannot_review_on_the_same_segs_and_the_consensus_is_a_seg_of_them(lab, tmp_path):
@@ -353,7 +366,7 @@ def test_an_edited_segmentation_is_a_decision_that_references_what_it_was_edited
     def export(replaces: Path | None) -> tuple[bytes, bytes]:
         out = tmp_path / "edit" / uuid.uuid4().hex[:6]
         made = export_segmentation(load_source(lab.series[a["case_id"]]), reader_labels(1), ct_geometry(SHAPE),
-                                   load_guideline(lab.guideline), ReaderInfo("rev^Test", "rev"), out,  # type: ignore[attr-defined]
+                                   load_guideline(lab.guideline), ReaderInfo("rev^Test", "rev"), out,
                                    replaces=replaces)
         return made.seg_path.read_bytes(), made.sr_path.read_bytes()
 
@@ -457,7 +470,7 @@ def test_a_round_that_cannot_be_measured_is_stored_as_failed_and_an_admin_can_re
     task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r2")).json()
     out = tmp_path / "late-export"
     made = export_segmentation(load_source(series), reader_labels(0), ct_geometry(SHAPE),
-                               load_guideline(lab.guideline), ReaderInfo("r2^Test", "r2"), out)  # type: ignore[attr-defined]
+                               load_guideline(lab.guideline), ReaderInfo("r2^Test", "r2"), out)
     shutil.move(series, hidden)
     sent = client.post(f"/api/v1/tasks/{task['task_id']}/submit", files={"seg": made.seg_path.read_bytes(),
                                                                          "sr": made.sr_path.read_bytes()},

@@ -236,8 +236,8 @@ def expire_review_leases(session: Session, project_id: int, now: datetime) -> in
     for review in expired:
         holder = session.get(User, review.reviewer_id) if review.reviewer_id else None
         append_audit(session, None, "review.lease.expire", f"review:{review.id}",
-                     {"status": REVIEW_LEASED, "reviewer": holder.username if holder else None}, {"status": REVIEW_OPEN},
-                     "lease expired")
+                     {"status": REVIEW_LEASED, "reviewer": holder.username if holder else None},
+                     {"status": REVIEW_OPEN}, "lease expired")
         review.status, review.reviewer_id, review.lease_token, review.lease_expires_at = REVIEW_OPEN, None, None, None
     return len(expired)
 
