@@ -236,6 +236,12 @@ def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_re
     assert back.status_code == 201
     again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r1")).json()
     assert again["task_id"] == c["task_id"] and again["returned_reason"] == "lesion missed"
+    released = client.post(f"/api/v1/tasks/{again['task_id']}/release",
+                           headers={**auth(client, "r1"), "X-Lease-Token": again["lease_token"]})
+    assert released.status_code == 204  # given back, the returned slot still waits for r1 alone
+    assert client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r3")).status_code == 204
+    again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r1")).json()
+    assert again["task_id"] == c["task_id"]
     assert client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r3")).status_code == 204
     kept = client.get(f"/api/v1/submissions/{c['submission_id']}/seg", headers=rev)
     assert kept.status_code == 200

@@ -130,8 +130,12 @@ def heartbeat(session: Session, user: User, task_id: int, lease_token: str | Non
 
 
 def release(session: Session, user: User, task_id: int, lease_token: str | None, reason: str | None = None) -> None:
-    """Give a leased slot back to the queue (audited)."""
+    """Give a leased slot back to the queue (audited); a slot a reviewer returned stays its reader's."""
     task = held_lease(session, user, task_id, lease_token)
-    task.status, task.reader_id, task.lease_token, task.lease_expires_at = TASK_OPEN, None, None, None
+    returned = session.scalar(select(Submission.id).where(Submission.task_id == task.id).limit(1)) is not None
+    status = TASK_RETURNED if returned else TASK_OPEN
+    task.status, task.lease_token, task.lease_expires_at = status, None, None
+    if not returned:
+        task.reader_id = None
     append_audit(session, user.username, "task.release", f"task:{task.id}", {"status": TASK_LEASED},
-                 {"status": TASK_OPEN}, reason)
+                 {"status": status}, reason)
