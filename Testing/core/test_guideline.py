@@ -170,3 +170,47 @@ def test_a_copy_without_its_reference_images_loads_when_images_are_not_required(
         load_guideline(path)
     g = load_guideline(path, require_reference_images=False)
     assert g.instructions == "Draw it." and [p.name for p in g.reference_images] == ["ref.png"]
+
+
+REVIEW = VALID + """\
+review:
+  senior_share: 0.1
+  consensus: majority
+  agreement:
+    liver: {dice_min: 0.85, hd95_max_mm: 5.0, nsd_tolerance_mm: 1.5, nsd_min: 0.9}
+  adjudication: on_disagreement
+  signatures: [reviewed, approved]
+"""
+
+
+def test_review_block_gives_consensus_thresholds_adjudication_and_signatures(tmp_path: Path) -> None:
+    g = load_guideline(write(tmp_path, REVIEW))
+    assert (g.review.consensus, g.review.adjudication, g.review.signatures) == (
+        "majority", "on_disagreement", ("reviewed", "approved"))
+    liver = g.review.threshold("Liver")  # the segment's own spelling, whatever case the guideline used
+    assert (liver.dice_min, liver.hd95_max_mm, liver.nsd_tolerance_mm, liver.nsd_min) == (0.85, 5.0, 1.5, 0.9)
+    assert liver.failures(dice=0.80, hd95_mm=6.0, nsd=0.95) == ["Dice 0.800 < 0.85", "HD95 6.00 mm > 5 mm"]
+    assert liver.failures(dice=0.0, hd95_mm=None, nsd=0.0)[1] == "HD95 undefined > 5 mm"
+    assert g.review.senior_share == 0.1
+
+
+def test_review_defaults_keep_older_guidelines_valid(tmp_path: Path) -> None:
+    g = load_guideline(write(tmp_path, VALID + "review: {senior_share: 0.2, gold_standard_cases: []}\n"))
+    assert (g.review.consensus, g.review.adjudication, g.review.signatures, g.review.agreement) == (
+        "staple", "always", (), {})
+    assert g.review.threshold("Liver").nsd_tolerance_mm == 2.0 and g.review.threshold("Liver").dice_min is None
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("consensus: majority", "consensus: average"), "review.consensus: 'average' is not one of"),
+    (("adjudication: on_disagreement", "adjudication: sometimes"), "review.adjudication: 'sometimes' is not one of"),
+    (("[reviewed, approved]", "[reviewed, witnessed]"), "review.signatures[1]: 'witnessed' is not one of"),
+    (("dice_min: 0.85", "dice_min: 1.5"), "review.agreement.liver.dice_min: 1.5 is greater than the maximum of 1"),
+    (("nsd_min: 0.9", "nsd_min: 0.9, hd99: 3"), "review.agreement.liver: Additional properties are not allowed"),
+    (("    liver:", "    Spleen:"), "review.agreement.Spleen: 'Spleen' is not a segment of this guideline; "
+                                   "it defines: Liver"),
+])
+def test_bad_review_block_names_the_key_path(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    with pytest.raises(GuidelineError) as info:
+        load_guideline(write(tmp_path, REVIEW.replace(*change)))
+    assert expected in str(info.value) and str(tmp_path / "g.yaml") in str(info.value)

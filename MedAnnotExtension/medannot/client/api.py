@@ -333,6 +333,93 @@ class TaskServerClient:
         _write_atomically(dest / name, text)
         return dest / name
 
+    # ------------------------------------------------------------ review and signatures
+    def reviews(self, project_id: int | str) -> list[dict[str, Any]]:
+        """The project's review rounds (a case is listed once all its reads are in); reviewers and admins."""
+        data = self._json(self._call("GET", f"/projects/{project_id}/reviews",
+                                     f"list the reviews of project {project_id}"), "the review list")
+        if not isinstance(data, list):
+            raise self._unexpected("the review list", "not a list")
+        return data
+
+    def claim_review(self, project_id: int | str) -> dict[str, Any] | None:
+        """Claim the next review of a project: reads, agreement metrics, consensus and the lease token; ``None``
+        when nothing is left for this reviewer."""
+        response = self._call("POST", f"/projects/{project_id}/reviews/claim",
+                              f"claim a review in project {project_id}", repeat_safe=False)
+        if response.status_code == 204:
+            return None
+        data = self._json(response, "the review claim")
+        if not isinstance(data, dict) or "review_id" not in data or "lease_token" not in data:
+            raise self._unexpected("the review claim", "no review_id or lease_token")
+        return data
+
+    def download_review(self, review: dict[str, Any], dest_dir: str | os.PathLike[str]) -> dict[str, str]:
+        """Save a claimed review's reader SEG + SR and the consensus into ``dest_dir``; returns name -> path."""
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        wanted = [(f"/submissions/{r['submission_id']}/{kind}", f"submission-{r['submission_id']}-{kind}.dcm")
+                  for r in review.get("reads", []) for kind in ("seg", "sr")]
+        if review.get("consensus"):
+            wanted += [(f"/reviews/{review['review_id']}/consensus/{kind}", f"consensus-{kind}.dcm")
+                       for kind in ("seg", "sr")]
+        saved = {}
+        for path, name in wanted:
+            response = self._call("GET", path, f"download {name}", headers={"Accept": "application/dicom"})
+            _write_atomically(dest / name, response.content)
+            saved[name] = str(dest / name)
+        return saved
+
+    def decide(self, review_id: int | str, lease_token: str, idempotency_key: str, action: str,
+               submission_id: int | None = None, reason: str | None = None) -> dict[str, Any]:
+        """Decide a held review: ``accept`` a submission, ``consensus``, or ``return`` a submission with a reason.
+        Repeating it with the same ``idempotency_key`` records it once."""
+        body: dict[str, Any] = {"action": action, "submission_id": submission_id, "reason": reason}
+        # the lease token as a plain header: a 409 here is often "not in review" (decided, returned), which the
+        # server's detail says; it is not necessarily a lost lease
+        response = self._call("POST", f"/reviews/{review_id}/decide", f"decide review {review_id}",
+                              headers={"Idempotency-Key": idempotency_key, "X-Lease-Token": lease_token}, json=body)
+        data = self._json(response, "the decision")
+        if not isinstance(data, dict) or "decision_id" not in data:
+            raise self._unexpected("the decision", "no decision_id")
+        return data
+
+    def decide_edited(self, review_id: int | str, lease_token: str, idempotency_key: str,
+                      seg_path: str | os.PathLike[str], sr_path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Decide a held review with an edited SEG + SR (exported with ``replaces=`` the SEG it was edited from)."""
+        seg, sr = Path(seg_path), Path(sr_path)
+        for path in (seg, sr):
+            if not path.is_file():
+                raise DicomSegError(f"{path}: no such file to send as review {review_id}'s edited result")
+        with seg.open("rb") as seg_file, sr.open("rb") as sr_file:
+            response = self._call("POST", f"/reviews/{review_id}/decide/edited", f"decide review {review_id}",
+                                  headers={"Idempotency-Key": idempotency_key, "X-Lease-Token": lease_token},
+                                  files={"seg": (seg.name, seg_file, "application/dicom"),
+                                         "sr": (sr.name, sr_file, "application/dicom")})
+        data = self._json(response, "the decision")
+        if not isinstance(data, dict) or "decision_id" not in data:
+            raise self._unexpected("the decision", "no decision_id")
+        return data
+
+    def sign(self, submission_id: int | str, password: str, meaning: str,
+             printed_name: str | None = None) -> dict[str, Any]:
+        """Sign a submission's SEG with ``meaning``; the password is sent again (not the session token)."""
+        response = self._call("POST", f"/submissions/{submission_id}/sign", f"sign submission {submission_id}",
+                              repeat_safe=False,
+                              json={"password": password, "meaning": meaning, "printed_name": printed_name})
+        data = self._json(response, "the signature")
+        if not isinstance(data, dict) or "signature_id" not in data:
+            raise self._unexpected("the signature", "no signature_id")
+        return data
+
+    def verify_signature(self, signature_id: int | str) -> dict[str, Any]:
+        """The server's check that the signed file still has the signed bytes."""
+        data = self._json(self._call("GET", f"/signatures/{signature_id}/verify",
+                                     f"verify signature {signature_id}"), "the verification")
+        if not isinstance(data, dict) or "valid" not in data:
+            raise self._unexpected("the verification", "no valid")
+        return data
+
     # ------------------------------------------------------------ plumbing
     def _call(self, method: str, path: str, what: str, *, authenticated: bool = True, repeat_safe: bool = True,
               lease_token: str | None = None, headers: dict[str, str] | None = None,

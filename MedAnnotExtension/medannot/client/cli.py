@@ -241,3 +241,105 @@ def outbox(flush: bool, as_json: bool, outbox_dir: Path | None) -> None:
         table.add_row(i.state, i.item_id, str(m.get("task_id")), str(m.get("created", ""))[:19],
                       str(m.get("attempts", 0)), str(outcome))
     Console(soft_wrap=True).print(table)
+
+
+@client_group.command("reviews", context_settings=CONTEXT)
+@click.argument("project_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's review list as JSON.")
+def reviews(project_id: str, as_json: bool) -> None:
+    """List PROJECT_ID's review rounds (reviewers and admins): a case appears once all its reads are in."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client() as client:
+        found = client.reviews(project_id)
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("review", "case", "round", "status", "consensus", "reviewer", "below threshold")
+    for r in found:
+        table.add_row(str(r["review_id"]), str(r["case_id"]), str(r["round"]), str(r["status"]),
+                      str(r.get("consensus_method", "")), str(r.get("reviewer") or ""),
+                      str(len(r.get("disagreement") or [])))
+    Console(soft_wrap=True).print(table)
+
+
+@client_group.group("review", cls=MedAnnotGroup, context_settings=CONTEXT)
+def review_group() -> None:
+    """Review tasks (role reviewer): claim the next case whose reads are all in, then decide it."""
+
+
+@review_group.command("next", context_settings=CONTEXT)
+@click.argument("project_id")
+@click.option("--download", "download_dir", type=click.Path(path_type=Path), default=None,
+              help="Also download every reader's SEG + SR and the consensus into this folder.")
+def review_next(project_id: str, download_dir: Path | None) -> None:
+    """Claim the next review of PROJECT_ID and print it as JSON: reads, agreement metrics, consensus, lease
+    token (nothing on stdout when none is left)."""
+    with _client() as client:
+        claimed = client.claim_review(project_id)
+        if claimed is None:
+            click.echo(f"no review left for you in project {project_id}", err=True)
+            return
+        if download_dir is not None:
+            claimed["files"] = client.download_review(claimed, download_dir)
+    _print_json(claimed)
+
+
+@review_group.command("decide", context_settings=CONTEXT)
+@click.argument("task_id")
+@lease_option
+@click.option("--accept", "accept", type=int, default=None, metavar="SUBMISSION_ID",
+              help="Accept this reader's submission as the case's result.")
+@click.option("--consensus", "use_consensus", is_flag=True, help="Accept the consensus as the case's result.")
+@click.option("--return", "returned", type=int, default=None, metavar="SUBMISSION_ID",
+              help="Return this submission's slot to its reader (with --reason); the old result is kept.")
+@click.option("--reason", default=None, help="Why the read is returned (the reader is told).")
+@click.option("--seg", "seg_path", type=click.Path(path_type=Path), default=None,
+              help="Your edited SEG (exported with replaces= the SEG you edited), with --sr.")
+@click.option("--sr", "sr_path", type=click.Path(path_type=Path), default=None, help="The edited SEG's SR.")
+def review_decide(task_id: str, lease_token: str, accept: int | None, use_consensus: bool, returned: int | None,
+                  reason: str | None, seg_path: Path | None, sr_path: Path | None) -> None:
+    """Decide review TASK_ID: exactly one of --accept SUBMISSION_ID, --consensus, --seg SEG --sr SR,
+    --return SUBMISSION_ID --reason TEXT."""
+    import uuid
+
+    chosen = [name for name, given in (("--accept", accept is not None), ("--consensus", use_consensus),
+                                       ("--return", returned is not None),
+                                       ("--seg", seg_path is not None or sr_path is not None)) if given]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --accept SUBMISSION_ID, --consensus, --seg SEG --sr SR, "
+                               "--return SUBMISSION_ID")
+    if returned is not None and not (reason or "").strip():
+        raise click.UsageError("--return needs --reason TEXT: the reader is told why")
+    with _client() as client:
+        if seg_path is not None or sr_path is not None:
+            if seg_path is None or sr_path is None:
+                raise click.UsageError("an edited result needs both --seg SEG and --sr SR")
+            data = client.decide_edited(task_id, lease_token, str(uuid.uuid4()), seg_path, sr_path)
+        else:
+            action = "accept" if accept is not None else "consensus" if use_consensus else "return"
+            data = client.decide(task_id, lease_token, str(uuid.uuid4()), action,
+                                 accept if accept is not None else returned, reason)
+    _print_json(data)
+
+
+@client_group.command("sign", context_settings=CONTEXT)
+@click.argument("submission_id")
+@click.option("--meaning", type=click.Choice(["authored", "reviewed", "approved"]), required=True,
+              help="What the signature means.")
+@click.option("--printed-name", default=None, help="Your name as printed with the signature [default: user name].")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+def sign(submission_id: str, meaning: str, printed_name: str | None, password_stdin: bool) -> None:
+    """Sign SUBMISSION_ID's SEG electronically; your password is asked again (a wrong one counts as a failed
+    login). Prints the signature (user, printed name, UTC time, meaning, sha256 of the signed bytes) as JSON."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password (to sign)", hide_input=True)
+    if not password:
+        raise click.UsageError("the password is empty")
+    with _client() as client:
+        data = client.sign(submission_id, password, meaning, printed_name)
+    del password
+    _print_json(data)

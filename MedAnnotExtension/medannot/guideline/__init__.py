@@ -6,6 +6,8 @@ SimpleITK).
 
 from medannot.guideline.model import (
     SEGMENT_EDITOR_TOOLS,
+    SIGNATURE_MEANINGS,
+    AgreementThreshold,
     ChecklistItem,
     CodedConcept,
     Guideline,
@@ -17,6 +19,7 @@ from medannot.guideline.model import (
 from medannot.guideline.rules import RULE_KINDS, Rule
 
 __all__ = [
-    "RULE_KINDS", "SEGMENT_EDITOR_TOOLS", "ChecklistItem", "CodedConcept", "Guideline", "ReviewPolicy", "Rule",
+    "RULE_KINDS", "SEGMENT_EDITOR_TOOLS", "SIGNATURE_MEANINGS", "AgreementThreshold", "ChecklistItem",
+    "CodedConcept", "Guideline", "ReviewPolicy", "Rule",
     "SegmentSpec", "load_guideline", "parse_guideline",
 ]

@@ -69,12 +69,55 @@ class ChecklistItem:
     required: bool = True
 
 
+DEFAULT_NSD_TOLERANCE_MM = 2.0
+CONSENSUS_METHODS = ("staple", "majority", "none")
+ADJUDICATION_MODES = ("always", "on_disagreement")
+SIGNATURE_MEANINGS = ("authored", "reviewed", "approved")
+
+
+@dataclass(frozen=True)
+class AgreementThreshold:
+    """Per-segment agreement a case must reach between every pair of reads; below any of them it is a
+    disagreement (``None``: that measure is not checked). NSD is measured at ``nsd_tolerance_mm``."""
+
+    dice_min: float | None = None
+    hd95_max_mm: float | None = None
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    nsd_min: float | None = None
+
+    def failures(self, dice: float, hd95_mm: float | None, nsd: float) -> list[str]:
+        """One short phrase per threshold the measured values miss (HD95 ``None``: one read empty, a miss)."""
+        out = []
+        if self.dice_min is not None and dice < self.dice_min:
+            out.append(f"Dice {dice:.3f} < {self.dice_min:g}")
+        if self.hd95_max_mm is not None and (hd95_mm is None or hd95_mm > self.hd95_max_mm):
+            out.append(f"HD95 {'undefined' if hd95_mm is None else f'{hd95_mm:.2f} mm'} > {self.hd95_max_mm:g} mm")
+        if self.nsd_min is not None and nsd < self.nsd_min:
+            out.append(f"NSD {nsd:.3f} < {self.nsd_min:g}")
+        return out
+
+
 @dataclass(frozen=True)
 class ReviewPolicy:
-    """Which share of cases a senior reviews, and which cases are gold-standard cases with a known answer."""
+    """How a case with all its reads in is reviewed.
+
+    ``consensus`` is the method the server builds a consensus with (``none``: no consensus); ``agreement`` the
+    thresholds per segment name; ``adjudication`` ``always`` (every case waits for a reviewer's decision) or
+    ``on_disagreement`` (only cases below a threshold do); ``signatures`` the meanings a case needs before it counts
+    as final. ``senior_share`` and ``gold_standard_cases`` are the older keys: which share of cases a senior reviews,
+    and which cases have a known answer.
+    """
 
     senior_share: float = 0.0
     gold_standard_cases: tuple[str, ...] = ()
+    consensus: str = "staple"
+    agreement: dict[str, AgreementThreshold] = field(default_factory=dict)
+    adjudication: str = "always"
+    signatures: tuple[str, ...] = ()
+
+    def threshold(self, segment: str) -> AgreementThreshold:
+        """The thresholds of a segment (none checked, NSD at the default tolerance, when the guideline sets none)."""
+        return self.agreement.get(segment, AgreementThreshold())
 
 
 @dataclass(frozen=True)
@@ -248,6 +291,29 @@ def _checklist(doc: dict[str, Any], origin: str) -> tuple[ChecklistItem, ...]:
     return tuple(checklist)
 
 
+def _review(review: dict[str, Any], segments: tuple[SegmentSpec, ...], origin: str) -> ReviewPolicy:
+    names = {s.name.lower(): s.name for s in segments}
+    agreement = {}
+    for key, values in (review.get("agreement") or {}).items():
+        canonical = names.get(str(key).lower())
+        if canonical is None:
+            raise GuidelineError(f"{origin}: review.agreement.{key}: {key!r} is not a segment of this guideline; "
+                                 f"it defines: {', '.join(names.values())}")
+        if canonical in agreement:
+            raise GuidelineError(f"{origin}: review.agreement.{key}: segment {canonical!r} is given twice; "
+                                 "give each segment's thresholds once")
+        values = values or {}
+        agreement[canonical] = AgreementThreshold(
+            dice_min=values.get("dice_min"), hd95_max_mm=values.get("hd95_max_mm"),
+            nsd_tolerance_mm=float(values.get("nsd_tolerance_mm", DEFAULT_NSD_TOLERANCE_MM)),
+            nsd_min=values.get("nsd_min"))
+    return ReviewPolicy(senior_share=float(review.get("senior_share", 0.0)),
+                        gold_standard_cases=tuple(str(c) for c in review.get("gold_standard_cases", ())),
+                        consensus=str(review.get("consensus", "staple")), agreement=agreement,
+                        adjudication=str(review.get("adjudication", "always")),
+                        signatures=tuple(str(m) for m in review.get("signatures", ())))
+
+
 def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None = None,
                     require_reference_images: bool = True) -> Guideline:
     """Validate guideline YAML bytes and build a :class:`Guideline`.
@@ -289,8 +355,7 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
         tools=tuple(doc.get("tools", SEGMENT_EDITOR_TOOLS)),
         checklist=_checklist(doc, origin),
         confidence=str(doc.get("confidence", "optional")),
-        review=ReviewPolicy(senior_share=float(review.get("senior_share", 0.0)),
-                            gold_standard_cases=tuple(str(c) for c in review.get("gold_standard_cases", ()))),
+        review=_review(review, segments, origin),
         source_path=path,
         raw=doc,
     )

@@ -90,10 +90,7 @@ def review_consensus(segs: tuple[Path, ...], method: str, source: Path, guidelin
                      output: Path) -> None:
     """Write the consensus of reader SEGs as one SEG + SR (AUTOMATIC, algorithm STAPLE or majority vote);
     the SR lists every reader SEG with, for STAPLE, each reader's sensitivity and specificity. Prints the paths."""
-    import medannot
-    from medannot.dicomseg import ConsensusInput, ReaderInfo, SegmentProvenance, export_segmentation
-    from medannot.review.agreement import PreparedMask
-    from medannot.review.consensus import consensus_label_map, segment_consensus
+    from medannot.review.export import export_consensus
     from medannot.review.reads import guideline_from_reads, load_reads, missing_segments, segment_names
 
     if len(segs) < 2:
@@ -110,26 +107,7 @@ def review_consensus(segs: tuple[Path, ...], method: str, source: Path, guidelin
             guideline.segment(name)  # a reader segment the guideline does not define is refused here
     else:
         guideline = guideline_from_reads(reads)
-    names = [str(r.path) for r in reads]
-    results = []
-    for segment in segment_names(reads):
-        masks = {str(r.path): r.masks.get(segment) for r in reads}
-        template = next(m for m in masks.values() if m is not None)
-        filled = {k: (m if m is not None else PreparedMask.empty_like(template)) for k, m in masks.items()}
-        results.append(segment_consensus(segment, filled, method))
-    label_of = {r.segment: guideline.segment(r.segment).label for r in results}
-    labels, _ = consensus_label_map(results, label_of, reads[0].geometry.shape)
-    algorithm = "STAPLE" if method == "staple" else "majority vote"
-    provenance = {r.segment: SegmentProvenance(algorithm_type="AUTOMATIC", algorithm_name=algorithm,
-                                               algorithm_version=medannot.__version__)
-                  for r in results if not r.mask.is_empty and (labels == label_of[r.segment]).any()}
-    inputs = [ConsensusInput(seg_uid=read.seg_uid,
-                             sensitivity={r.segment: r.sensitivity[name] for r in results if name in r.sensitivity},
-                             specificity={r.segment: r.specificity[name] for r in results if name in r.specificity})
-              for read, name in zip(reads, names)]
-    reader = ReaderInfo(name="MedAnnot^Consensus", reader_id="consensus", role="Consensus")
-    result = export_segmentation(src, labels, reads[0].geometry, guideline, reader, output, segments=provenance,
-                                 labels_name=f"{algorithm} consensus of {len(reads)} SEGs", derived_from=inputs)
+    result = export_consensus(reads, src, guideline, method, output).result
     for note in missing_segments(reads):
         click.echo(f"note: {note}", err=True)
     click.echo(str(result.seg_path))

@@ -20,11 +20,11 @@ from starlette.background import BackgroundTask
 import medannot
 from medannot.errors import MedAnnotError
 from medannot.server import projects as project_service
-from medannot.server import queue, security, submissions
+from medannot.server import queue, review, security, signatures, submissions
 from medannot.server.audit import audit_entries
 from medannot.server.config import ServerSettings
 from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
-from medannot.server.models import Case, Project, Task, User
+from medannot.server.models import Case, Project, Submission, Task, User
 from medannot.server.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,18 @@ def iso(value: datetime | None) -> str | None:
 class LoginRequest(BaseModel):
     username: str
     password: str
+
+
+class DecisionRequest(BaseModel):
+    action: str  # accept | consensus | return
+    submission_id: int | None = None
+    reason: str | None = None
+
+
+class SignRequest(BaseModel):
+    password: str
+    meaning: str  # authored | reviewed | approved
+    printed_name: str | None = None
 
 
 class LoginResponse(BaseModel):
@@ -84,6 +96,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     Annotator = Annotated[User, Depends(role("annotator"))]
     AnyUser = Annotated[User, Depends(current_user)]
     Admin = Annotated[User, Depends(role("admin"))]
+    Reviewer = Annotated[User, Depends(role("reviewer"))]
+    ReviewerOrAdmin = Annotated[User, Depends(role("reviewer", "admin"))]
     # scope="function": commit before the response is sent, so a client never sees a success that was not stored
     DB = Annotated[Session, Depends(db, scope="function")]
     api = APIRouter(prefix="/api/v1")
@@ -93,7 +107,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         from medannot.errors import SourceImageError
 
         status = {queue.LeaseError: 409, queue.TaskNotFound: 404, submissions.SubmissionRejected: 422,
-                  submissions.SubmissionConflict: 409,
+                  submissions.SubmissionConflict: 409, review.ReviewNotFound: 404, review.NotInReview: 409,
+                  review.ReviewRefused: 403, review.DecisionRejected: 422, signatures.WrongPassword: 403,
+                  signatures.SignatureRefused: 403, signatures.SignatureNotFound: 404,
                   project_service.ProjectError: 404, SourceImageError: 502}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
@@ -151,7 +167,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "lease_token": task.lease_token, "lease_expires_at": iso(task.lease_expires_at),
                 "study_uid": case.study_uid, "series_uid": case.series_uid,
                 "guideline_id": project.guideline_id, "guideline_version": version.version if version else None,
-                "guideline_sha256": version.sha256 if version else None}
+                "guideline_sha256": version.sha256 if version else None,
+                "returned_reason": review.return_reason(session, task.id)}
 
     @api.post("/projects/{project_id}/claim", tags=["tasks"], responses={204: {"description": "nothing left"}})
     def claim(project_id: int, session: DB, user: Annotator) -> Response:
@@ -180,6 +197,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
         result = submissions.submit(factory, store, user.id, task_id, lease, idempotency_key or "",
                                     seg.file.read(), sr.file.read())
+        if result.review_id is not None:  # the case's last read: measure it for review (failures are stored)
+            review.prepare_review(factory, store, result.review_id)
         body = {"submission_id": result.submission.id, "task_id": result.submission.task_id,
                 "seg_sha256": result.submission.seg_sha256, "sr_sha256": result.submission.sr_sha256,
                 "replaces": result.submission.replaces_id, "replayed": result.replayed}
@@ -202,6 +221,140 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
         return FileResponse(archive, media_type="application/zip", filename=f"{name}.zip",
                             background=BackgroundTask(shutil.rmtree, workdir, True))
+
+    @api.get("/projects/{project_id}/reviews", tags=["review"])
+    def list_reviews(project_id: int, session: DB, _user: ReviewerOrAdmin) -> list[dict[str, object]]:
+        """Review rounds of the project's cases (a case appears only once all its reads are in)."""
+        project = project_service.get_project(session, project_id)
+        rows = session.scalars(select(review.Review).where(review.Review.project_id == project.id)
+                               .order_by(review.Review.id))
+        return [review.review_summary(session, r) for r in rows]
+
+    def review_task_body(r: "review.Review", session: Session) -> dict[str, object]:
+        return {**review.review_detail(session, r), "lease_token": r.lease_token,
+                "lease_expires_at": iso(r.lease_expires_at)}
+
+    @api.post("/projects/{project_id}/reviews/claim", tags=["review"],
+              responses={204: {"description": "nothing left to review"}})
+    def claim_review(project_id: int, session: DB, user: Reviewer) -> Response:
+        project = project_service.get_project(session, project_id)
+        claimed = review.claim_next_review(session, user, project.id, settings.lease_seconds)
+        if claimed is None:
+            return Response(status_code=204)
+        return JSONResponse(review_task_body(claimed, session))
+
+    @api.get("/reviews/{review_id}", tags=["review"])
+    def get_review(review_id: int, session: DB, _user: ReviewerOrAdmin) -> dict[str, object]:
+        return review.review_detail(session, review.get_review(session, review_id))
+
+    @api.post("/reviews/{review_id}/heartbeat", tags=["review"])
+    def review_heartbeat(review_id: int, session: DB, user: Reviewer, lease: LeaseToken = None) -> dict[str, object]:
+        from datetime import timedelta
+
+        held = review.held_review(session, user, review_id, lease)
+        held.lease_expires_at = review.utcnow() + timedelta(seconds=settings.lease_seconds)
+        session.flush()
+        return {"review_id": held.id, "lease_expires_at": iso(held.lease_expires_at)}
+
+    @api.post("/reviews/{review_id}/decide", status_code=201, tags=["review"])
+    def decide(review_id: int, body: DecisionRequest, user: Reviewer, lease: LeaseToken = None,
+               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
+        result = review.decide(factory, user.id, review_id, lease, idempotency_key or "", body.action,
+                               body.submission_id, body.reason)
+        d = result.decision
+        return JSONResponse({"decision_id": d.id, "review_id": d.review_id, "action": d.action,
+                             "submission_id": d.submission_id, "reason": d.reason, "replayed": result.replayed},
+                            status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
+
+    @api.post("/reviews/{review_id}/decide/edited", status_code=201, tags=["review"])
+    def decide_edited(review_id: int, user: Reviewer, seg: Annotated[UploadFile, File()],
+                      sr: Annotated[UploadFile, File()], lease: LeaseToken = None,
+                      idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
+        """Decide with an edited segmentation: a new SEG + SR that references the read or consensus SEG it was
+        edited from (``export_segmentation(replaces=...)``)."""
+        edited = review.parse_edited(store, seg.file.read(), sr.file.read())
+        result = review.decide(factory, user.id, review_id, lease, idempotency_key or "", "edited", edited=edited)
+        d = result.decision
+        return JSONResponse({"decision_id": d.id, "review_id": d.review_id, "action": d.action,
+                             "seg_sha256": edited.seg_sha256, "edited_from_uid": edited.edited_from_uid,
+                             "replayed": result.replayed},
+                            status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
+
+    @api.post("/reviews/{review_id}/retry", tags=["review"])
+    def retry_review(review_id: int, user: Admin) -> dict[str, object]:
+        """Measure a failed review round again (its error is kept in the audit trail)."""
+        review.retry_review(factory, store, review_id, user.username)
+        with transaction(factory) as session:
+            return review.review_summary(session, review.get_review(session, review_id))
+
+    def _file(sha: str | None, kind: str) -> Response:
+        if sha is None:
+            raise HTTPException(404, "no such file")
+        return Response(store.get(sha), media_type="application/dicom", headers={"X-Sha256": sha})
+
+    @api.get("/submissions/{submission_id}/{kind}", tags=["review"], response_class=Response,
+             responses={200: {"content": {"application/dicom": {}}}})
+    def submission_file(submission_id: int, kind: str, session: DB, user: AnyUser) -> Response:
+        """A read's SEG or SR: its own reader, or reviewers and admins once all reads of the case are in."""
+        if kind not in ("seg", "sr"):
+            raise HTTPException(404, f"no file {kind!r}: use seg or sr")
+        submission = session.get(Submission, submission_id)
+        if submission is None:
+            raise HTTPException(404, f"no submission {submission_id}")
+        if not review.visible_submission(session, user, submission):
+            raise HTTPException(403, f"submission {submission_id} is not visible to you: readers see only their "
+                                     "own reads, reviewers a read once all reads of its case are in")
+        return _file(submission.seg_sha256 if kind == "seg" else submission.sr_sha256, kind)
+
+    @api.get("/reviews/{review_id}/{which}/{kind}", tags=["review"], response_class=Response,
+             responses={200: {"content": {"application/dicom": {}}}})
+    def review_file(review_id: int, which: str, kind: str, session: DB, _user: ReviewerOrAdmin) -> Response:
+        """The consensus or the edited SEG / SR of a review."""
+        r = review.get_review(session, review_id)
+        if which not in ("consensus", "edited") or kind not in ("seg", "sr"):
+            raise HTTPException(404, f"no file {which}/{kind}: use consensus or edited, then seg or sr")
+        shas = {("consensus", "seg"): r.consensus_seg_sha256, ("consensus", "sr"): r.consensus_sr_sha256,
+                ("edited", "seg"): r.edited_seg_sha256, ("edited", "sr"): r.edited_sr_sha256}
+        return _file(shas[(which, kind)], kind)
+
+    @api.post("/submissions/{submission_id}/sign", status_code=201, tags=["signatures"])
+    def sign_submission(submission_id: int, body: SignRequest, user: AnyUser) -> dict[str, object]:
+        """Sign a read's SEG; the password is asked again (a wrong one counts like a failed login)."""
+        made = signatures.sign(factory, store, user.id, body.password, body.meaning, body.printed_name,
+                               submission_id=submission_id)
+        return signatures.signature_body(made)
+
+    @api.post("/reviews/{review_id}/{which}/sign", status_code=201, tags=["signatures"])
+    def sign_review_file(review_id: int, which: str, body: SignRequest, user: ReviewerOrAdmin) -> dict[str, object]:
+        """Sign a review's consensus or edited SEG (``which``)."""
+        made = signatures.sign(factory, store, user.id, body.password, body.meaning, body.printed_name,
+                               review_id=review_id, which=which)
+        return signatures.signature_body(made)
+
+    @api.get("/signatures/{signature_id}/verify", tags=["signatures"])
+    def verify_signature(signature_id: int, session: DB, _user: AnyUser) -> dict[str, object]:
+        """Whether the stored signed file still has exactly the signed bytes."""
+        sig = signatures.get_signature(session, signature_id)
+        result = signatures.verify(session, store, sig)
+        return {**signatures.signature_body(sig), "valid": result.valid, "detail": result.detail}
+
+    @api.get("/signatures/{signature_id}/sr", tags=["signatures"], response_class=Response,
+             responses={200: {"content": {"application/dicom": {}}}})
+    def verified_sr(signature_id: int, session: DB, _user: AnyUser) -> Response:
+        """The SR an "approved" signature reissued with VerificationFlag VERIFIED (its signer and time)."""
+        sig = signatures.get_signature(session, signature_id)
+        if sig.verified_sr_sha256 is None:
+            raise HTTPException(404, f"signature {signature_id} ({sig.meaning}) has no verified SR; only an "
+                                     "'approved' signature reissues the SR as VERIFIED")
+        return _file(sig.verified_sr_sha256, "sr")
+
+    @api.post("/signatures/{signature_id}/verify", tags=["signatures"])
+    def verify_signature_file(signature_id: int, file: Annotated[UploadFile, File()], session: DB,
+                              _user: AnyUser) -> dict[str, object]:
+        """Whether an uploaded file is exactly the bytes the signature was made over."""
+        sig = signatures.get_signature(session, signature_id)
+        result = signatures.verify_bytes(sig, file.file.read())
+        return {**signatures.signature_body(sig), "valid": result.valid, "detail": result.detail}
 
     @api.get("/audit", tags=["admin"])
     def audit(session: DB, _user: Admin, after: int = 0, limit: int = 500) -> list[dict[str, object]]:

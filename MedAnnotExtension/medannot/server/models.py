@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("admin", "annotator", "reviewer")
 TASK_OPEN, TASK_LEASED, TASK_SUBMITTED = "open", "leased", "submitted"
+TASK_RETURNED = "returned"  # sent back to its reader by a reviewer: only that reader can claim it again
+# a review: computing its metrics and consensus, then open / leased to a reviewer, then decided (or returned, or
+# failed when the metrics could not be computed)
+REVIEW_PENDING, REVIEW_OPEN, REVIEW_LEASED = "pending", "open", "leased"
+REVIEW_DECIDED, REVIEW_RETURNED, REVIEW_FAILED = "decided", "returned", "failed"
+MEANINGS = ("authored", "reviewed", "approved")
 
 
 def utcnow() -> datetime:
@@ -137,3 +143,85 @@ class AuditRecord(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Review(Base):
+    """One round of review of a case, made when all its reads are in (a returned case gets a new round later)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("case_id", "round"), Index("ix_reviews_project_status", "project_id", "status"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    submission_ids: Mapped[str] = mapped_column(Text)  # JSON list: the reads under review
+    consensus_method: Mapped[str] = mapped_column(String(16))
+    consensus_seg_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    consensus_sr_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    consensus_seg_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    disagreement: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of threshold misses
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a reviewer's edited segmentation, when that is the decision (it references the SEG it was edited from)
+    edited_seg_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_sr_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_seg_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edited_from_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReviewMetric(Base):
+    """Agreement of two reads (submission ids, or "consensus") on one segment."""
+
+    __tablename__ = "review_metrics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id"), index=True)
+    segment: Mapped[str] = mapped_column(String(64))
+    a: Mapped[str] = mapped_column(String(32))
+    b: Mapped[str] = mapped_column(String(32))
+    dice: Mapped[float] = mapped_column(Float)
+    hd95_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    nsd: Mapped[float] = mapped_column(Float)
+    tolerance_mm: Mapped[float] = mapped_column(Float)
+    volume_a_ml: Mapped[float] = mapped_column(Float)
+    volume_b_ml: Mapped[float] = mapped_column(Float)
+    volume_difference_ml: Mapped[float] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    below_threshold: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ReviewDecision(Base):
+    """A reviewer's decision on a review: accept a submission, accept the consensus, or return a read."""
+
+    __tablename__ = "review_decisions"
+    __table_args__ = (UniqueConstraint("user_id", "idempotency_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(16))  # accept | consensus | edited | return
+    submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id"), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Signature(Base):
+    """An electronic signature: who (user and printed name), when (UTC), what it means, over which exact bytes."""
+
+    __tablename__ = "signatures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id"), nullable=True)
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)
+    subject: Mapped[str] = mapped_column(String(16))  # submission | consensus | edited (a review's)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str] = mapped_column(String(64))
+    printed_name: Mapped[str] = mapped_column(String(256))
+    meaning: Mapped[str] = mapped_column(String(16))
+    signed_at: Mapped[datetime] = mapped_column(DateTime)
+    # an "approved" signature: the SEG's SR reissued with VerificationFlag VERIFIED by this signer at this time
+    verified_sr_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session, aliased
 
 from medannot.errors import MedAnnotError
 from medannot.server.audit import append_audit
-from medannot.server.models import TASK_LEASED, TASK_OPEN, TASK_SUBMITTED, Case, Task, User, utcnow
+from medannot.server.models import (
+    TASK_LEASED, TASK_OPEN, TASK_RETURNED, TASK_SUBMITTED, Case, Submission, Task, User, utcnow,
+)
 
 
 class LeaseError(MedAnnotError):
@@ -41,10 +43,15 @@ def expire_leases(session: Session, project_id: int, now: datetime) -> int:
     expired = session.scalars(query).all()
     for task in expired:
         holder = session.get(User, task.reader_id) if task.reader_id else None
+        # a slot a reviewer returned stays its reader's: it goes back to "returned", not to the open queue
+        returned = session.scalar(select(Submission.id).where(Submission.task_id == task.id).limit(1)) is not None
+        status = TASK_RETURNED if returned else TASK_OPEN
         append_audit(session, None, "lease.expire", f"task:{task.id}",
                      {"status": TASK_LEASED, "reader": holder.username if holder else None,
-                      "lease_expires_at": task.lease_expires_at}, {"status": TASK_OPEN}, "lease expired")
-        task.status, task.reader_id, task.lease_token, task.lease_expires_at = TASK_OPEN, None, None, None
+                      "lease_expires_at": task.lease_expires_at}, {"status": status}, "lease expired")
+        task.status, task.lease_token, task.lease_expires_at = status, None, None
+        if not returned:
+            task.reader_id = None
     return len(expired)
 
 
@@ -61,13 +68,21 @@ def claim_next_task(session: Session, user: User, project_id: int, lease_seconds
                                              Task.reader_id == user.id).limit(1))
     if held is not None:
         return Claim(held, session.get(Case, held.case_id))  # type: ignore[arg-type]
+    returned = session.scalar(select(Task).where(Task.project_id == project_id, Task.status == TASK_RETURNED,
+                                                 Task.reader_id == user.id).order_by(Task.id).limit(1))
+    if returned is not None:  # a reviewer sent this read back: it comes before new work
+        task = returned
+        old_status = TASK_RETURNED
+    else:
+        task, old_status = None, TASK_OPEN
     other = aliased(Task)
     already_read = exists().where(and_(other.case_id == Task.case_id, other.reader_id == user.id))
     query = (select(Task).where(Task.project_id == project_id, Task.status == TASK_OPEN, ~already_read)
              .order_by(Task.case_id, Task.slot).limit(1))
     if dialect == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Task)
-    task = session.scalar(query)
+    if task is None:
+        task = session.scalar(query)
     if task is None:
         return None
     task.status = TASK_LEASED
@@ -75,7 +90,7 @@ def claim_next_task(session: Session, user: User, project_id: int, lease_seconds
     task.lease_token = secrets.token_urlsafe(24)
     task.lease_expires_at = now + timedelta(seconds=lease_seconds)
     task.claimed_at = now
-    append_audit(session, user.username, "task.claim", f"task:{task.id}", {"status": TASK_OPEN},
+    append_audit(session, user.username, "task.claim", f"task:{task.id}", {"status": old_status},
                  {"status": TASK_LEASED, "reader": user.username, "lease_expires_at": task.lease_expires_at})
     return Claim(task, session.get(Case, task.case_id))  # type: ignore[arg-type]
 
@@ -115,8 +130,12 @@ def heartbeat(session: Session, user: User, task_id: int, lease_token: str | Non
 
 
 def release(session: Session, user: User, task_id: int, lease_token: str | None, reason: str | None = None) -> None:
-    """Give a leased slot back to the queue (audited)."""
+    """Give a leased slot back to the queue (audited); a slot a reviewer returned stays its reader's."""
     task = held_lease(session, user, task_id, lease_token)
-    task.status, task.reader_id, task.lease_token, task.lease_expires_at = TASK_OPEN, None, None, None
+    returned = session.scalar(select(Submission.id).where(Submission.task_id == task.id).limit(1)) is not None
+    status = TASK_RETURNED if returned else TASK_OPEN
+    task.status, task.lease_token, task.lease_expires_at = status, None, None
+    if not returned:
+        task.reader_id = None
     append_audit(session, user.username, "task.release", f"task:{task.id}", {"status": TASK_LEASED},
-                 {"status": TASK_OPEN}, reason)
+                 {"status": status}, reason)

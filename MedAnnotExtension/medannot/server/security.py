@@ -129,3 +129,34 @@ def logout(session: Session, token: str) -> None:
     record.revoked_at = utcnow()
     user = session.get(User, record.user_id)
     append_audit(session, user.username if user else None, "logout", f"user:{user.username if user else '?'}")
+
+
+def reauthenticate(factory: sessionmaker[Session], user_id: int, password: str, purpose: str) -> bool:
+    """Check a signer's password again (not their session token), counted like a login: a wrong password adds to
+    the failed-login count and throttles the account the same way, and every refusal is audited as
+    ``<purpose>.failed``. The argon2 check runs outside any transaction, as in :func:`login`."""
+    with transaction(factory) as session:
+        found = session.execute(select(User.id, User.password_hash).where(User.id == user_id)).first()
+    try:
+        password_ok = found is not None and _hasher.verify(found.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        password_ok = False
+    with transaction(factory) as session:
+        now = utcnow()
+        user = session.scalar(select(User).where(User.id == user_id).with_for_update())
+        if user is None:
+            return False
+        if user.locked_until is not None and user.locked_until > now:
+            append_audit(session, user.username, f"{purpose}.failed", f"user:{user.username}", None, None, "throttled")
+            return False
+        if not password_ok:
+            user.failed_logins += 1
+            if user.failed_logins >= FREE_FAILURES:
+                seconds = min(MAX_LOCK_SECONDS, 2 ** (user.failed_logins - FREE_FAILURES) * 30)
+                user.locked_until = now + timedelta(seconds=seconds)
+            append_audit(session, user.username, f"{purpose}.failed", f"user:{user.username}", None,
+                         {"failed_logins": user.failed_logins}, "wrong password")
+            return False
+        user.failed_logins = 0
+        user.locked_until = None
+        return True

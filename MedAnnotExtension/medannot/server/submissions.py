@@ -34,6 +34,7 @@ class SubmissionConflict(MedAnnotError):
 class SubmitResult:
     submission: Submission
     replayed: bool
+    review_id: int | None = None  # the review round this submission completed (to measure after the commit)
 
 
 def _existing(session: Session, user: User, key: str, task_id: int) -> Submission | None:
@@ -117,6 +118,12 @@ def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, tas
         if previous is not None:
             return SubmitResult(previous, True)
         _check_content(session, task, upload)
+        from medannot.server.review import in_active_review, open_review_if_complete
+
+        active = in_active_review(session, task.case_id)
+        if active is not None:
+            raise SubmissionConflict(f"task {task.id}: case is in review (review task {active.id}, {active.status}); "
+                                     "a correction is no longer accepted, ask the reviewer to return the case")
         replaces = session.scalar(select(Submission).where(Submission.task_id == task.id)
                                   .order_by(Submission.id.desc()).limit(1))
         submission = Submission(task_id=task.id, user_id=user.id, seg_sha256=seg_sha, sr_sha256=sr_sha,
@@ -142,4 +149,5 @@ def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, tas
                      f"task:{task.id}", {"status": old_status},
                      {"status": TASK_SUBMITTED, "submission": submission.id, "seg_sha256": seg_sha,
                       "sr_sha256": sr_sha, "seg_uid": upload.seg_uid, "replaces": submission.replaces_id})
-        return SubmitResult(submission, False)
+        review = open_review_if_complete(session, task)
+        return SubmitResult(submission, False, review.id if review else None)
