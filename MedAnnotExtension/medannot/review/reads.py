@@ -50,6 +50,10 @@ def load_reads(paths: Sequence[Path], source: SourceImage | None = None) -> list
     for path in paths:
         record = read_segmentation(path, source=source)
         summary = record.summary
+        if record.geometry is None and source is not None:
+            raise DicomSegError(f"{path}: its source {source.description} has no patient geometry (e.g. an "
+                                "ultrasound cine without a Frame of Reference); agreement in mm across frames is "
+                                "not measured for such sources yet")
         if record.geometry is None:
             raise DicomSegError(f"{path}: the SEG has no patient geometry (Frame of Reference and pixel spacing), "
                                 "so distances in mm are unknown; give --source with the series it was drawn on")

@@ -133,7 +133,10 @@ def prepare_review(factory: sessionmaker[Session], store: ObjectStore, review_id
     try:
         metrics, consensus, misses = _measure(store, inputs, workdir)
     except Exception as exc:  # noqa: BLE001 - stored and audited; an admin sees why
-        logger.exception("review %s of case %s could not be measured", review_id, inputs.case_key)
+        if isinstance(exc, MedAnnotError):  # the inputs cannot be measured (say a cine without patient geometry)
+            logger.warning("review %s of case %s could not be measured: %s", review_id, inputs.case_key, exc)
+        else:
+            logger.exception("review %s of case %s could not be measured", review_id, inputs.case_key)
         with transaction(factory) as session:
             review = session.get(Review, review_id)
             assert review is not None
