@@ -88,6 +88,7 @@ def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
     proc = run_medannot("demo", cwd=tmp_path)
     out = tmp_path / "medannot-demo"
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr  # the server's log lines reach the demo's console
     assert "0 error(s)" in proc.stdout and "LV cavity" in proc.stdout
     segs = sorted(out.glob("results/*/seg-*.dcm"))
     srs = sorted(out.glob("results/*/sr-*.dcm"))
