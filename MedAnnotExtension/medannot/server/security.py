@@ -88,16 +88,7 @@ def login(factory: sessionmaker[Session], username: str, password: str) -> Issue
             return None
         user = session.scalar(select(User).where(User.id == found.id).with_for_update())
         assert user is not None
-        if user.locked_until is not None and user.locked_until > now:
-            append_audit(session, user.username, "login.failed", f"user:{username}", None, None, "throttled")
-            return None
-        if not password_ok:
-            user.failed_logins += 1
-            if user.failed_logins >= FREE_FAILURES:
-                seconds = min(MAX_LOCK_SECONDS, 2 ** (user.failed_logins - FREE_FAILURES) * 30)
-                user.locked_until = now + timedelta(seconds=seconds)
-            append_audit(session, user.username, "login.failed", f"user:{username}", None,
-                         {"failed_logins": user.failed_logins}, "wrong password")
+        if not _password_accepted(session, user, password_ok, now, "login", f"user:{username}"):
             return None
         if _hasher.check_needs_rehash(user.password_hash):
             user.password_hash = _hasher.hash(password)
@@ -146,17 +137,26 @@ def reauthenticate(factory: sessionmaker[Session], user_id: int, password: str, 
         user = session.scalar(select(User).where(User.id == user_id).with_for_update())
         if user is None:
             return False
-        if user.locked_until is not None and user.locked_until > now:
-            append_audit(session, user.username, f"{purpose}.failed", f"user:{user.username}", None, None, "throttled")
-            return False
-        if not password_ok:
-            user.failed_logins += 1
-            if user.failed_logins >= FREE_FAILURES:
-                seconds = min(MAX_LOCK_SECONDS, 2 ** (user.failed_logins - FREE_FAILURES) * 30)
-                user.locked_until = now + timedelta(seconds=seconds)
-            append_audit(session, user.username, f"{purpose}.failed", f"user:{user.username}", None,
-                         {"failed_logins": user.failed_logins}, "wrong password")
+        if not _password_accepted(session, user, password_ok, now, purpose, f"user:{user.username}"):
             return False
         user.failed_logins = 0
         user.locked_until = None
         return True
+
+
+def _password_accepted(session: Session, user: User, password_ok: bool, now: datetime, purpose: str,
+                       target: str) -> bool:
+    """The one rule for a password check, at login and at signing: a throttled account is refused, and a wrong
+    password counts towards throttling; each refusal is audited as ``<purpose>.failed``."""
+    if user.locked_until is not None and user.locked_until > now:
+        append_audit(session, user.username, f"{purpose}.failed", target, None, None, "throttled")
+        return False
+    if not password_ok:
+        user.failed_logins += 1
+        if user.failed_logins >= FREE_FAILURES:
+            seconds = min(MAX_LOCK_SECONDS, 2 ** (user.failed_logins - FREE_FAILURES) * 30)
+            user.locked_until = now + timedelta(seconds=seconds)
+        append_audit(session, user.username, f"{purpose}.failed", target, None,
+                     {"failed_logins": user.failed_logins}, "wrong password")
+        return False
+    return True
