@@ -49,6 +49,14 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _read_password(from_stdin: bool, prompt: str) -> str:
+    """The password from the first line of standard input, or asked without echo; an empty one is a usage error."""
+    password = sys.stdin.readline().rstrip("\r\n") if from_stdin else click.prompt(prompt, hide_input=True)
+    if not password:
+        raise click.UsageError("the password is empty")
+    return password
+
+
 @client_group.command("login", context_settings=CONTEXT)
 @click.option("--server", required=True, envvar="MEDANNOT_SERVER",
               help="Task server address, https://host[:port] [env: MEDANNOT_SERVER].")
@@ -58,12 +66,7 @@ def login(server: str, username: str, password_stdin: bool) -> None:
     """Log in and keep the session token (never the password) for the other commands."""
     from medannot.client.api import TaskServerClient, save_session
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True)
-    if not password:
-        raise click.UsageError("the password is empty")
+    password = _read_password(password_stdin, "Password")
     with TaskServerClient(server) as client:
         session = client.login(username, password)
     del password
@@ -333,12 +336,7 @@ def review_decide(task_id: str, lease_token: str, accept: int | None, use_consen
 def sign(submission_id: str, meaning: str, printed_name: str | None, password_stdin: bool) -> None:
     """Sign SUBMISSION_ID's SEG electronically; your password is asked again (a wrong one counts as a failed
     login). Prints the signature (user, printed name, UTC time, meaning, sha256 of the signed bytes) as JSON."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password (to sign)", hide_input=True)
-    if not password:
-        raise click.UsageError("the password is empty")
+    password = _read_password(password_stdin, "Password (to sign)")
     with _client() as client:
         data = client.sign(submission_id, password, meaning, printed_name)
     del password
