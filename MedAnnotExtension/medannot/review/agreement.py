@@ -13,6 +13,15 @@ Definitions (the numbers a report shows, and the JSON of ``medannot review agree
   lies within ``t`` of the other surface.
 - **Volumes** in ml (voxels x voxel volume); ``volume_difference_ml`` is B minus A.
 
+A **cine** (2D + t: an ultrasound loop, which has no patient coordinates) is compared frame by frame: its frames
+are independent 2D images with the calibration's pixel size (:mod:`medannot.imaging.calibration`). Dice counts
+pixels over all frames; surfaces are the contours of each frame (marching squares through pixel-edge midpoints,
+weighted by length in mm), and a distance is measured within one frame only. Pooled over the frames, HD95 is again
+the larger of the two directed length-weighted 95th percentiles and NSD the share of both contours' length within
+the tolerance. A contour in a frame where the other read has none of the segment has no distance: it counts as
+beyond any tolerance, and when it holds more than 5 % of a contour's length, HD95 is ``None`` with a note naming the
+frames. A cine has areas, not volumes: its volume fields are ``None``.
+
 Empty masks, defined rather than NaN: both empty -> Dice 1, HD95 0 mm, NSD 1 (the readers agree there is nothing);
 one empty -> Dice 0, NSD 0 and HD95 ``None`` with a ``note`` saying which is empty (there is no surface to measure
 a distance to; JSON has no infinity).
@@ -27,7 +36,12 @@ from itertools import combinations
 import numpy as np
 import SimpleITK as sitk
 
-from medannot.review.surface import bounding_box, cell_codes, surfel_area_table
+from medannot.review.surface import (bounding_box, cell_codes, contour_length_table, frame_cell_codes,
+                                     surfel_area_table)
+
+# Between the frames of a cine, a distance this large (mm) stands for "no distance": it keeps SimpleITK's distance map
+# within each frame, and any larger result means the frame has no contour of the other read.
+_BETWEEN_FRAMES_MM = 1.0e7
 
 HD95_DEFINITION = ("HD95 is the larger of the two directed 95th percentiles of surface distances, weighted by "
                    "surface area (MetricsReloaded, DeepMind surface-distance, MONAI), not the 95th percentile of "
@@ -38,12 +52,13 @@ class PreparedMask:
     """One segment's mask of one read, cropped to its bounding box with its voxel count, so that a full-size mask
     need not be kept for each read and segment (a 300 x 512 x 512 CT mask is 79 MB)."""
 
-    def __init__(self, mask: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:
+    def __init__(self, mask: np.ndarray, spacing_zyx: tuple[float, float, float], frames: bool = False) -> None:
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 3:
             raise ValueError(f"masks must be 3D (slices, rows, columns), not {mask.shape}")
         self.shape: tuple[int, ...] = mask.shape
         self.spacing_zyx = tuple(float(s) for s in spacing_zyx)
+        self.frames = bool(frames)  # the first axis is time: each slice is an independent 2D frame
         self.box = bounding_box(mask)
         self.crop = mask[self.box].copy() if self.box is not None else np.zeros((0, 0, 0), bool)
         self.voxels = int(np.count_nonzero(self.crop))
@@ -51,7 +66,7 @@ class PreparedMask:
     @classmethod
     def empty_like(cls, other: PreparedMask) -> PreparedMask:
         """An empty mask on ``other``'s grid (for a segment a read does not have)."""
-        empty = cls(np.zeros((1, 1, 1), dtype=bool), other.spacing_zyx)
+        empty = cls(np.zeros((1, 1, 1), dtype=bool), other.spacing_zyx, other.frames)
         empty.shape = other.shape
         return empty
 
@@ -60,7 +75,10 @@ class PreparedMask:
         return self.voxels == 0
 
     @property
-    def volume_ml(self) -> float:
+    def volume_ml(self) -> float | None:
+        """The volume in ml; None for a cine (its frames are one plane over time: areas, not a volume)."""
+        if self.frames:
+            return None
         return self.voxels * float(np.prod(self.spacing_zyx)) / 1000.0
 
 
@@ -74,6 +92,7 @@ class SegmentSurfaces:
         self.masks = dict(masks)
         first = next(iter(self.masks.values()))
         self.spacing_zyx = first.spacing_zyx
+        self.frames = first.frames
         boxes = [m.box for m in self.masks.values() if m.box is not None]
         self.origin = (tuple(min(b[axis].start for b in boxes) for axis in range(3)) if boxes else (0, 0, 0))
         stop = tuple(max(b[axis].stop for b in boxes) for axis in range(3)) if boxes else (0, 0, 0)
@@ -83,17 +102,24 @@ class SegmentSurfaces:
 
     def _padded(self, name: str) -> np.ndarray:
         mask = self.masks[name]
-        out = np.zeros(tuple(n + 2 for n in self.size), dtype=np.uint8)
+        pad = (0, 1, 1) if self.frames else (1, 1, 1)  # a cine's frames are not padded in time: none is in between
+        out = np.zeros(tuple(n + 2 * p for n, p in zip(self.size, pad)), dtype=np.uint8)
         if mask.box is not None:
-            out[tuple(slice(b.start - o + 1, b.stop - o + 1) for b, o in zip(mask.box, self.origin))] = mask.crop
+            out[tuple(slice(b.start - o + p, b.stop - o + p)
+                      for b, o, p in zip(mask.box, self.origin, pad))] = mask.crop
         return out
 
     def surface(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(boolean array of the cells the surface of read ``name`` passes through, their areas in mm²)."""
         if name not in self._cells:
-            code = cell_codes(self._padded(name))
-            border = (code != 0) & (code != 255)
-            self._cells[name] = border, surfel_area_table(self.spacing_zyx)[code[border]]
+            if self.frames:
+                code = frame_cell_codes(self._padded(name))
+                border = (code != 0) & (code != 15)
+                self._cells[name] = border, contour_length_table(self.spacing_zyx[1:])[code[border]]
+            else:
+                code = cell_codes(self._padded(name))
+                border = (code != 0) & (code != 255)
+                self._cells[name] = border, surfel_area_table(self.spacing_zyx)[code[border]]
         return self._cells[name]
 
     def distance_map(self, name: str) -> np.ndarray:
@@ -101,13 +127,17 @@ class SegmentSurfaces:
         if name not in self._maps:
             border, _ = self.surface(name)
             image = sitk.GetImageFromArray(border.astype(np.uint8))
-            image.SetSpacing(self.spacing_zyx[::-1])  # SimpleITK's order is x, y, z
+            spacing = (_BETWEEN_FRAMES_MM, *self.spacing_zyx[1:]) if self.frames else self.spacing_zyx
+            image.SetSpacing(spacing[::-1])  # SimpleITK's order is x, y, z
             maurer = sitk.SignedMaurerDistanceMapImageFilter()
             maurer.SetUseImageSpacing(True)
             maurer.SetSquaredDistance(False)
             maurer.SetInsideIsPositive(False)
             # surface cells lie at distance 0 (Maurer counts cells inside a thick surface as negative)
-            self._maps[name] = np.maximum(sitk.GetArrayFromImage(maurer.Execute(image)), 0.0)
+            distances = np.maximum(sitk.GetArrayFromImage(maurer.Execute(image)).astype(np.float64), 0.0)
+            if self.frames:  # across frames there is no distance
+                distances[distances >= _BETWEEN_FRAMES_MM / 2] = np.inf
+            self._maps[name] = distances
         return self._maps[name]
 
     def distances(self, a: str, b: str) -> np.ndarray:
@@ -127,9 +157,9 @@ class SegmentAgreement:
     dice: float
     hd95_mm: float | None
     nsd: float
-    volume_a_ml: float
-    volume_b_ml: float
-    volume_difference_ml: float
+    volume_a_ml: float | None
+    volume_b_ml: float | None
+    volume_difference_ml: float | None
     tolerance_mm: float
     note: str | None = None
 
@@ -162,8 +192,11 @@ def compare_in(surfaces: SegmentSurfaces, a: str, b: str, tolerance_mm: float = 
     if mask_a.shape != mask_b.shape or not np.allclose(mask_a.spacing_zyx, mask_b.spacing_zyx):
         raise ValueError(f"masks on different grids: {mask_a.shape} spacing {mask_a.spacing_zyx} vs "
                          f"{mask_b.shape} spacing {mask_b.spacing_zyx}")
+    if mask_a.frames != mask_b.frames:
+        raise ValueError("a cine (frame by frame) compared with a volume")
+    difference = None if mask_a.volume_ml is None or mask_b.volume_ml is None else mask_b.volume_ml - mask_a.volume_ml
     volumes = dict(volume_a_ml=mask_a.volume_ml, volume_b_ml=mask_b.volume_ml,
-                   volume_difference_ml=mask_b.volume_ml - mask_a.volume_ml, tolerance_mm=float(tolerance_mm))
+                   volume_difference_ml=difference, tolerance_mm=float(tolerance_mm))
     if mask_a.is_empty and mask_b.is_empty:
         return SegmentAgreement(dice=1.0, hd95_mm=0.0, nsd=1.0, note="empty in both", **volumes)
     if mask_a.is_empty or mask_b.is_empty:
@@ -173,10 +206,23 @@ def compare_in(surfaces: SegmentSurfaces, a: str, b: str, tolerance_mm: float = 
     dice = 2.0 * _intersection(mask_a, mask_b) / (mask_a.voxels + mask_b.voxels)
     (_, area_a), (_, area_b) = surfaces.surface(a), surfaces.surface(b)
     d_ab, d_ba = surfaces.distances(a, b), surfaces.distances(b, a)
-    hd95 = max(weighted_percentile(d_ab, area_a, 95.0), weighted_percentile(d_ba, area_b, 95.0))
+    hd95: float | None = max(weighted_percentile(d_ab, area_a, 95.0), weighted_percentile(d_ba, area_b, 95.0))
     nsd = (float(area_a[d_ab <= tolerance_mm].sum()) + float(area_b[d_ba <= tolerance_mm].sum())) / (
         float(area_a.sum()) + float(area_b.sum()))
-    return SegmentAgreement(dice=dice, hd95_mm=hd95, nsd=nsd, **volumes)
+    note = "cine: compared frame by frame (2D), areas not volumes" if mask_a.frames else None
+    if hd95 is not None and not np.isfinite(hd95):
+        hd95 = None
+        note = (f"cine: in frames {_one_sided_frames(surfaces, a, b)} only one read has the segment, over 5 % of a "
+                "contour: no HD95")
+    return SegmentAgreement(dice=dice, hd95_mm=hd95, nsd=nsd, note=note, **volumes)
+
+
+def _one_sided_frames(surfaces: SegmentSurfaces, a: str, b: str) -> str:
+    """The frames (1-based, as a reader counts) where one of reads ``a`` and ``b`` has a contour and the other none."""
+    has_a, has_b = (surfaces.surface(n)[0].any(axis=(1, 2)) for n in (a, b))
+    frames = [int(f) + surfaces.origin[0] + 1 for f in np.flatnonzero(has_a != has_b)]
+    shown = ", ".join(str(f) for f in frames[:10]) + (f" and {len(frames) - 10} more" if len(frames) > 10 else "")
+    return shown
 
 
 def compare(a: PreparedMask, b: PreparedMask, tolerance_mm: float = 2.0) -> SegmentAgreement:
@@ -185,13 +231,16 @@ def compare(a: PreparedMask, b: PreparedMask, tolerance_mm: float = 2.0) -> Segm
 
 
 def segment_agreement(mask_a: np.ndarray, mask_b: np.ndarray, spacing_zyx: tuple[float, float, float],
-                      tolerance_mm: float = 2.0) -> SegmentAgreement:
+                      tolerance_mm: float = 2.0, frames: bool = False) -> SegmentAgreement:
     """Agreement of two boolean masks (numpy order: slices, rows, columns) on one grid.
 
     ``spacing_zyx`` is in numpy axis order, i.e. ``Geometry.spacing[::-1]`` (a Geometry's spacing is SimpleITK's
     x, y, z order).
+
+    With ``frames`` the first axis is time (a cine): each frame is compared as a 2D image and
+    ``spacing_zyx[0]`` is not used.
     """
-    return compare(PreparedMask(mask_a, spacing_zyx), PreparedMask(mask_b, spacing_zyx), tolerance_mm)
+    return compare(PreparedMask(mask_a, spacing_zyx, frames), PreparedMask(mask_b, spacing_zyx, frames), tolerance_mm)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ def review_agreement(segs: tuple[Path, ...], source: Path | None, tolerance_mm: 
         ag = row.agreement
         table.add_row(row.segment, Path(row.a).name, Path(row.b).name, f"{ag.dice:.3f}",
                       "-" if ag.hd95_mm is None else f"{ag.hd95_mm:.2f}", f"{ag.nsd:.3f}",
-                      f"{ag.volume_a_ml:.2f}", f"{ag.volume_b_ml:.2f}", (ag.note or "").split(":")[0])
+                      *("-" if v is None else f"{v:.2f}" for v in (ag.volume_a_ml, ag.volume_b_ml)),
+                      (ag.note or "").split(":")[0])
     console.print(table)
     console.print(HD95_DEFINITION + ".", markup=False)
     for note in notes:

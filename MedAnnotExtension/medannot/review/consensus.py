@@ -89,7 +89,7 @@ def segment_consensus(segment: str, masks: Mapping[str, PreparedMask], method: s
         voting = sitk.LabelVotingImageFilter()
         voting.SetLabelForUndecidedPixels(0)
         crop = sitk.GetArrayFromImage(voting.Execute(images)) == 1
-    mask = PreparedMask(_full(crop, region, first.shape), first.spacing_zyx)
+    mask = PreparedMask(_full(crop, region, first.shape), first.spacing_zyx, first.frames)
     return SegmentConsensus(segment, mask, region, sensitivity, specificity)
 
 

@@ -40,7 +40,7 @@ def export_consensus(reads: Sequence[Read], source: SourceImage | None, guidelin
         filled = {k: (m if m is not None else PreparedMask.empty_like(template)) for k, m in masks.items()}
         results.append(segment_consensus(segment, filled, method))
     label_of = {r.segment: guideline.segment(r.segment).label for r in results}
-    labels, _ = consensus_label_map(results, label_of, reads[0].geometry.shape)
+    labels, _ = consensus_label_map(results, label_of, reads[0].shape)
     algorithm = "STAPLE" if method == "staple" else "majority vote"
     provenance = {r.segment: SegmentProvenance(algorithm_type="AUTOMATIC", algorithm_name=algorithm,
                                                algorithm_version=medannot.__version__)

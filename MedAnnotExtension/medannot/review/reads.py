@@ -28,7 +28,8 @@ class Read:
     seg_uid: str
     reader: str
     series_uid: str | None
-    geometry: Geometry
+    geometry: Geometry | None  # None for a cine (no patient coordinates): its masks are compared frame by frame
+    shape: tuple[int, ...] = ()  # the label array's shape (slices or frames, rows, columns)
     masks: dict[str, PreparedMask] = field(default_factory=dict)
     items: dict[str, Dataset] = field(default_factory=dict)  # SegmentSequence item by segment name
     guideline: dict[str, str | None] = field(default_factory=dict)
@@ -40,7 +41,8 @@ def load_reads(paths: Sequence[Path], source: SourceImage | None = None) -> list
     Raises
     ------
     DicomSegError
-        For an unreadable SEG, one without a patient geometry, or SEGs drawn on different sources.
+        For an unreadable SEG, one without a patient geometry (unless ``source`` is a calibrated cine), or SEGs
+        drawn on different sources.
     GeometryMismatchError
         For SEGs on different grids.
     """
@@ -50,11 +52,11 @@ def load_reads(paths: Sequence[Path], source: SourceImage | None = None) -> list
     for path in paths:
         record = read_segmentation(path, source=source)
         summary = record.summary
-        if record.geometry is None and source is not None:
-            raise DicomSegError(f"{path}: its source {source.description} has no patient geometry (e.g. an "
-                                "ultrasound cine without a Frame of Reference); agreement in mm across frames is "
-                                "not measured for such sources yet")
-        if record.geometry is None:
+        frames = record.geometry is None and source is not None
+        if frames:
+            assert source is not None
+            spacing = _cine_spacing(path, source)
+        elif record.geometry is None:
             raise DicomSegError(f"{path}: the SEG has no patient geometry (Frame of Reference and pixel spacing), "
                                 "so distances in mm are unknown; give --source with the series it was drawn on")
         series = summary["source"]["series_uid"]
@@ -63,25 +65,47 @@ def load_reads(paths: Sequence[Path], source: SourceImage | None = None) -> list
             if series != first.series_uid:
                 raise DicomSegError(f"{path}: drawn on series {series}, but {first.path} on series "
                                     f"{first.series_uid}; compare SEGs of one source")
-            problems = first.geometry.mismatches(record.geometry)
+            problems = (first.geometry.mismatches(record.geometry) if first.geometry is not None and record.geometry
+                        is not None else [] if first.geometry is None and record.geometry is None
+                        else ["one is a cine, the other a volume"])
             if problems:
                 raise GeometryMismatchError(f"{path}: its grid differs from {first.path}'s: {'; '.join(problems)}; "
                                             "read both onto the source's grid with --source")
-        spacing = tuple(float(s) for s in record.geometry.spacing[::-1])  # numpy order: slice, row, column
+        if record.geometry is not None:
+            spacing = tuple(float(s) for s in record.geometry.spacing[::-1])  # numpy order: slice, row, column
         read = Read(path=Path(path), seg_uid=str(record.dataset.SOPInstanceUID),
                     reader=summary.get("reader_name") or Path(path).name, series_uid=series,
-                    geometry=record.geometry, guideline=dict(summary.get("guideline") or {}))
+                    geometry=record.geometry, shape=tuple(record.labels.shape),
+                    guideline=dict(summary.get("guideline") or {}))
         by_number = {int(item.SegmentNumber): item for item in record.dataset.SegmentSequence}
         for segment in summary["segments"]:
             name = segment["name"]
             if name in read.masks:
                 raise DicomSegError(f"{path}: two segments are labelled {name!r}; segments are matched across "
                                     "SEGs by label, so each needs a unique one")
-            read.masks[name] = PreparedMask(record.segment_mask(segment["number"]), spacing)  # type: ignore[arg-type]
+            read.masks[name] = PreparedMask(record.segment_mask(segment["number"]), spacing,  # type: ignore[arg-type]
+                                            frames=frames)
             read.items[name] = by_number[segment["number"]]
         reads.append(read)
         del record  # its label map: one at a time
     return reads
+
+
+def _cine_spacing(path: Path, source: SourceImage) -> tuple[float, float, float]:
+    """(1, row mm, column mm) of a cine's pixels, from its ultrasound calibration; the first axis (time) has no
+    spacing and is not used."""
+    from medannot.imaging.calibration import calibration_from_file
+
+    calibration = calibration_from_file(source.paths[0])
+    region = calibration.default
+    if region is None:
+        raise DicomSegError(f"{path}: its source {source.description} has no patient geometry and no pixel "
+                            f"calibration ({calibration.reason}), so distances in mm are unknown; agreement needs "
+                            "a calibrated source (SequenceOfUltrasoundRegions with cm units, or PixelSpacing)")
+    if not calibration.is_uniform:
+        raise DicomSegError(f"{path}: its source {source.description} has ultrasound regions of different pixel "
+                            f"sizes ({calibration.describe()}); agreement in mm needs one pixel size per frame")
+    return 1.0, region.row_mm, region.col_mm
 
 
 def segment_names(reads: Sequence[Read]) -> list[str]:

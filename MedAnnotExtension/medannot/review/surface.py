@@ -98,6 +98,28 @@ def surfel_area_table(spacing_zyx: tuple[float, float, float]) -> np.ndarray:
     return table
 
 
+@lru_cache(maxsize=32)
+def contour_length_table(spacing_yx: tuple[float, float]) -> np.ndarray:
+    """Length in mm of the contour inside a 2 x 2 cell of pixel centres, for each of the 16 configurations (bit
+    ``1 << (2 * dy + dx)`` for corner (dy, dx)), at this spacing: marching squares through edge midpoints; a cell
+    whose inside corners are diagonal has each corner cut off on its own (two segments)."""
+    dy, dx = (float(v) for v in spacing_yx)
+    corner_cut = float(np.hypot(dy / 2.0, dx / 2.0))
+    table = np.zeros(16)
+    for code in range(1, 15):
+        inside = [bool(code & (1 << bit)) for bit in range(4)]  # (0,0), (0,1), (1,0), (1,1)
+        count = sum(inside)
+        if count in (1, 3):
+            table[code] = corner_cut
+        elif inside[0] == inside[1]:  # the top pair against the bottom pair: a horizontal contour
+            table[code] = dx
+        elif inside[0] == inside[2]:  # the left pair against the right pair: a vertical contour
+            table[code] = dy
+        else:  # diagonal corners
+            table[code] = 2.0 * corner_cut
+    return table
+
+
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box holding every voxel of ``mask``, or None when it is empty."""
     box = []
@@ -117,4 +139,16 @@ def cell_codes(padded: np.ndarray) -> np.ndarray:
     code = np.zeros(n, dtype=np.uint8)
     for (dz, dy, dx), bit in _BIT.items():
         code |= padded[dz:dz + n[0], dy:dy + n[1], dx:dx + n[2]] * np.uint8(bit)
+    return code
+
+
+def frame_cell_codes(padded: np.ndarray) -> np.ndarray:
+    """The configuration code of every 2 x 2 cell of pixel centres in each frame of a 0/1 ``padded`` array (frames,
+    rows, columns; one empty pixel around each frame, none between frames); one less than ``padded`` on the row and
+    column axes."""
+    frames, rows, cols = padded.shape[0], padded.shape[1] - 1, padded.shape[2] - 1
+    code = np.zeros((frames, rows, cols), dtype=np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            code |= padded[:, dy:dy + rows, dx:dx + cols] * np.uint8(1 << (2 * dy + dx))
     return code

@@ -187,9 +187,9 @@ class ReviewMetric(Base):
     hd95_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
     nsd: Mapped[float] = mapped_column(Float)
     tolerance_mm: Mapped[float] = mapped_column(Float)
-    volume_a_ml: Mapped[float] = mapped_column(Float)
-    volume_b_ml: Mapped[float] = mapped_column(Float)
-    volume_difference_ml: Mapped[float] = mapped_column(Float)
+    volume_a_ml: Mapped[float | None] = mapped_column(Float, nullable=True)  # None for a cine (areas)
+    volume_b_ml: Mapped[float | None] = mapped_column(Float, nullable=True)  # None for a cine (areas)
+    volume_difference_ml: Mapped[float | None] = mapped_column(Float, nullable=True)  # None for a cine (areas)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     below_threshold: Mapped[bool] = mapped_column(Boolean, default=False)
 
