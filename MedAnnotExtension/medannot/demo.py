@@ -49,7 +49,7 @@ def _bundled_guideline(name: str, output: Path) -> Path:
 def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
     """Start a local server, set up a lab, and let two readers work through the queue."""
     try:
-        from medannot.demo_server import read_cases, set_up_lab, start_local_server, verify_audit
+        from medannot.demo_server import read_cases, review_cases, set_up_lab, start_local_server, verify_audit
     except ImportError as exc:
         console.print(f"Task server part skipped: {exc.name} is not installed (pip install 'medannot[server]')")
         return {}
@@ -67,6 +67,12 @@ def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
                 for kind, project_id in projects.items():
                     rows += read_cases(server.url, project_id, reader, passwords[reader],
                                        output / "readers" / reader / kind, seed)
+            status.update(f"Task server at {server.url}: a reviewer decides and signs each case, the admin "
+                          "approves ...")
+            reviews = []
+            for kind, project_id in projects.items():
+                reviews += review_cases(server.url, project_id, "reviewer1", passwords["reviewer1"], "admin",
+                                        passwords["admin"], output / "reviewer" / kind)
         finally:
             server.stop()
         count, problem = verify_audit(root)
@@ -78,13 +84,33 @@ def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
         table.add_row(str(row["reader"]), f"{row['project']} ({names[row['project']].upper()})", str(row["task"]),
                       str(row["case"]), str(row["qa"]).split(" ")[0], str(row["status"]), str(row["submission"]))
     console.print(table)
+    _print_reviews(console, reviews, names)
     console.print(f"  audit trail: {count} records, " + ("hash chain intact" if problem is None else problem))
-    if problem is not None or any(row["status"] != "sent" for row in rows):
+    if problem is not None or any(row["status"] != "sent" for row in rows) or not all(r["final"] for r in reviews):
         raise MedAnnotError("the task-server part of the demo did not complete; see above")
     console.print(f"  log in yourself: medannot serve --db sqlite:///{root / 'medannot.db'} "
-                  f"(users reader1 / reader2, passwords in {root / 'passwords.txt'})", soft_wrap=True)
+                  f"(users reader1 / reader2 / reviewer1 / admin, passwords in {root / 'passwords.txt'})", soft_wrap=True)
     (root / "passwords.txt").write_text("".join(f"{k} {v}\n" for k, v in passwords.items()))
     return {"server db": root / "medannot.db", "results": root / "data"}
+
+
+def _print_reviews(console: Console, reviews: list[dict], names: dict[int, str]) -> None:
+    """The agreement table of every reviewed case (reader pairs and each reader vs the consensus) and what the
+    reviewer decided."""
+    table = Table(title="Review: agreement per segment (HD95: the larger directed 95th percentile, mm)",
+                  title_justify="left")
+    for column in ("case", "segment", "a", "b", "Dice", "HD95 mm", "NSD", "note"):
+        table.add_column(column, no_wrap=column in ("case", "segment"))
+    for review in reviews:
+        for m in review["metrics"]:
+            table.add_row(str(review["case"]), str(m["segment"]), str(m["a"]),
+                          str(m["b"]), f"{m['dice']:.3f}", "-" if m["hd95_mm"] is None else f"{m['hd95_mm']:.2f}",
+                          f"{m['nsd']:.3f}", (m["note"] or "").split(":")[0])
+    console.print(table)
+    for review in reviews:
+        how = "the STAPLE consensus" if review["decision"] == "consensus" else f"{review['accepted']}'s read"
+        console.print(f"  {review['case']}: reviewer1 accepted {how}; signed "
+                      f"{' + '.join(review['signatures'])}: {'final' if review['final'] else 'NOT final'}", soft_wrap=True)
 
 
 def run_demo(output: Path) -> dict[str, Path]:

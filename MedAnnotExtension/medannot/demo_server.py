@@ -1,6 +1,7 @@
 """The task-server part of ``medannot demo``: a local server (SQLite, loopback), users, a CT project and an
 ultrasound cine project with their cases, and two readers working through claim -> download -> segment (the cine:
-draw keyframes, interpolate) -> QA -> export -> submit."""
+draw keyframes, interpolate) -> QA -> export -> submit, then a reviewer who decides each case (consensus or a
+reader's result) and signs it, and the admin who approves it."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def start_local_server(root: Path) -> DemoServer:
 
 def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
                cine_guideline_path: Path | None = None) -> tuple[dict[str, int], dict[str, str]]:
-    """Users (an admin and two readers with generated passwords), a CT project with ``cases`` cases and, with
+    """Users (an admin, two readers and a reviewer with generated passwords), a CT project with ``cases`` cases and, with
     ``cine_guideline_path``, an ultrasound cine project with one cine; returns the project ids by kind ("ct",
     "cine") and the passwords."""
     from medannot.server.config import resolve_settings
@@ -70,7 +71,7 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
     settings = resolve_settings(f"sqlite:///{root / 'medannot.db'}", root / "data")
     engine = make_engine(settings.db_url)
     upgrade_database(engine)
-    passwords = {name: secrets.token_urlsafe(12) for name in ("admin", "reader1", "reader2")}
+    passwords = {name: secrets.token_urlsafe(12) for name in ("admin", "reader1", "reader2", "reviewer1")}
     lines = ["case_id,source"]
     for i in range(1, cases + 1):
         hu, _ = ct_phantom(SHAPE)
@@ -81,7 +82,8 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
     projects: dict[str, int] = {}
     with transaction(session_factory(engine)) as session:
         for name, password in passwords.items():
-            create_user(session, name, "admin" if name == "admin" else "annotator", password, actor="demo")
+            role = {"admin": "admin", "reviewer1": "reviewer"}.get(name, "annotator")
+            create_user(session, name, role, password, actor="demo")
         projects["ct"] = create_project(session, guideline_path, actor="demo").id
         import_cases(session, projects["ct"], manifest, actor="demo")
         if cine_guideline_path is not None:
@@ -172,3 +174,47 @@ def verify_audit(root: Path) -> tuple[int, str | None]:
         count, problem = verify_chain(audit_entries(session))
     engine.dispose()
     return count, str(problem) if problem else None
+
+
+def review_cases(url: str, project_id: int, reviewer: str, password: str, approver: str, approver_password: str,
+                 work: Path) -> list[dict[str, object]]:
+    """A reviewer's session: claim each review round of a project, look at the readers' SEGs and their agreement,
+    decide (the first case by the consensus, the next by accepting the first reader's result, alternately), and
+    sign the result as ``reviewed``; the approver (who read none of the cases) signs it ``approved``. Returns one
+    row per case with the agreement metrics the server stored."""
+    import uuid
+
+    client = TaskServerClient(url)
+    client.login(reviewer, password)
+    approving = TaskServerClient(url)
+    approving.login(approver, approver_password)
+    done: list[dict[str, object]] = []
+    try:
+        while (review := client.claim_review(project_id)) is not None:
+            client.download_review(review, work / f"review-{review['review_id']}")
+            by_consensus = len(done) % 2 == 0 and review.get("consensus") is not None
+            if by_consensus:
+                decision = client.decide(review["review_id"], review["lease_token"], str(uuid.uuid4()), "consensus")
+                signed = [c.sign_review(review["review_id"], "consensus", p, meaning)
+                          for c, p, meaning in ((client, password, "reviewed"),
+                                                (approving, approver_password, "approved"))]
+            else:
+                first = review["reads"][0]
+                decision = client.decide(review["review_id"], review["lease_token"], str(uuid.uuid4()), "accept",
+                                         submission_id=first["submission_id"])
+                signed = [c.sign(first["submission_id"], p, meaning)
+                          for c, p, meaning in ((client, password, "reviewed"),
+                                                (approving, approver_password, "approved"))]
+            state = next(r for r in client.reviews(project_id) if r["review_id"] == review["review_id"])
+            readers = {str(r["submission_id"]): str(r["reader"]) for r in review["reads"]}
+            done.append({"project": project_id, "case": review["case_id"], "review": review["review_id"],
+                         "decision": decision["action"] if "action" in decision else
+                         ("consensus" if by_consensus else "accept"),
+                         "accepted": None if by_consensus else readers[str(review["reads"][0]["submission_id"])],
+                         "signatures": [s["meaning"] for s in signed], "final": bool(state["final"]),
+                         "metrics": [{**m, "a": readers.get(str(m["a"]), m["a"]), "b": readers.get(str(m["b"]), m["b"])}
+                                     for m in review.get("metrics", [])]})
+    finally:
+        client.logout()
+        approving.logout()
+    return done

@@ -104,6 +104,19 @@ def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
     summary = read_segmentation(cine_segs[0]).summary
     assert {s["algorithm_type"] for s in summary["segments"]} == {"SEMIAUTOMATIC"}
     assert all("interpolation" in s["algorithm_name"] for s in summary["segments"])
+    # The review: every case measured (the cine too, frame by frame), decided and signed reviewed + approved.
+    assert proc.stdout.count("signed reviewed + approved: final") == 3
+    assert "accepted the STAPLE consensus" in proc.stdout and "accepted reader1's read" in proc.stdout
+    import sqlite3
+
+    with sqlite3.connect(out / "server" / "medannot.db") as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM reviews")]
+        cine_rows = db.execute("SELECT COUNT(*) FROM review_metrics WHERE segment = 'LV cavity' "
+                               "AND hd95_mm IS NOT NULL").fetchone()[0]
+        signatures = db.execute("SELECT meaning, COUNT(*) FROM signatures GROUP BY meaning").fetchall()
+    assert len(statuses) == 3 and "failed" not in statuses
+    assert cine_rows == 3  # reader pair + each reader vs consensus
+    assert dict(signatures) == {"reviewed": 3, "approved": 3}
     again = medannot("demo", "--output", out)  # re-running replaces its own folder
     assert again.returncode == 0
     foreign = tmp_path / "foreign"

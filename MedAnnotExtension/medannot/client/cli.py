@@ -333,11 +333,18 @@ def review_decide(task_id: str, lease_token: str, accept: int | None, use_consen
               help="What the signature means.")
 @click.option("--printed-name", default=None, help="Your name as printed with the signature [default: user name].")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
-def sign(submission_id: str, meaning: str, printed_name: str | None, password_stdin: bool) -> None:
-    """Sign SUBMISSION_ID's SEG electronically; your password is asked again (a wrong one counts as a failed
-    login). Prints the signature (user, printed name, UTC time, meaning, sha256 of the signed bytes) as JSON."""
+@click.option("--review", "review_file", type=click.Choice(["consensus", "edited"]), default=None,
+              help="SUBMISSION_ID is a review task: sign its consensus or its edited SEG instead of a read.")
+def sign(submission_id: str, meaning: str, printed_name: str | None, password_stdin: bool,
+         review_file: str | None) -> None:
+    """Sign SUBMISSION_ID's SEG electronically (with --review, a review's consensus or edited SEG); your password
+    is asked again (a wrong one counts as a failed login). Prints the signature (user, printed name, UTC time,
+    meaning, sha256 of the signed bytes) as JSON."""
     password = _read_password(password_stdin, "Password (to sign)")
     with _client() as client:
-        data = client.sign(submission_id, password, meaning, printed_name)
+        if review_file is not None:
+            data = client.sign_review(submission_id, review_file, password, meaning, printed_name)
+        else:
+            data = client.sign(submission_id, password, meaning, printed_name)
     del password
     _print_json(data)
