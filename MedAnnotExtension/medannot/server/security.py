@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +20,12 @@ from medannot.server.db import transaction
 from medannot.server.models import ROLES, AuthToken, User, utcnow
 
 MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024  # longer input is refused unhashed: argon2 of 100 MB is a denial of service
+MIN_DISTINCT_CHARACTERS = 5
+# The patterns every breach list starts with (NIST SP 800-63B asks to refuse "commonly-used" passwords). No breach
+# list ships offline here; these catch the guesses an attacker tries first, whatever digits follow them.
+_COMMON_WORDS = ("password", "passw0rd", "qwerty", "letmein", "welcome", "admin", "medannot", "changeme",
+                 "iloveyou", "abc123", "secret", "monkey", "dragon", "football")
 FREE_FAILURES = 5  # failures before the account is throttled
 MAX_LOCK_SECONDS = 15 * 60
 TOUCH_SECONDS = 60
@@ -31,10 +38,56 @@ class AccountError(MedAnnotError):
     """A user account cannot be created or changed as asked."""
 
 
-def hash_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters are required")
-    return _hasher.hash(password)
+def normalised(password: str) -> str:
+    """The password as it is hashed and checked: Unicode NFC, so the same password typed on a keyboard that
+    composes characters (NFC) and one that does not (NFD) is one password."""
+    return unicodedata.normalize("NFC", password)
+
+
+def password_problem(password: str, username: str | None = None) -> str | None:
+    """Why ``password`` may not be set, or None: at least 12 characters (not counting spaces at either end), at
+    most 1024, at least 5 different characters, not the user name, not a common word with digits or symbols
+    around it, not a keyboard or digit run."""
+    text = normalised(password)
+    if len(text) > MAX_PASSWORD_LENGTH:
+        return f"password too long: at most {MAX_PASSWORD_LENGTH} characters"
+    if len(text.strip()) < MIN_PASSWORD_LENGTH:
+        return f"password too short: at least {MIN_PASSWORD_LENGTH} characters are required (spaces at the ends " \
+               "do not count)"
+    if len(set(text)) < MIN_DISTINCT_CHARACTERS:
+        return f"password too simple: use at least {MIN_DISTINCT_CHARACTERS} different characters"
+    folded = text.casefold()
+    letters = "".join(ch for ch in folded if ch.isalpha())
+    if username and username.casefold() in folded:
+        return "password must not contain the user name"
+    if any(letters.startswith(word) or letters.endswith(word) for word in _COMMON_WORDS if len(letters) <= len(word) + 2):
+        return "password too common (a well-known word with digits around it): choose a passphrase of several words"
+    core = "".join(ch for ch in folded if ch.isalnum())
+    if core and any(core in run * 3 for run in ("0123456789", "1234567890", "qwertyuiop", "asdfghjkl",
+                                                 "abcdefghijklmnopqrstuvwxyz")):
+        return "password too simple (a keyboard or digit run): choose a passphrase of several words"
+    return None
+
+
+def hash_password(password: str, username: str | None = None) -> str:
+    problem = password_problem(password, username)
+    if problem is not None:
+        raise AccountError(problem)
+    return _hasher.hash(normalised(password))
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    """argon2 check of ``password`` (NFC); raises argon2's VerifyMismatchError on a mismatch. A password stored
+    before normalisation (not NFC) still matches as it was typed."""
+    if len(password) > MAX_PASSWORD_LENGTH:
+        _hasher.verify(_DUMMY_HASH, "")  # the same time as a real check, then a mismatch
+        return False
+    try:
+        return _hasher.verify(password_hash, normalised(password))
+    except VerifyMismatchError:
+        if normalised(password) == password:
+            raise
+        return _hasher.verify(password_hash, password)
 
 
 def create_user(session: Session, username: str, role: str, password: str, actor: str | None = None) -> User:
@@ -45,7 +98,7 @@ def create_user(session: Session, username: str, role: str, password: str, actor
         raise AccountError(f"user name {username!r}: use 1-64 letters, digits, '.', '-' or '_'")
     if session.scalar(select(User).where(User.username == username)) is not None:
         raise AccountError(f"user {username!r} already exists")
-    user = User(username=username, role=role, password_hash=hash_password(password), failed_logins=0,
+    user = User(username=username, role=role, password_hash=hash_password(password, username), failed_logins=0,
                 created_at=utcnow())
     session.add(user)
     session.flush()
@@ -78,7 +131,7 @@ def login(factory: sessionmaker[Session], username: str, password: str) -> Issue
     with transaction(factory) as session:
         found = session.execute(select(User.id, User.password_hash).where(User.username == username)).first()
     try:
-        password_ok = _hasher.verify(found.password_hash if found else _DUMMY_HASH, password) and found is not None
+        password_ok = _verify(found.password_hash if found else _DUMMY_HASH, password) and found is not None
     except (VerificationError, InvalidHashError):
         password_ok = False
     with transaction(factory) as session:
@@ -91,7 +144,7 @@ def login(factory: sessionmaker[Session], username: str, password: str) -> Issue
         if not _password_accepted(session, user, password_ok, now, "login", f"user:{username}"):
             return None
         if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
+            user.password_hash = _hasher.hash(normalised(password))
         user.failed_logins = 0
         user.locked_until = None
         token = secrets.token_urlsafe(32)
@@ -129,7 +182,7 @@ def reauthenticate(factory: sessionmaker[Session], user_id: int, password: str, 
     with transaction(factory) as session:
         found = session.execute(select(User.id, User.password_hash).where(User.id == user_id)).first()
     try:
-        password_ok = found is not None and _hasher.verify(found.password_hash, password)
+        password_ok = found is not None and _verify(found.password_hash, password)
     except (VerificationError, InvalidHashError):
         password_ok = False
     with transaction(factory) as session:
