@@ -1,4 +1,4 @@
-"""Password policy (issue #14, L1): what an account may be given, and one password however Unicode spells it."""
+"""Accounts and their secrets (issue #14, L1 and L6): what a password may be, one password however Unicode spells it, and a database file only the server reads."""
 
 from __future__ import annotations
 
@@ -53,3 +53,15 @@ def test_a_huge_password_at_login_is_refused_like_a_wrong_one(lab: Lab, tmp_path
     wrong = client.post("/api/v1/auth/login", json={"username": "r1", "password": "not the password at all"})
     huge = client.post("/api/v1/auth/login", json={"username": "r1", "password": "y" * 5_000_000})
     assert huge.status_code == wrong.status_code == 401 and huge.json() == wrong.json()
+
+
+def test_the_sqlite_database_is_readable_by_the_server_user_only(tmp_path: Path) -> None:
+    import stat
+
+    from medannot.server.db import make_engine, upgrade_database
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'lab' / 'medannot.db'}")
+    upgrade_database(engine)
+    engine.dispose()
+    for path in (tmp_path / "lab").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

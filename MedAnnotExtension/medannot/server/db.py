@@ -4,6 +4,7 @@ PostgreSQL: row locks with SKIP LOCKED in the queue, an advisory lock around the
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -33,6 +34,9 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # the database holds password hashes and patient case lists: readable by the server's user only
+            # (SQLite gives its -wal and -shm files the database file's mode)
+            os.close(os.open(parsed.database, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
 
         @event.listens_for(engine, "connect")
