@@ -215,3 +215,22 @@ def test_unreadable_seg_is_refused_in_one_line_naming_it(case: dict, tmp_path: P
     proc = run_medannot("review", "agreement", case["segs"][0], broken)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and str(broken) in proc.stderr
+
+
+def test_a_read_without_a_segment_the_guideline_requires_cannot_enter_a_consensus(case: dict, tmp_path: Path,
+                                                                                  liver_guideline_path: Path) -> None:
+    _, truth = ct_phantom(SHAPE)
+    lesion_only = np.where(truth == 2, 2, 0).astype(np.uint8)  # the reader drew the lesion but no liver
+    # MedAnnot's export refuses that under the guideline; another tool (here: a guideline with Liver optional) not
+    text = liver_guideline_path.read_text()
+    relaxed = tmp_path / "relaxed.yaml"
+    relaxed.write_text(text.replace("    name: Liver\n", "    name: Liver\n    required: false\n", 1))
+    assert relaxed.read_text() != text
+    partial = export_segmentation(load_source(case["source"]), lesion_only, ct_geometry(SHAPE),
+                                  load_guideline(relaxed), ReaderInfo("Partial^Reader", "p1"),
+                                  tmp_path / "partial").seg_path
+    proc = run_medannot("review", "consensus", case["segs"][0], partial, "--method", "majority",
+                        "--source", case["source"], "--guideline", liver_guideline_path, "--output", tmp_path / "out")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and str(partial) in proc.stderr and "'Liver'" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -92,7 +92,8 @@ def review_consensus(segs: tuple[Path, ...], method: str, source: Path, guidelin
     """Write the consensus of reader SEGs as one SEG + SR (AUTOMATIC, algorithm STAPLE or majority vote);
     the SR lists every reader SEG with, for STAPLE, each reader's sensitivity and specificity. Prints the paths."""
     from medannot.review.export import export_consensus
-    from medannot.review.reads import guideline_from_reads, load_reads, missing_segments, segment_names
+    from medannot.review.reads import (check_required_segments, guideline_from_reads, load_reads, missing_segments,
+                                       segment_names)
 
     if len(segs) < 2:
         raise click.UsageError("give at least two SEGs to make a consensus of")
@@ -106,6 +107,7 @@ def review_consensus(segs: tuple[Path, ...], method: str, source: Path, guidelin
         guideline = load_guideline(guideline_path)
         for name in segment_names(reads):
             guideline.segment(name)  # a reader segment the guideline does not define is refused here
+        check_required_segments(reads, guideline)
     else:
         guideline = guideline_from_reads(reads)
     result = export_consensus(reads, src, guideline, method, output).result

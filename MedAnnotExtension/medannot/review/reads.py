@@ -125,6 +125,23 @@ def missing_segments(reads: Sequence[Read]) -> list[str]:
     return notes
 
 
+def check_required_segments(reads: Sequence[Read], guideline: Guideline) -> None:
+    """Refuse reads that lack a segment the guideline requires (absent, or present with no voxel).
+
+    Raises
+    ------
+    DicomSegError
+        Naming the first such SEG and every required segment it lacks.
+    """
+    required = [spec.name for spec in guideline.segments if spec.required]
+    for read in reads:
+        lacking = [name for name in required if name not in read.masks or read.masks[name].is_empty]
+        if lacking:
+            raise DicomSegError(f"{read.path}: has no {', '.join(repr(n) for n in lacking)}, which guideline "
+                                f"{guideline.id} {guideline.version} requires; that read cannot enter a consensus "
+                                "(return it to its reader)")
+
+
 def _hex_colour(item: Dataset) -> str:
     if "RecommendedDisplayCIELabValue" not in item:
         return "#808080"
