@@ -456,6 +456,18 @@ def test_client_commands_list_claim_download_sign_and_decide_a_review(tmp_path):
         assert done.returncode == 0 and json.loads(done.stdout)["action"] == "consensus"
         again = cli("review", "decide", review["review_id"], "--lease-token", review["lease_token"], "--consensus")
         assert again.returncode == 1 and "not in review" in again.stderr
+        consensus = cli("sign", review["review_id"], "--review", "consensus", "--meaning", "reviewed",
+                        "--password-stdin", stdin=PASSWORD + "\n")
+        assert consensus.returncode == 0, consensus.stderr
+        assert json.loads(consensus.stdout)["sha256"] == hashlib.sha256(
+            (tmp_path / "review" / "consensus-seg.dcm").read_bytes()).hexdigest()
+        not_admin = cli("review", "retry", review["review_id"])
+        assert not_admin.returncode == 1 and "Traceback" not in not_admin.stderr
+        env = {"MEDANNOT_HOME": str(tmp_path / "admin-home")}
+        assert cli("login", "--server", server.url, "--username", "admin", "--password-stdin",
+                   stdin=PASSWORD + "\n").returncode == 0
+        not_failed = cli("review", "retry", review["review_id"])
+        assert not_failed.returncode == 1 and "only a failed round" in not_failed.stderr
     finally:
         server.stop()
 

@@ -401,6 +401,14 @@ class TaskServerClient:
             raise self._unexpected("the decision", "no decision_id")
         return data
 
+    def retry_review(self, review_id: int | str) -> dict[str, Any]:
+        """Measure a failed review round again (admins); returns the round as listed."""
+        data = self._json(self._call("POST", f"/reviews/{review_id}/retry", f"retry review {review_id}",
+                                     repeat_safe=False), "the retried review")
+        if not isinstance(data, dict) or "status" not in data:
+            raise self._unexpected("the retried review", "no status")
+        return data
+
     def sign(self, submission_id: int | str, password: str, meaning: str,
              printed_name: str | None = None) -> dict[str, Any]:
         """Sign a submission's SEG with ``meaning``; the password is sent again (not the session token)."""

@@ -327,6 +327,20 @@ def review_decide(task_id: str, lease_token: str, accept: int | None, use_consen
     _print_json(data)
 
 
+@review_group.command("retry", context_settings=CONTEXT)
+@click.argument("review_id")
+def review_retry(review_id: str) -> None:
+    """Measure failed review round REVIEW_ID again, say once the PACS is back (role admin). Prints the round as
+    JSON: its status is "open" (or decided) when it could be measured, "failed" with the error otherwise."""
+    from medannot.errors import MedAnnotError
+
+    with _client() as client:
+        data = client.retry_review(review_id)
+    _print_json(data)
+    if data.get("status") == "failed":
+        raise MedAnnotError(f"review {review_id} could still not be measured: {data.get('error')}")
+
+
 @client_group.command("sign", context_settings=CONTEXT)
 @click.argument("submission_id")
 @click.option("--meaning", type=click.Choice(["authored", "reviewed", "approved"]), required=True,
