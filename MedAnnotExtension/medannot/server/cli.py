@@ -87,6 +87,101 @@ def user_add(name: str, role: str, password_stdin: bool, db: str | None) -> None
         click.echo(f"user {user.username} ({user.role}) added as id {user.id}")
 
 
+def _read_new_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
+
+
+@admin_user.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@DB_OPTION
+def user_list(as_json: bool, db: str | None) -> None:
+    """List the users: role, disabled, throttled after failed logins (never a password hash or token)."""
+    import json
+
+    from medannot.server.accounts import list_users
+    from medannot.server.db import transaction
+
+    with transaction(_factory(db)) as session:
+        rows = list_users(session)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        flags = [f for f, on in (("disabled", row["disabled"]), ("throttled", row["throttled"])) if on]
+        click.echo(f"{row['user']:24s} {row['role']:10s} {', '.join(flags)}".rstrip())
+
+
+def _account_command(name: str, help_text: str, needs_password: bool = False, needs_role: bool = False,
+                     takes_reason: bool = False):  # type: ignore[no-untyped-def]
+    """One admin action on user NAME (audited as actor "cli")."""
+
+    def decorate(action):  # type: ignore[no-untyped-def]
+        @admin_user.command(name, context_settings=CONTEXT, help=help_text)
+        @click.argument("username")
+        @DB_OPTION
+        def command(username: str, db: str | None, **options: object) -> None:
+            from medannot.server.db import transaction
+
+            if needs_password:
+                options["password"] = _read_new_password(bool(options.pop("password_stdin")))
+            with transaction(_factory(db)) as session:
+                user = action(session, username, **options)
+                click.echo(f"user {user.username}: {name} done (role {user.role}"
+                           f"{', disabled' if user.disabled_at else ''})")
+
+        if needs_password:
+            command = click.option("--password-stdin", is_flag=True,
+                                   help="Read the new password from standard input (else prompt).")(command)
+        if takes_reason:
+            command = click.option("--reason", default=None, help="Why (kept in the audit trail).")(command)
+        if needs_role:
+            command = click.option("--role", required=True, type=click.Choice(["admin", "annotator", "reviewer"]))(
+                command)
+        return command
+
+    return decorate
+
+
+@_account_command("disable", "Disable USERNAME: no login, no signing; their open sessions are revoked.",
+                  takes_reason=True)
+def _disable(session, username, reason=None):  # type: ignore[no-untyped-def]
+    from medannot.server.accounts import disable_user
+
+    return disable_user(session, username, "cli", reason)
+
+
+@_account_command("enable", "Enable USERNAME again (a new login is needed).")
+def _enable(session, username):  # type: ignore[no-untyped-def]
+    from medannot.server.accounts import enable_user
+
+    return enable_user(session, username, "cli")
+
+
+@_account_command("reset-password", "Set a new password for USERNAME; lifts the throttle, revokes their sessions.",
+                  needs_password=True)
+def _reset(session, username, password):  # type: ignore[no-untyped-def]
+    from medannot.server.accounts import reset_password
+
+    return reset_password(session, username, password, "cli")
+
+
+@_account_command("unlock", "Lift the throttle on USERNAME after failed logins.")
+def _unlock(session, username):  # type: ignore[no-untyped-def]
+    from medannot.server.accounts import unlock_user
+
+    return unlock_user(session, username, "cli")
+
+
+@_account_command("set-role", "Change USERNAME's role; their sessions are revoked so it applies at next login.",
+                  needs_role=True)
+def _set_role(session, username, role):  # type: ignore[no-untyped-def]
+    from medannot.server.accounts import set_role
+
+    return set_role(session, username, role, "cli")
+
+
 @admin.group("project", cls=MedAnnotGroup, context_settings=CONTEXT)
 def admin_project() -> None:
     """Projects and their guideline versions."""

@@ -160,9 +160,12 @@ def resolve_token(session: Session, token: str) -> User | None:
     now = utcnow()
     if record is None or record.revoked_at is not None or token_expiry(record) <= now:
         return None
+    user = session.get(User, record.user_id)
+    if user is None or user.disabled_at is not None:  # disabling revokes tokens; this holds even for a stray one
+        return None
     if now - record.last_used_at > timedelta(seconds=TOUCH_SECONDS):
         record.last_used_at = now  # idle clock kept to the minute: most requests then write nothing here
-    return session.get(User, record.user_id)
+    return user
 
 
 def logout(session: Session, token: str) -> None:
@@ -200,7 +203,11 @@ def reauthenticate(factory: sessionmaker[Session], user_id: int, password: str, 
 def _password_accepted(session: Session, user: User, password_ok: bool, now: datetime, purpose: str,
                        target: str) -> bool:
     """The one rule for a password check, at login and at signing: a throttled account is refused, and a wrong
-    password counts towards throttling; each refusal is audited as ``<purpose>.failed``."""
+    password counts towards throttling; each refusal is audited as ``<purpose>.failed``. A disabled account is
+    refused whatever the password."""
+    if user.disabled_at is not None:
+        append_audit(session, user.username, f"{purpose}.failed", target, None, None, "account disabled")
+        return False
     if user.locked_until is not None and user.locked_until > now:
         append_audit(session, user.username, f"{purpose}.failed", target, None, None, "throttled")
         return False
