@@ -182,6 +182,30 @@ def _set_role(session, username, role):  # type: ignore[no-untyped-def]
     return set_role(session, username, role, "cli")
 
 
+@admin.command("report", context_settings=CONTEXT)
+@click.argument("project_id", type=int)
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNG figures and report.json.")
+@DB_OPTION
+def admin_report(project_id: int, output: Path, db: str | None) -> None:
+    """The agreement report of PROJECT_ID: per structure (reader pairs), per reader (vs consensus, vs gold
+    references), Bland-Altman of volumes; PNG figures and report.json holding every number they show."""
+    from medannot.review.report import build_report
+    from medannot.server.db import transaction
+    from medannot.server.projects import get_project
+    from medannot.server.review import project_metric_rows
+
+    with transaction(_factory(db)) as session:
+        project = get_project(session, project_id)
+        title = project.name
+        rows = project_metric_rows(session, project.id)
+    if not rows:
+        raise click.ClickException(f"project {project_id} has no measured review round yet: the report needs at "
+                                   "least one case whose reads are all in")
+    report = build_report(rows, output, title=f"Project {project_id} ({title})")
+    figures = sorted(p.name for p in output.glob("*.png"))
+    click.echo(f"{report}  ({len(rows)} metric rows, {len(figures)} figures: {', '.join(figures)})")
+
+
 @admin.group("project", cls=MedAnnotGroup, context_settings=CONTEXT)
 def admin_project() -> None:
     """Projects and their guideline versions."""

@@ -91,6 +91,9 @@ class Case(Base):
     source: Mapped[str] = mapped_column(Text)
     study_uid: Mapped[str] = mapped_column(String(64))
     series_uid: Mapped[str] = mapped_column(String(64))
+    # a gold case: the reference SEG (never shown to readers) and its sha256 at import
+    gold_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gold_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Task(Base):

@@ -120,7 +120,12 @@ def current_guideline(session: Session, project: Project) -> Guideline:
 
 
 def import_cases(session: Session, project_id: int, manifest: str | Path, actor: str | None = None) -> list[Case]:
-    """Import cases from a CSV manifest with columns ``case_id,source``; all or nothing.
+    """Import cases from a CSV manifest with columns ``case_id,source`` and optionally ``gold``; all or nothing.
+
+    ``gold`` (a path, relative to the manifest or absolute) names a reference SEG of the case's source: the case is
+    a gold case, mixed into readers' queues like any other (nothing a reader sees marks it), and each read of it is
+    measured against the reference. The reference must be a SEG of the case's series; its sha256 is kept, and a
+    changed file is refused when the reads are measured.
 
     Each case gets ``readers_per_case`` task slots. A source is a local series folder or multi-frame file, or a
     DICOMweb series URL ``.../studies/{uid}/series/{uid}``.
@@ -154,18 +159,48 @@ def import_cases(session: Session, project_id: int, manifest: str | Path, actor:
             study_uid, series_uid = series_uid_of(source)
         except MedAnnotError as exc:
             raise ProjectError(f"{manifest}:{line}: case {key!r}: {exc}") from exc
+        gold_path, gold_sha = _gold_reference(manifest, line, key, row.get("gold", ""), series_uid)
         case = Case(project_id=project.id, case_key=key, source=source_text, study_uid=study_uid,
-                    series_uid=series_uid)
+                    series_uid=series_uid, gold_path=gold_path, gold_sha256=gold_sha)
         session.add(case)
         session.flush()
         for slot in range(1, project.readers_per_case + 1):
             session.add(Task(project_id=project.id, case_id=case.id, slot=slot, status="open"))
         append_audit(session, actor, "case.import", f"case:{case.id}", None,
-                     {"project": project.id, "case_id": key, "series_uid": series_uid, "slots": project.readers_per_case})
+                     {"project": project.id, "case_id": key, "series_uid": series_uid, "slots": project.readers_per_case,
+                      "gold_sha256": gold_sha})
         cases.append(case)
     if not cases:
         raise ProjectError(f"{manifest}: no cases in the manifest")
     return cases
+
+
+def _gold_reference(manifest: Path, line: int, key: str, text: str, series_uid: str
+                    ) -> tuple[str | None, str | None]:
+    """(absolute path, sha256) of a case's gold reference SEG, checked to be a SEG of the case's series."""
+    import hashlib
+
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    if not text:
+        return None, None
+    path = Path(text) if Path(text).is_absolute() else (manifest.parent / text).resolve()
+    where = f"{manifest}:{line}: case {key!r}: gold reference {path}"
+    try:
+        data = path.read_bytes()
+        seg = dcmread(path, stop_before_pixels=True)
+    except OSError as exc:
+        raise ProjectError(f"{where}: cannot read it ({exc.strerror or exc})") from exc
+    except InvalidDicomError as exc:
+        raise ProjectError(f"{where}: not a DICOM file") from exc
+    if seg.get("Modality") != "SEG":
+        raise ProjectError(f"{where}: not a SEG (Modality {seg.get('Modality')!r})")
+    referenced = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
+    if series_uid not in referenced:
+        raise ProjectError(f"{where}: it references series {', '.join(sorted(referenced)) or 'none'}, not the "
+                           f"case's series {series_uid}")
+    return str(path), hashlib.sha256(data).hexdigest()
 
 
 def project_summary(session: Session, project: Project) -> dict[str, object]:

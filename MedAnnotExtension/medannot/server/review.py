@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 ACTIONS = ("accept", "consensus", "edited", "return")
 CONSENSUS = "consensus"  # the name of the consensus in metric rows (reads are named by submission id)
+GOLD = "gold"  # a gold case's reference SEG in metric rows
 
 
 class ReviewNotFound(MedAnnotError):
@@ -106,6 +107,7 @@ class _Inputs:
     method: str
     submissions: list[tuple[int, str]]  # (submission id, seg sha256)
     guideline_yaml: str
+    gold: tuple[str, str] | None = None  # a gold case's reference SEG (path, sha256 at import)
 
 
 def _inputs(session: Session, review: Review) -> _Inputs:
@@ -117,7 +119,8 @@ def _inputs(session: Session, review: Review) -> _Inputs:
                                                             GuidelineVersion.version == subs[0].guideline_version))
     assert version is not None
     return _Inputs(case.case_key, case.source, review.consensus_method,
-                   [(s.id, s.seg_sha256) for s in subs if s is not None], version.yaml_text)
+                   [(s.id, s.seg_sha256) for s in subs if s is not None], version.yaml_text,
+                   (case.gold_path, case.gold_sha256) if case.gold_path and case.gold_sha256 else None)
 
 
 def prepare_review(factory: sessionmaker[Session], store: ObjectStore, review_id: int) -> Review:
@@ -207,19 +210,42 @@ def _measure(store: ObjectStore, inputs: _Inputs, workdir: Path
         consensus = (store.put(seg_bytes), store.put(sr_bytes), seg_uid)
         by_name[CONSENSUS] = {c.segment: c.mask for c in made.segments}
         pairs += [(name, CONSENSUS) for name in names]
+    if inputs.gold is not None:  # a gold case: every read (and the consensus) against the reference
+        by_name[GOLD] = _gold_read(inputs, source).masks
+        pairs += [(name, GOLD) for name in names] + ([(CONSENSUS, GOLD)] if CONSENSUS in by_name else [])
     rows: list[dict[str, object]] = []
     misses: list[str] = []
     for segment in segment_names(reads):
         threshold = guideline.review.threshold(segment)
         for row in agreement_table(by_name, [segment], threshold.nsd_tolerance_mm, pairs):
             ag = row.agreement
-            failed = threshold.failures(ag.dice, ag.hd95_mm, ag.nsd) if CONSENSUS not in (row.a, row.b) else []
+            failed = (threshold.failures(ag.dice, ag.hd95_mm, ag.nsd)
+                      if CONSENSUS not in (row.a, row.b) and GOLD not in (row.a, row.b) else [])
             misses += [f"{segment}, submissions {row.a} and {row.b}: {text}" for text in failed]
             rows.append({"segment": segment, "a": row.a, "b": row.b, "dice": ag.dice, "hd95_mm": ag.hd95_mm,
                          "nsd": ag.nsd, "tolerance_mm": ag.tolerance_mm, "volume_a_ml": ag.volume_a_ml,
                          "volume_b_ml": ag.volume_b_ml, "volume_difference_ml": ag.volume_difference_ml,
                          "note": ag.note, "below_threshold": bool(failed)})
     return rows, consensus, misses
+
+
+def _gold_read(inputs: _Inputs, source: object):  # type: ignore[no-untyped-def]
+    """The gold case's reference SEG, read onto the source; refused when the file changed since import."""
+    import hashlib
+
+    from medannot.errors import DicomSegError
+    from medannot.review.reads import load_reads
+
+    assert inputs.gold is not None
+    path, sha = inputs.gold
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DicomSegError(f"case {inputs.case_key}: gold reference {path} cannot be read ({exc.strerror or exc})")
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise DicomSegError(f"case {inputs.case_key}: gold reference {path} changed since it was imported (sha256 "
+                            f"{sha[:12]}...); import the case again with the reference you mean")
+    return load_reads([Path(path)], source)[0]  # type: ignore[arg-type]
 
 
 def _readers_of(session: Session, case_id: int) -> set[int]:
@@ -539,3 +565,30 @@ def visible_submission(session: Session, user: User, submission: Submission) -> 
     assert task is not None
     rounds = session.scalars(select(Review.submission_ids).where(Review.case_id == task.case_id))
     return any(submission.id in json.loads(ids) for ids in rounds)
+
+
+def project_metric_rows(session: Session, project_id: int) -> list[dict[str, object]]:
+    """The stored agreement of a project's cases, one row per case, segment and compared pair, for
+    :func:`medannot.review.report.build_report`: the latest measured round of each case, reads named by their
+    reader's user name (the consensus and a gold reference as "consensus" and "gold")."""
+    rows: list[dict[str, object]] = []
+    cases = session.scalars(select(Case).where(Case.project_id == project_id).order_by(Case.id)).all()
+    for case in cases:
+        rounds = session.scalars(select(Review).where(Review.case_id == case.id, Review.status != REVIEW_FAILED,
+                                                      Review.status != REVIEW_PENDING)
+                                 .order_by(Review.round.desc())).all()
+        if not rounds:
+            continue
+        latest = rounds[0]
+        names: dict[str, str] = {}
+        for sid in json.loads(latest.submission_ids):
+            submission = session.get(Submission, sid)
+            author = session.get(User, submission.user_id) if submission is not None else None
+            names[str(sid)] = author.username if author is not None else str(sid)
+        for m in session.scalars(select(ReviewMetric).where(ReviewMetric.review_id == latest.id)
+                                 .order_by(ReviewMetric.id)):
+            rows.append({"case": case.case_key, "gold_case": case.gold_path is not None, "segment": m.segment,
+                         "a": names.get(m.a, m.a), "b": names.get(m.b, m.b), "dice": m.dice, "hd95_mm": m.hd95_mm,
+                         "nsd": m.nsd, "tolerance_mm": m.tolerance_mm, "volume_a_ml": m.volume_a_ml,
+                         "volume_b_ml": m.volume_b_ml})
+    return rows
