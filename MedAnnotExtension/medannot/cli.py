@@ -238,6 +238,7 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     if (labels is None) == (not probabilities):
         raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
+    _import_pydicom_offline()
     from medannot._parallel import InThread
     from medannot.imaging import load_source, read_label_map, read_probability_map
 
@@ -291,6 +292,27 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     keep_until_exit()
     click.echo(str(result.seg_path))
     click.echo(str(result.sr_path))
+
+
+def _import_pydicom_offline() -> None:
+    """Import pydicom without ``requests`` and ``tqdm``, which only its test-file downloader uses.
+
+    ``import pydicom`` imports ``pydicom.data`` (palette files), whose downloader imports ``requests`` (about
+    0.1 s, a tenth of a whole ``seg export``) when it is installed and falls back to ``urllib`` when it is not.
+    A SEG export downloads nothing, so for this one process the two are reported missing while pydicom is
+    imported; afterwards they can be imported again as usual.
+    """
+    if "pydicom" in sys.modules:
+        return
+    hidden = [name for name in ("requests", "tqdm") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes ``import name`` raise ImportError
+    try:
+        import pydicom  # noqa: F401
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
 
 
 @seg.command("read", context_settings=CONTEXT)

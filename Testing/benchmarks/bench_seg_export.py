@@ -435,8 +435,9 @@ class Run:
 
 
 def _medannot_cmd(inputs: Inputs, out: Path, fractional: bool) -> list[str]:
-    exe = Path(sys.executable).with_name("medannot")
-    base = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from medannot.cli import main; main()"]
+    # Not the installed ``medannot`` entry point: with an editable install it may import another checkout. The
+    # module of this interpreter's ``medannot`` (PYTHONPATH is passed on to the child) is the one timed.
+    base = [sys.executable, "-m", "medannot.cli"]
     cmd = base + ["seg", "export", "--source", str(inputs.ct_dir), "--guideline", str(inputs.guideline),
                   "--reader-name", READER_NAME, "--reader-id", READER_ID, "--output", str(out)]
     if fractional:

@@ -175,3 +175,13 @@ def test_export_names_a_bad_source_before_a_bad_label_map_read_alongside_it(live
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"medannot: error: {junk_source}: not a DICOM file")
     assert not (tmp_path / "o").exists()
+
+
+def test_seg_export_imports_pydicom_without_requests_and_leaves_requests_importable():
+    # `seg export` hides requests/tqdm while pydicom is imported (pydicom.data's downloader is their only user).
+    code = ("import sys; from medannot.cli import _import_pydicom_offline; _import_pydicom_offline(); "
+            "import pydicom.data.download as d; hidden = 'requests' not in sys.modules and not d.HAVE_REQUESTS; "
+            "import requests; print(hidden, requests.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=CLI_ENV, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "requests"]
