@@ -412,6 +412,17 @@ class TaskServerClient:
             raise self._unexpected("the signature", "no signature_id")
         return data
 
+    def sign_review_result(self, review_id: int | str, which: str, password: str, meaning: str,
+                           printed_name: str | None = None) -> dict[str, Any]:
+        """Sign a review's ``consensus`` or ``edited`` SEG with ``meaning``; the password is sent again."""
+        response = self._call("POST", f"/reviews/{review_id}/{which}/sign",
+                              f"sign the {which} result of review {review_id}", repeat_safe=False,
+                              json={"password": password, "meaning": meaning, "printed_name": printed_name})
+        data = self._json(response, "the signature")
+        if not isinstance(data, dict) or "signature_id" not in data:
+            raise self._unexpected("the signature", "no signature_id")
+        return data
+
     def verify_signature(self, signature_id: int | str) -> dict[str, Any]:
         """The server's check that the signed file still has the signed bytes."""
         data = self._json(self._call("GET", f"/signatures/{signature_id}/verify",
