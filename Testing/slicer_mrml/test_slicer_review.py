@@ -295,3 +295,45 @@ def test_edit_and_submit_exports_the_edited_node_as_a_seg_referencing_what_it_wa
     np.testing.assert_array_equal(read_segmentation(path, source=load_source(lab.series[session.caseId])).labels,
                                   edited)
     assert logic.review.sign(PASSWORD, "authored")["meaning"] == "authored"
+
+
+# ---------------------------------------------------------------------------------------------- Qt parts, as files
+# The widget cannot run on the slicer-core wheel (no Qt): these check its review section as source and .ui.
+def _widgetMethods() -> dict[str, str]:
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "MedAnnot.py").read_text(encoding="utf-8"))
+    widget = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "MedAnnotWidget")
+    return {node.name: ast.unparse(node) for node in widget.body if isinstance(node, ast.FunctionDef)}
+
+
+def test_the_ui_has_a_collapsed_review_section_with_the_table_and_every_action():
+    import xml.etree.ElementTree as ElementTree
+
+    ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "MedAnnot.ui")
+    section = next(w for w in ui.iter("widget") if w.get("name") == "reviewCollapsibleButton")
+    assert section.get("class") == "ctkCollapsibleButton"
+    assert {p.get("name"): p.findtext("bool") for p in section.findall("property")}["collapsed"] == "true"
+    inside = {w.get("name"): w.get("class") for w in section.iter("widget")}
+    buttons = ("nextReviewButton", "acceptReadButton", "useConsensusButton", "editSubmitButton", "returnReadButton",
+               "signButton", "closeReviewButton")
+    assert {inside[name] for name in buttons} == {"QPushButton"}
+    assert inside["agreementTableWidget"] == "QTableWidget"
+    columns = [c.findtext("property/string") for c in section.iter("column")]
+    assert columns == ["Segment", "A", "B", "Dice", "HD95 (mm)", "NSD"]
+    meanings = [i.findtext("property/string") for w in section.iter("widget")
+                if w.get("name") == "signMeaningComboBox" for i in w.findall("item")]
+    assert meanings == ["reviewed", "approved"]
+
+
+def test_the_review_handlers_wait_on_no_network_call_and_sign_asks_for_the_password_in_a_masked_dialog():
+    methods = _widgetMethods()
+    assert "self.logic.review.startNextReview(" in methods["onNextReviewButton"]
+    for name, call in (("onAcceptReadButton", "accept"), ("onUseConsensusButton", "useConsensus"),
+                       ("onReturnReadButton", "returnRead")):
+        assert "self.logic.review.startDecision(" in methods[name] and f"self.logic.review.{call}" in methods[name]
+    assert "self.logic.review.editAndSubmit(" in methods["onEditSubmitButton"]  # reads MRML: on the GUI thread
+    sign = methods["onSignButton"]
+    assert "qt.QInputDialog(" in sign and "setTextEchoMode(qt.QLineEdit.Password)" in sign
+    assert "self.logic.review.startSign(password" in sign and "del password" in sign
+    assert "self.logic.review.nextReview(" not in "".join(methods.values())
