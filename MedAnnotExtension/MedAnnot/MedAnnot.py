@@ -433,7 +433,8 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return ratings
 
     def afterCaseClosed(self, message) -> None:
-        self.heartbeatTimer.stop()
+        if self.logic.review.session is None:  # the timer also keeps an open review's lease
+            self.heartbeatTimer.stop()
         self.autosaveTimer.stop()
         self.clearCase()
         self.ui.statusLabel.text = message
@@ -656,6 +657,8 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onReviewOpened(self, review) -> None:
         self.showReview(review)
+        if review is not None:
+            self.heartbeatTimer.start()
         self.ui.statusLabel.text = (_("Nothing to review in this project: no case has all its reads in, or all are "
                                       "reviewed.") if review is None else _("Compare the reads, then decide."))
         self.updateButtons()
@@ -742,6 +745,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onHeartbeatTimer(self) -> None:
         """Extend the lease on the worker thread (the logic sends nothing while logged out or once it is lost)."""
         self.logic.beatInBackground(onDone=self.onHeartbeatAnswered)
+        self.logic.review.beatInBackground(onDone=self.onHeartbeatAnswered)
 
     def onHeartbeatAnswered(self, error) -> None:
         """A lost lease is said once; a network hiccup only in the label (the next tick beats again)."""

@@ -337,3 +337,20 @@ def test_the_review_handlers_wait_on_no_network_call_and_sign_asks_for_the_passw
     assert "qt.QInputDialog(" in sign and "setTextEchoMode(qt.QLineEdit.Password)" in sign
     assert "self.logic.review.startSign(password" in sign and "del password" in sign
     assert "self.logic.review.nextReview(" not in "".join(methods.values())
+
+
+@needsMrmlAndServer
+def test_the_heartbeat_timer_extends_an_open_reviews_lease_on_the_worker_until_it_is_decided(
+        scene, lab, server, dicom_database, tmp_path):
+    bothReadsIn(lab, server, tmp_path)
+    logic = reviewerLogic(tmp_path, server, dicom_database, lab)
+    session = logic.review.nextReview(lab.project_id)
+    claimedUntil = session.leaseExpiresAt
+    answers = []
+
+    assert logic.review.beatInBackground(onDone=answers.append)
+    assert logic.network.wait(timeout=30) == 0
+
+    assert answers == [None] and session.leaseExpiresAt >= claimedUntil != ""
+    logic.review.useConsensus()
+    assert not logic.review.beatInBackground(onDone=answers.append)  # decided: the lease is over

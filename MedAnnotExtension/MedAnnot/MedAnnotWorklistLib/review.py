@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # What the network worker runs, by name (see MedAnnotLogic.network).
 CLAIM_REVIEW_CALL, DECIDE_CALL, SIGN_CALL = "claim the next review", "decide a review", "sign"
+REVIEW_HEARTBEAT_CALL = "review heartbeat"
 CONSENSUS = "consensus"
 
 
@@ -65,6 +66,7 @@ class ReviewSession:
     reviewId: int | str
     caseId: str
     leaseToken: str = field(repr=False)
+    leaseExpiresAt: str
     reviewDir: Path
     guidelinePath: Path
     guideline: Guideline = field(repr=False)
@@ -179,7 +181,8 @@ class MedAnnotReviewLogic:
         volumeNode, source, instances = loadCaseVolume(imagesDir, str(claimed["case_id"]))
         session = ReviewSession(
             serverUrl=found["serverUrl"], projectId=found["projectId"], reviewId=claimed["review_id"],
-            caseId=str(claimed["case_id"]), leaseToken=str(claimed["lease_token"]), reviewDir=reviewDir,
+            caseId=str(claimed["case_id"]), leaseToken=str(claimed["lease_token"]),
+            leaseExpiresAt=str(claimed.get("lease_expires_at") or ""), reviewDir=reviewDir,
             guidelinePath=Path(found["guidelinePath"]), guideline=guideline, volumeNode=volumeNode,
             instances=instances, segPaths=segPaths, disagreement=list(claimed.get("disagreement") or []))
         try:
@@ -210,6 +213,27 @@ class MedAnnotReviewLogic:
         logger.info("Opened review %s of case %s: %d reads%s", session.reviewId, session.caseId, len(reads),
                     " and the consensus" if session.consensusNode else "")
         return session
+
+    # ------------------------------------------------------------ lease
+    def heartbeat(self, session: ReviewSession | None = None) -> str:
+        """Extend the lease on the open, undecided review; returns the new expiry (also in the session)."""
+        session = self._openSession(session)
+        with self.worklist._loginChecked() as client:
+            session.leaseExpiresAt = client.heartbeat_review(session.reviewId, session.leaseToken)
+        return session.leaseExpiresAt
+
+    def beatInBackground(self, onDone: Callable[[BaseException | None], None] | None = None) -> bool:
+        """:meth:`heartbeat` on the network worker, if a review is open, undecided and the reviewer logged in
+        (the worklist's heartbeat timer calls this too); ``onDone(error or None)`` from ``network.poll()``.
+        Returns whether a beat was sent."""
+        session = self.session
+        if (session is None or session.decision is not None or not self.worklist.isLoggedIn
+                or self.worklist.network.is_busy(REVIEW_HEARTBEAT_CALL)):
+            return False
+        self.worklist.network.submit(REVIEW_HEARTBEAT_CALL, self.heartbeat, session,
+                                     on_success=lambda _: onDone and onDone(None),
+                                     on_failure=lambda error: onDone and onDone(error))
+        return True
 
     # ------------------------------------------------------------ decide
     def accept(self, reader: str | int, session: ReviewSession | None = None) -> dict:
