@@ -46,6 +46,7 @@ from MedAnnotWorklistLib.logic import (
     SUBMIT_CALL,
     MedAnnotLogic,
 )
+from MedAnnotWorklistLib.review import CLAIM_REVIEW_CALL, CONSENSUS, DECIDE_CALL, SIGN_CALL
 
 NOT_RATED = -1  # confidence spin box value meaning "the reader gave no rating"
 UNANSWERED = ""  # checklist combo box data meaning "the reader gave no answer"
@@ -53,6 +54,11 @@ UNANSWERED = ""  # checklist combo box data meaning "the reader gave no answer"
 SEGMENT_EDITOR_SINGLETON_TAG = "MedAnnot"
 # How often the GUI collects what the network worker finished (answers, download progress).
 NETWORK_POLL_MILLISECONDS = 100
+
+
+def _number(value, digits: int) -> str:
+    """A metric for the agreement table; the server stores None where a metric is undefined (see its note)."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 #
@@ -178,6 +184,13 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.submitButton.connect("clicked(bool)", self.onSubmitButton)
         self.ui.releaseButton.connect("clicked(bool)", self.onReleaseButton)
         self.ui.retryOutboxButton.connect("clicked(bool)", self.onRetryOutboxButton)
+        self.ui.nextReviewButton.connect("clicked(bool)", self.onNextReviewButton)
+        self.ui.acceptReadButton.connect("clicked(bool)", self.onAcceptReadButton)
+        self.ui.useConsensusButton.connect("clicked(bool)", self.onUseConsensusButton)
+        self.ui.editSubmitButton.connect("clicked(bool)", self.onEditSubmitButton)
+        self.ui.returnReadButton.connect("clicked(bool)", self.onReturnReadButton)
+        self.ui.signButton.connect("clicked(bool)", self.onSignButton)
+        self.ui.closeReviewButton.connect("clicked(bool)", self.onCloseReviewButton)
 
         self.initializeParameterNode()
         self.updateOutbox()
@@ -267,6 +280,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loginStateLabel.text = (
             _("Logged in to {server} as {user}").format(server=self.logic.serverUrl, user=self.logic.username)
             if loggedIn else _("Not logged in"))
+        self.updateReviewButtons(loggedIn)
         session = self.logic.session
         if session is None:
             self.ui.caseLabel.text = _("No case open")
@@ -279,6 +293,18 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.caseLabel.text = _("Case {case} (task {task}), lease until {expiry}").format(
                 case=session.caseId, task=session.taskId, expiry=session.leaseExpiresAt)
+
+    def updateReviewButtons(self, loggedIn) -> None:
+        review = self.logic.review.session
+        busy = any(self.logic.network.is_busy(call) for call in (CLAIM_REVIEW_CALL, DECIDE_CALL, SIGN_CALL))
+        undecided = review is not None and review.decision is None and not busy
+        self.ui.nextReviewButton.enabled = (loggedIn and review is None and not busy
+                                            and self.selectedProjectId() is not None)
+        self.ui.acceptReadButton.enabled = self.ui.returnReadButton.enabled = undecided
+        self.ui.useConsensusButton.enabled = undecided and review.consensusNode is not None
+        self.ui.editSubmitButton.enabled = undecided
+        self.ui.signButton.enabled = loggedIn and review is not None and review.result is not None and not busy
+        self.ui.closeReviewButton.enabled = review is not None and not busy
 
     def updateOutbox(self) -> None:
         status = self.logic.outboxStatus()
@@ -407,7 +433,8 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return ratings
 
     def afterCaseClosed(self, message) -> None:
-        self.heartbeatTimer.stop()
+        if self.logic.review.session is None:  # the timer also keeps an open review's lease
+            self.heartbeatTimer.stop()
         self.autosaveTimer.stop()
         self.clearCase()
         self.ui.statusLabel.text = message
@@ -585,6 +612,126 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 sent=sent, total=len(results)), *problems])
             self.refreshWorklist()
 
+    # ------------------------------------------------------------ review
+    def showReview(self, review) -> None:
+        """Fill the Review section: the case, the reads to choose from, the agreement table."""
+        if review is None:
+            self.ui.reviewLabel.text = _("No review open")
+            self.ui.agreementTableWidget.setRowCount(0)
+            self.ui.reviewReadComboBox.clear()
+            return
+        state = _("decided ({action})").format(action=review.decision.get("action")) if review.decision else _(
+            "to decide")
+        self.ui.reviewLabel.text = _("Review {review} of case {case}, {state}. {problems}").format(
+            review=review.reviewId, case=review.caseId, state=state,
+            problems="; ".join(review.disagreement) if review.disagreement else "")
+        combo = self.ui.reviewReadComboBox
+        combo.clear()
+        for submissionId, name in review.readerNames.items():
+            combo.addItem(name, submissionId)
+        if review.consensusNode is not None:
+            combo.addItem(_("consensus"), CONSENSUS)
+        table = self.ui.agreementTableWidget
+        table.setRowCount(len(review.agreement))
+        for row, metric in enumerate(review.agreement):
+            cells = (metric.segment, metric.a, metric.b, _number(metric.dice, 3), _number(metric.hd95Mm, 2),
+                     _number(metric.nsd, 3))
+            for column, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                if metric.belowThreshold:
+                    item.setForeground(qt.QBrush(qt.QColor("red")))
+                if metric.note:
+                    item.setToolTip(metric.note)
+                table.setItem(row, column, item)
+
+    def selectedRead(self):
+        """The read chosen in the Review section: a submission id, or ``consensus``."""
+        combo = self.ui.reviewReadComboBox
+        return combo.itemData(combo.currentIndex) if combo.currentIndex >= 0 else None
+
+    def onNextReviewButton(self) -> None:
+        with self.errorsShown(_("Failed to open the next review.")):
+            self.logic.review.startNextReview(self.selectedProjectId(), onOpened=self.onReviewOpened,
+                                              onFailed=self.onReviewFailed)
+            self.ui.statusLabel.text = _("Claiming the next review and downloading its reads...")
+
+    def onReviewOpened(self, review) -> None:
+        self.showReview(review)
+        if review is not None:
+            self.heartbeatTimer.start()
+        self.ui.statusLabel.text = (_("Nothing to review in this project: no case has all its reads in, or all are "
+                                      "reviewed.") if review is None else _("Compare the reads, then decide."))
+        self.updateButtons()
+
+    def onReviewFailed(self, error) -> None:
+        self.showFailure(_("The review action failed."), error)
+        self.updateButtons()
+
+    def onReviewDecided(self, answer) -> None:
+        self.showReview(self.logic.review.session)
+        self.ui.statusLabel.text = _("Decision stored; sign the result.")
+        self.updateButtons()
+
+    def onAcceptReadButton(self) -> None:
+        read = self.selectedRead()
+        with self.errorsShown(_("Failed to accept the read.")):
+            if read == CONSENSUS:
+                raise MedAnnotError(_("Choose a reader's read to accept, or press Use consensus."))
+            self.logic.review.startDecision(lambda: self.logic.review.accept(read), onDone=self.onReviewDecided,
+                                            onFailed=self.onReviewFailed)
+
+    def onUseConsensusButton(self) -> None:
+        with self.errorsShown(_("Failed to use the consensus.")):
+            self.logic.review.startDecision(self.logic.review.useConsensus, onDone=self.onReviewDecided,
+                                            onFailed=self.onReviewFailed)
+
+    def onReturnReadButton(self) -> None:
+        read, reason = self.selectedRead(), self.ui.returnReasonLineEdit.text
+        with self.errorsShown(_("Failed to return the read.")):
+            if read == CONSENSUS:
+                raise MedAnnotError(_("Choose a reader's read to return; the consensus has no reader."))
+            self.logic.review.startDecision(lambda: self.logic.review.returnRead(read, reason),
+                                            onDone=self.onReviewDecided, onFailed=self.onReviewFailed)
+
+    def onEditSubmitButton(self) -> None:
+        node = self._parameterNode
+        with self.errorsShown(_("Failed to submit the edited segmentation.")):
+            # On this thread: the export reads the edited segmentation node (MRML).
+            answer = self.logic.review.editAndSubmit(self.selectedRead(), readerName=node.readerName,
+                                                     readerId=node.readerId, readerRole=node.readerRole or "Reviewer",
+                                                     institution=node.institution)
+            self.onReviewDecided(answer)
+
+    def onSignButton(self) -> None:
+        meaning = self.ui.signMeaningComboBox.currentText
+        dialog = qt.QInputDialog(slicer.util.mainWindow())
+        dialog.setWindowTitle(_("Sign"))
+        dialog.setLabelText(_("Signing as {user} with the meaning '{meaning}'. Enter your password:").format(
+            user=self.logic.username, meaning=meaning))
+        dialog.setTextEchoMode(qt.QLineEdit.Password)
+        accepted = dialog.exec_() == qt.QDialog.Accepted
+        password = dialog.textValue()
+        dialog.setTextValue("")
+        dialog.deleteLater()
+        if not accepted:
+            return
+        try:
+            with self.errorsShown(_("Failed to sign.")):
+                self.logic.review.startSign(password, meaning, onDone=self.onSigned, onFailed=self.onReviewFailed,
+                                            printedName=self._parameterNode.readerName or None)
+        finally:
+            del password
+
+    def onSigned(self, signature) -> None:
+        self.ui.statusLabel.text = _("Signed as {meaning} at {time} (sha256 {sha}).").format(
+            meaning=signature.get("meaning"), time=signature.get("signed_at"), sha=str(signature.get("sha256"))[:12])
+        self.updateButtons()
+
+    def onCloseReviewButton(self) -> None:
+        with self.errorsShown(_("Failed to close the review.")):
+            self.logic.review.closeReview()
+            self.showReview(None)
+
     def onAutosaveTimer(self) -> None:
         """Autosave the open case's drawing; a failure is shown in the status label, the timer keeps trying."""
         if self.logic is None or self.logic.session is None:
@@ -598,6 +745,7 @@ class MedAnnotWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onHeartbeatTimer(self) -> None:
         """Extend the lease on the worker thread (the logic sends nothing while logged out or once it is lost)."""
         self.logic.beatInBackground(onDone=self.onHeartbeatAnswered)
+        self.logic.review.beatInBackground(onDone=self.onHeartbeatAnswered)
 
     def onHeartbeatAnswered(self, error) -> None:
         """A lost lease is said once; a network hiccup only in the label (the next tick beats again)."""

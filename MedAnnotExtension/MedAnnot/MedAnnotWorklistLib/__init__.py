@@ -1,4 +1,4 @@
-"""Parts of the MedAnnot module that need no Qt: the worklist logic, case loading and the guideline's guidance,
+"""Parts of the MedAnnot module that need no Qt: the worklist and review logic, case loading and the guideline's guidance,
 importable by scripts, modules and tests."""
 
 from MedAnnotWorklistLib.caseimages import (
@@ -19,9 +19,11 @@ from MedAnnotWorklistLib.logic import (
     ProjectProgress,
     caseWithoutServer,
 )
+from MedAnnotWorklistLib.review import AgreementRow, MedAnnotReviewLogic, ReviewSession
 
 __all__ = [
     "HEARTBEAT_INTERVAL_SECONDS",
+    "AgreementRow",
     "CachedInstances",
     "CaseCheck",
     "CaseNotReadyError",
@@ -30,8 +32,10 @@ __all__ = [
     "LoadedCase",
     "LocatedFinding",
     "MedAnnotLogic",
+    "MedAnnotReviewLogic",
     "OutboxStatus",
     "ProjectProgress",
+    "ReviewSession",
     "allowedEffectNames",
     "caseWithoutServer",
     "isCineSource",

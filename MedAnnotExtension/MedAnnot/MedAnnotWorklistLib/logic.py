@@ -216,10 +216,21 @@ class MedAnnotLogic(ScriptedLoadableModuleLogic):
         self.network = BackgroundCalls()
         self._client: TaskServerClient | None = None
         self._username = ""
+        self._review = None
 
     def ensureDependencies(self) -> None:
         """Install the packages the core needs and Slicer lacks (``MedAnnotLib/requirements.txt``) if missing."""
         MedAnnotLib.ensureRequirements(REQUIREMENTS_PATH, requester="MedAnnot")
+
+    @property
+    def review(self):
+        """The reviewer's logic (:class:`MedAnnotWorklistLib.review.MedAnnotReviewLogic`) on this login and
+        network worker; kept here so that an open review survives module switches."""
+        if self._review is None:
+            from MedAnnotWorklistLib.review import MedAnnotReviewLogic
+
+            self._review = MedAnnotReviewLogic(self)
+        return self._review
 
     # ------------------------------------------------------------ login
     @property

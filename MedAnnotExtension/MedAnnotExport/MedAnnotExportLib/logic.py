@@ -73,7 +73,8 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
     def exportSegmentation(self, segmentationNode, referenceVolumeNode, guidelinePath, readerName: str,
                            readerId: str, outputDir, readerRole: str = "Annotator", institution: str = "",
                            confidences: dict[str, int] | None = None, taskId: str | None = None,
-                           dicomDatabase=None, checklist: dict[str, str | bool] | None = None) -> ExportResult:
+                           dicomDatabase=None, checklist: dict[str, str | bool] | None = None,
+                           replaces=None) -> ExportResult:
         """Write the segmentation as DICOM-SEG + SR referencing the DICOM series the reference volume shows.
 
         Parameters
@@ -96,6 +97,8 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
             Defaults to ``slicer.dicomDatabase``.
         checklist : dict of str to str or bool, optional
             The reader's answers to the guideline's per-case checklist by item id, recorded in the SR.
+        replaces : str or pathlib.Path, optional
+            The SEG this one corrects or was edited from (a reviewer's edit); the new SEG and its SR reference it.
 
         Returns
         -------
@@ -129,7 +132,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
         segments = self._segmentProvenance(labels, guideline, confidences or {})
         with MedAnnotLib.sourcePathOfVolume(referenceVolumeNode, dicomDatabase) as sourcePath:
             result = self.exportLabels(labels, geometry, sourcePath, guideline, reader, outputDir, segments,
-                                       taskId=taskId, checklist=checklist)
+                                       taskId=taskId, checklist=checklist, replaces=replaces)
         logger.info("Exported '%s' to %s and %s", segmentationNode.GetName(), result.seg_path, result.sr_path)
         return result
 
@@ -149,7 +152,7 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
 
     def exportLabels(self, labels, labelsGeometry, sourcePath, guideline: Guideline, reader, outputDir,
                      segments: dict, taskId: str | None = None, checklist: dict[str, str | bool] | None = None,
-                     labelsName: str | None = None) -> ExportResult:
+                     labelsName: str | None = None, replaces=None) -> ExportResult:
         """Write a label map on its DICOM source as SEG + SR: the step every MedAnnot export ends in (a volume's
         segmentation here, a cine's segmentation sequence in MedAnnotCine).
 
@@ -172,6 +175,8 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
             ``medannot.dicomseg.SegmentProvenance`` by guideline segment name, for the segments that hold voxels.
         taskId, checklist, labelsName
             Task-server task id, checklist answers by item id, and what to call the labels in error messages.
+        replaces : str or pathlib.Path, optional
+            The SEG this one corrects or was edited from.
         """
         from medannot.dicomseg import export_segmentation
         from medannot.imaging import load_source
@@ -179,7 +184,9 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
         source = load_source(sourcePath)
         outputDir = Path(outputDir)
         outputDir.mkdir(parents=True, exist_ok=True)
-        options = {"labels_name": labelsName} if labelsName else {}
+        options: dict = {"labels_name": labelsName} if labelsName else {}
+        if replaces is not None:
+            options["replaces"] = Path(replaces)
         return export_segmentation(source=source, labels=labels, labels_geometry=labelsGeometry,
                                    guideline=guideline, reader=reader, output_dir=outputDir, segments=segments,
                                    task_id=taskId, checklist=checklist, **options)

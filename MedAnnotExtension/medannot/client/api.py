@@ -354,6 +354,18 @@ class TaskServerClient:
             raise self._unexpected("the review claim", "no review_id or lease_token")
         return data
 
+    def heartbeat_review(self, review_id: int | str, lease_token: str,
+                         timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> str:
+        """Extend the lease on a claimed review; returns the new expiry. Raises :class:`LeaseLostError` if it is
+        gone. One try, as :meth:`heartbeat`."""
+        response = self._call("POST", f"/reviews/{review_id}/heartbeat", f"extend the lease on review {review_id}",
+                              lease_token=lease_token, http=self._http_beat,
+                              timeout=(min(float(timeout), 5.0), float(timeout)))
+        data = self._json(response, "the heartbeat")
+        if not isinstance(data, dict) or "lease_expires_at" not in data:
+            raise self._unexpected("the heartbeat", "no lease_expires_at")
+        return str(data["lease_expires_at"])
+
     def download_review(self, review: dict[str, Any], dest_dir: str | os.PathLike[str]) -> dict[str, str]:
         """Save a claimed review's reader SEG + SR and the consensus into ``dest_dir``; returns name -> path."""
         dest = Path(dest_dir)
