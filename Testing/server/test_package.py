@@ -73,8 +73,9 @@ def build(lab: ReviewLab, data_dir: Path, out: Path, **options: object) -> dict:
 @pytest.fixture
 def built(lab: ReviewLab, tmp_path: Path) -> Built:  # noqa: F811
     data_dir = run_lab(lab, tmp_path)
-    run_medannot("admin", "user", "update", "rev", "--printed-name", "Rev Iewer, MD", "--qualification",
-                 "radiologist", "--trained-on", "2026-01-05", env={"MEDANNOT_DB": lab.db_url})
+    proc = run_medannot("admin", "user", "update", "rev", "--printed-name", "Rev Iewer, MD", "--qualification",
+                        "radiologist", "--trained-on", "2026-01-05", env={"MEDANNOT_DB": lab.db_url})
+    assert proc.returncode == 0, proc.stderr
     key, cert = make_signer(tmp_path / "pki")
     out = tmp_path / "package"
     build(lab, data_dir, out, sign_key=key, certificate=cert)
@@ -177,6 +178,45 @@ def test_any_change_addition_removal_cut_record_or_swapped_signature_fails_verif
     assert proc.returncode == 1 and "not by the given certificate" in proc.stderr
     # and the original still passes: each failure above came from its own change
     assert run_medannot("package", "verify", built.package, "--no-dciodvfy").returncode == 0
+
+
+def rebag(folder: Path, relative: str) -> None:
+    """What an insider could do without the signing key: re-hash a changed file into both manifests, drop the
+    signature."""
+    from medannot.package import bag
+
+    manifest = folder / "manifest-sha256.txt"
+    lines = [line for line in manifest.read_text().splitlines() if not line.endswith(f"  {relative}")]
+    lines.append(f"{bag.sha256_file(folder / relative)}  {relative}")
+    manifest.write_text("\n".join(lines) + "\n")
+    bag.write_tagmanifest(folder)
+    (folder / "manifest.p7s").unlink()
+
+
+@SQLITE_ONLY
+def test_a_rehashed_seg_that_claims_another_guideline_or_reader_is_caught_by_what_it_says(built: Built):
+    from pydicom import dcmread
+
+    lineage = json.loads((built.package / "data/results/lineage.json").read_text())
+    signed = {s["file_sha256"] for s in json.loads((built.package / "data/signatures.json").read_text())}
+    read = next(row for row in lineage if row["kind"] == "read" and row["seg_sha256"] not in signed)
+    relative = f"data/{read['file']}"  # not e-signed: only what it says about itself can give it away
+    for name, change, expected in (
+            ("guideline", lambda ds: setattr(ds, "DerivationDescription", ds.DerivationDescription.replace(
+                "sha256 ", "sha256 0000000000")[:len(ds.DerivationDescription)]), "differs from the stored"),
+            ("reader", lambda ds: [setattr(p, "CodeValue", "intruder") for item in ds.SegmentSequence
+                                   for c in item.ContentCreatorIdentificationCodeSequence
+                                   for p in c.PersonIdentificationCodeSequence], "names reader(s) intruder")):
+        folder = copy_of(built, name)
+        ds = dcmread(folder / relative)
+        change(ds)
+        ds.save_as(folder / relative)
+        rebag(folder, relative)
+        message = verify_fails(folder)
+        assert relative in message and expected in message, message
+        # the insider's package still fails a verifier who pins the lab's certificate
+        proc = run_medannot("package", "verify", folder, "--certificate", built.cert, "--no-dciodvfy")
+        assert proc.returncode == 1 and "not signed" in proc.stderr
 
 
 @SQLITE_ONLY

@@ -148,7 +148,7 @@ def build_package(session: Session, data_dir: Path, project_id: int, output: Pat
 
     # reads: every submission, earlier versions too
     tasks = {t.id: t for t in session.scalars(select(Task).where(Task.project_id == project_id))}
-    submissions = session.scalars(select(Submission).where(Submission.task_id.in_(list(tasks))) 
+    submissions = session.scalars(select(Submission).where(Submission.task_id.in_(list(tasks)))
                                   .order_by(Submission.id)).all() if tasks else []
     newest: dict[int, int] = {}
     for s in submissions:

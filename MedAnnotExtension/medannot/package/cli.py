@@ -60,11 +60,13 @@ def build(project_id: int, output: Path, db: str | None, data_dir: Path | None, 
 @click.option("--certificate", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="The certificate the package must be signed with (pins the signer).")
 @click.option("--no-dciodvfy", is_flag=True, help="Skip dciodvfy (MedAnnot's own SEG/SR checks still run).")
-def verify(folder: Path, certificate: Path | None, no_dciodvfy: bool) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes validating SEG/SR files "
+              "(default: one per core).")
+def verify(folder: Path, certificate: Path | None, no_dciodvfy: bool, workers: int | None) -> None:
     """Check FOLDER offline: exit 0 when everything holds, 1 naming the first problem (file, record, what)."""
     from medannot.package import verify_package
 
-    result = verify_package(folder, certificate, use_dciodvfy=not no_dciodvfy)
+    result = verify_package(folder, certificate, use_dciodvfy=not no_dciodvfy, workers=workers)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     signed = f", signed by {result.signed_by}" if result.signed_by else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ def _load_json(root: Path, relative: str) -> Any:
         raise _fail(f"{relative}: not valid JSON ({exc})") from None
 
 
-def verify_package(root: Path, certificate: Path | None = None, use_dciodvfy: bool = True) -> Verification:
+def verify_package(root: Path, certificate: Path | None = None, use_dciodvfy: bool = True,
+                   workers: int | None = None) -> Verification:
     """Check the package in ``root``; raise ``PackageInvalid`` naming the first problem.
 
     Parameters
@@ -61,6 +63,8 @@ def verify_package(root: Path, certificate: Path | None = None, use_dciodvfy: bo
         then fails).
     use_dciodvfy
         Also run dciodvfy on every SEG/SR when it is installed.
+    workers
+        Processes validating SEG/SR files (default: one per core).
     """
     root = Path(root)
     result = Verification()
@@ -104,7 +108,7 @@ def verify_package(root: Path, certificate: Path | None = None, use_dciodvfy: bo
         if actual[relative] != digest:
             raise _fail(f"{relative}: changed: sha256 {actual[relative][:12]}... but the manifest records "
                         f"{digest[:12]}...")
-    _check_results(root, use_dciodvfy, result)
+    _check_results(root, use_dciodvfy, result, workers if workers is not None else (os.cpu_count() or 1))
     _check_deid(root, result)
     result.signatures = len(signatures)
     return result
@@ -265,11 +269,35 @@ def _consensus_inputs(sr: Any) -> set[str]:
     return found
 
 
-def _check_results(root: Path, use_dciodvfy: bool, result: Verification) -> None:
+def _validate_case(paths: list[Path], use_dciodvfy: bool) -> list[Any]:
+    from medannot.dicomseg.validate import validate_files
+
+    return validate_files(paths, use_dciodvfy=use_dciodvfy)
+
+
+def _validate(dicoms: list[Path], use_dciodvfy: bool, workers: int) -> list[Any]:
+    """MedAnnot's (and dciodvfy's) checks, one case folder per call (an SR is checked with its SEGs), on
+    ``workers`` processes; findings come back in file order."""
+    groups: dict[Path, list[Path]] = {}
+    for path in dicoms:
+        groups.setdefault(path.parent, []).append(path)
+    batches = list(groups.values())
+    if workers <= 1 or len(batches) < 2 * workers:
+        return [f for batch in batches for f in _validate_case(batch, use_dciodvfy)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = pool.map(partial(_validate_case, use_dciodvfy=use_dciodvfy), batches,
+                           chunksize=max(1, len(batches) // (workers * 4)))
+        return [f for found in results for f in found]
+
+
+def _check_results(root: Path, use_dciodvfy: bool, result: Verification, workers: int) -> None:
     from pydicom import dcmread
 
     from medannot.dicomseg.reader import referenced_instance_uids
-    from medannot.dicomseg.validate import validate_files
 
     lineage = _load_json(root, "data/results/lineage.json")
     guidelines = {(g["guideline_id"], g["version"]): g for g in _load_json(root, "data/guidelines/guidelines.json")}
@@ -286,7 +314,7 @@ def _check_results(root: Path, use_dciodvfy: bool, result: Verification) -> None
         if path.relative_to(root).as_posix() not in listed and "-verified.sr" not in path.name:
             raise _fail(f"{path.relative_to(root).as_posix()}: not in data/results/lineage.json (a result of "
                         "unknown origin)")
-    findings = [f for f in validate_files(dicoms, use_dciodvfy=use_dciodvfy) if f.severity == "error"]
+    findings = [f for f in _validate(dicoms, use_dciodvfy, workers) if f.severity == "error"]
     if findings:
         first = findings[0]
         raise _fail(f"{first.path.relative_to(root).as_posix()}: does not validate ({first.source}): "
