@@ -11,14 +11,14 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from medannot.errors import MedAnnotError
 from medannot.package import bag as bagfile
 from medannot.package.deid_seam import DEID_NOT_INSTALLED
+
+if TYPE_CHECKING:  # the server's libraries are needed to build, never to verify
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class PackageBuildError(MedAnnotError):
 
 @dataclass
 class _Builder:
-    session: Session
+    session: "Session"
     data_dir: Path
     root: Path  # the bag folder
     files: list[dict[str, Any]] = field(default_factory=list)  # the lineage table
@@ -73,7 +73,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
-def build_package(session: Session, data_dir: Path, project_id: int, output: Path, *,
+def build_package(session: "Session", data_dir: Path, project_id: int, output: Path, *,
                   include_images: bool = False, sign_key: Path | None = None, certificate: Path | None = None,
                   require_final: bool = False, anchors: list[Any] | None = None) -> dict[str, Any]:
     """Write the BagIt submission package of ``project_id`` into ``output`` (a new or empty folder).
@@ -102,6 +102,8 @@ def build_package(session: Session, data_dir: Path, project_id: int, output: Pat
     dict
         The summary numbers (cases, open cases, files, signatures, audit head).
     """
+    from sqlalchemy import select
+
     from medannot.audit import check_anchors, verify_chain
     from medannot.server.audit import audit_entries
     from medannot.server.models import Case, Project, Review, Signature, Submission, Task, User
@@ -276,6 +278,8 @@ def _csv(columns: list[str], rows: list[dict[str, Any]]) -> bytes:
 
 
 def _write_guidelines(b: _Builder, project_id: int) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
     from medannot.server.models import GuidelineFile, GuidelineVersion
 
     rows = []
@@ -304,6 +308,8 @@ def _write_guidelines(b: _Builder, project_id: int) -> list[dict[str, Any]]:
 def _write_roster(b: _Builder, users: dict[int, Any], submissions: list[Any], tasks: dict[int, Any],
                   case_by_id: dict[int, Any], reviews: list[Any], signature_rows: list[dict[str, Any]]
                   ) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
     from medannot.server.models import ReviewDecision
 
     read: dict[int, set[str]] = {}
