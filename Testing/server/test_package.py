@@ -167,6 +167,14 @@ def test_any_change_addition_removal_cut_record_or_swapped_signature_fails_verif
     message = verify_fails(swapped)
     assert f"signature {rows[0]['signature_id']}" in message and "not over this file" in message
 
+    tagged = copy_of(built, "tag")
+    (tagged / "notes.txt").write_text("an extra tag file")
+    assert "notes.txt: added" in verify_fails(tagged)
+    (tagged / "notes.txt").unlink()
+    info = tagged / "bag-info.txt"
+    info.write_text(info.read_text().replace("MedAnnot-Project: ", "MedAnnot-Project: 9"))
+    assert "bag-info.txt: changed" in verify_fails(tagged)
+
     # the tag manifest signature: another signer's CMS in its place, or a pinned certificate that did not sign
     other_key, other_cert = make_signer(built.tmp / "other", "Someone Else")
     resigned = copy_of(built, "resigned")
