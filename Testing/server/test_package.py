@@ -245,6 +245,7 @@ def test_build_refuses_open_cases_under_require_final_a_missing_stored_file_and_
     victim.unlink()
     with pytest.raises(PackageBuildError, match=f"stored file .*{victim.name} is missing"):
         build(lab, data_dir, tmp_path / "p3")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".p", "p"))) == ["pki", "pki2"]
 
 
 @SQLITE_ONLY

@@ -106,7 +106,7 @@ def build_package(session: "Session", data_dir: Path, project_id: int, output: P
 
     from medannot.audit import check_anchors, verify_chain
     from medannot.server.audit import audit_entries
-    from medannot.server.models import Case, Project, Review, Signature, Submission, Task, User
+    from medannot.server.models import Case, Project, Review
     from medannot.server.review import review_summary
 
     project = session.get(Project, project_id)
@@ -142,8 +142,33 @@ def build_package(session: "Session", data_dir: Path, project_id: int, output: P
     if problem is not None:
         raise PackageBuildError(f"audit trail broken at {problem} ({count} records read); not packaging it")
 
-    output.mkdir(parents=True, exist_ok=True)
-    b = _Builder(session, Path(data_dir), output)
+    # built beside the target and renamed into place: a failed build leaves no half package behind
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        numbers = _build(session, Path(data_dir), project_id, work, project, cases, reviews, summaries,
+                         final_cases, open_cases, entries, include_images, certificate, signer, anchors)
+        if output.exists():
+            output.rmdir()  # checked empty above
+        work.rename(output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info("package of project %s written to %s", project_id, output)
+    return numbers
+
+
+def _build(session: "Session", data_dir: Path, project_id: int, output: Path, project: Any, cases: Any,
+           reviews: Any, summaries: dict[int, Any], final_cases: set[str], open_cases: list[str], entries: Any,
+           include_images: bool, certificate: Path | None, signer: Any, anchors: list[Any] | None
+           ) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from medannot.server.models import Signature, Submission, Task, User
+
+    b = _Builder(session, data_dir, output)
     users = {u.id: u for u in session.scalars(select(User))}
     case_by_id = {c.id: c for c in cases}
     by_seg_sha: dict[str, str] = {}  # sha256 of a SEG -> its package path
@@ -261,7 +286,6 @@ def build_package(session: "Session", data_dir: Path, project_id: int, output: P
 
         tagmanifest = (output / bagfile.TAGMANIFEST).read_bytes()
         (output / bagfile.SIGNATURE).write_bytes(sign_detached(tagmanifest, *signer))
-    logger.info("package of project %s written to %s", project_id, output)
     return numbers
 
 
