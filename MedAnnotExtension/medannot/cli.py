@@ -36,6 +36,8 @@ LAZY_COMMANDS = {
     "serve": ("medannot.server.cli:serve", "Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."),
     "admin": ("medannot.server.cli:admin", "Administer users, projects and cases directly on the database."),
     "audit": ("medannot.server.cli:audit", "The tamper-evident audit trail."),
+    "package": ("medannot.package.cli:package",
+                "The regulatory submission package: build it from the server database, verify it offline."),
     "review": ("medannot.review.cli:review",
                "Multi-reader review of SEGs on your disk: agreement between reads, consensus of reads."),
     "client": ("medannot.client.cli:client_group", "The lab's task server: log in, claim the next case, keep the "

@@ -4,6 +4,7 @@ decisions, electronic signatures."""
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def lab(db_url: str, tmp_path: Path) -> ReviewLab:  # noqa: F811
                                                                     "r3": "annotator"})
     lab = ReviewLab(**vars(base))
     text_ = GUIDELINE.read_text().replace('version: "1.0.0"', 'version: "1.1.0"')
-    text_ = text_.replace("review:\n  senior_share: 0.2\n  gold_standard_cases: []\n", REVIEW_BLOCK)
+    text_ = re.sub(r"review:\n(  .*\n)+", REVIEW_BLOCK, text_, count=1)  # the whole bundled review block
     assert "consensus: staple" in text_
     lab.guideline = tmp_path / "lab" / "liver-review.yaml"
     lab.guideline.write_text(text_)

@@ -360,6 +360,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def audit(session: DB, _user: Admin, after: int = 0, limit: int = 500) -> list[dict[str, object]]:
         return [e.__dict__ for e in audit_entries(session) if e.seq > after][:limit]
 
+    @api.post("/projects/{project_id}/package", tags=["admin"], response_class=Response,
+              responses={200: {"content": {"application/zip": {}}}})
+    def build_package(project_id: int, session: DB, _user: Admin, require_final: bool = False) -> Response:
+        """The project's submission package (BagIt bag, unsigned) as a zip; sign it offline with
+        'medannot package build --sign-key' where the key lives."""
+        from medannot.package.zipped import package_zip
+
+        return package_zip(session, settings.data_dir, project_id, require_final)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": medannot.__version__}

@@ -205,6 +205,44 @@ def admin_report(project_id: int, output: Path, db: str | None) -> None:
     figures = sorted(p.name for p in output.glob("*.png"))
     click.echo(f"{report}  ({len(rows)} metric rows, {len(figures)} figures: {', '.join(figures)})")
 
+@admin_user.command("update", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--printed-name", default=None, help="Name as printed on the roster and signatures, e.g. 'Ada Lovelace, MD'.")
+@click.option("--qualification", default=None, help="Qualification, e.g. 'board-certified radiologist, 8 years'.")
+@click.option("--credentials", default=None, help="Credentials, e.g. licence or registry number.")
+@click.option("--trained-on", default=None, help="Date of training on the guideline or qualification (YYYY-MM-DD).")
+@DB_OPTION
+def user_update(name: str, printed_name: str | None, qualification: str | None, credentials: str | None,
+                trained_on: str | None, db: str | None) -> None:
+    """Set the roster fields of user NAME (printed name, qualification, credentials, training date); audited."""
+    from datetime import date
+
+    from sqlalchemy import select
+
+    from medannot.server.audit import append_audit
+    from medannot.server.db import transaction
+    from medannot.server.models import User
+
+    changes: dict[str, object] = {"printed_name": printed_name, "qualification": qualification,
+                                  "credentials": credentials}
+    if trained_on is not None:
+        try:
+            changes["trained_on"] = date.fromisoformat(trained_on)
+        except ValueError:
+            raise click.BadParameter(f"{trained_on!r} is not a date; use YYYY-MM-DD", param_hint="--trained-on")
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if not changes:
+        raise click.UsageError("nothing to update: give --printed-name, --qualification, --credentials or --trained-on")
+    with transaction(_factory(db)) as session:
+        user = session.scalar(select(User).where(User.username == name))
+        if user is None:
+            raise MedAnnotError(f"user {name!r} does not exist; add it with 'medannot admin user add'")
+        old = {key: getattr(user, key) for key in changes}
+        for key, value in changes.items():
+            setattr(user, key, value)
+        append_audit(session, "cli", "user.update", f"user:{user.username}", old, changes)
+    click.echo(f"user {name} updated: {', '.join(sorted(changes))}")
+
 
 @admin.group("project", cls=MedAnnotGroup, context_settings=CONTEXT)
 def admin_project() -> None:

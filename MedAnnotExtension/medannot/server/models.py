@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("admin", "annotator", "reviewer")
@@ -36,6 +36,11 @@ class User(Base):
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # set: no login, no signing
+    # the reader roster of the submission package: who this person is and why they may read
+    printed_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    qualification: Mapped[str | None] = mapped_column(Text, nullable=True)
+    credentials: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trained_on: Mapped[date | None] = mapped_column(Date, nullable=True)
 
 
 class AuthToken(Base):
