@@ -424,19 +424,18 @@ class TaskServerClient:
     def sign(self, submission_id: int | str, password: str, meaning: str,
              printed_name: str | None = None) -> dict[str, Any]:
         """Sign a submission's SEG with ``meaning``; the password is sent again (not the session token)."""
-        response = self._call("POST", f"/submissions/{submission_id}/sign", f"sign submission {submission_id}",
-                              repeat_safe=False,
-                              json={"password": password, "meaning": meaning, "printed_name": printed_name})
-        data = self._json(response, "the signature")
-        if not isinstance(data, dict) or "signature_id" not in data:
-            raise self._unexpected("the signature", "no signature_id")
-        return data
+        return self._signature(f"/submissions/{submission_id}/sign", f"sign submission {submission_id}",
+                               password, meaning, printed_name)
 
     def sign_review(self, review_id: int | str, which: str, password: str, meaning: str,
                     printed_name: str | None = None) -> dict[str, Any]:
         """Sign a review's ``consensus`` or ``edited`` SEG with ``meaning``; the password is sent again."""
-        response = self._call("POST", f"/reviews/{review_id}/{which}/sign", f"sign review {review_id}'s {which}",
-                              repeat_safe=False,
+        return self._signature(f"/reviews/{review_id}/{which}/sign", f"sign review {review_id}'s {which}",
+                               password, meaning, printed_name)
+
+    def _signature(self, path: str, what: str, password: str, meaning: str,
+                   printed_name: str | None) -> dict[str, Any]:
+        response = self._call("POST", path, what, repeat_safe=False,
                               json={"password": password, "meaning": meaning, "printed_name": printed_name})
         data = self._json(response, "the signature")
         if not isinstance(data, dict) or "signature_id" not in data:
