@@ -1,4 +1,5 @@
-"""Accounts and their secrets (issue #14, L1 and L6): what a password may be, one password however Unicode spells it, and a database file only the server reads."""
+"""Accounts and their secrets (issue #14, L1 and L6): what a password may be, one password however Unicode
+spells it, a database file only the server reads, and no patient images left behind by a failed download."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ def test_the_sqlite_database_is_readable_by_the_server_user_only(tmp_path: Path)
     engine.dispose()
     for path in (tmp_path / "lab").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_failed_case_download_leaves_no_patient_images_in_the_temporary_folder(lab: Lab, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    import shutil
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    client = TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data")))
+    token = client.post("/api/v1/auth/login", json={"username": "r1", "password": "correct horse battery"})
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=headers).json()
+    shutil.rmtree(lab.series[task["case_id"]])  # the case's images vanish from the archive
+    failed = client.get(f"/api/v1/tasks/{task['task_id']}/instances",
+                        headers={**headers, "X-Lease-Token": task["lease_token"]})
+    assert failed.status_code == 502
+    assert not list(scratch.glob("medannot-instances-*"))

@@ -214,10 +214,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
             assert case is not None
             source_text = case.source
             name = case.case_key
-        workdir = Path(tempfile.mkdtemp(prefix="medannot-instances-"))
-        files = pacs.fetch_series(pacs.parse_source(source_text), workdir / "files", pacs.DicomWebSettings.from_env())
-        archive = pacs.zip_series(files, workdir / "instances.zip")
         import shutil
+
+        workdir = Path(tempfile.mkdtemp(prefix="medannot-instances-"))
+        try:
+            files = pacs.fetch_series(pacs.parse_source(source_text), workdir / "files",
+                                      pacs.DicomWebSettings.from_env())
+            archive = pacs.zip_series(files, workdir / "instances.zip")
+        except BaseException:  # a failed fetch leaves no patient images behind in the temporary folder
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
 
         return FileResponse(archive, media_type="application/zip", filename=f"{name}.zip",
                             background=BackgroundTask(shutil.rmtree, workdir, True))
