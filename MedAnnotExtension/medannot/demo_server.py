@@ -194,13 +194,13 @@ def review_cases(url: str, project_id: int, reviewer: str, password: str, approv
             client.download_review(review, work / f"review-{review['review_id']}")
             by_consensus = len(done) % 2 == 0 and review.get("consensus") is not None
             if by_consensus:
-                decision = client.decide(review["review_id"], review["lease_token"], str(uuid.uuid4()), "consensus")
+                client.decide(review["review_id"], review["lease_token"], str(uuid.uuid4()), "consensus")
                 signed = [c.sign_review(review["review_id"], "consensus", p, meaning)
                           for c, p, meaning in ((client, password, "reviewed"),
                                                 (approving, approver_password, "approved"))]
             else:
                 first = review["reads"][0]
-                decision = client.decide(review["review_id"], review["lease_token"], str(uuid.uuid4()), "accept",
+                client.decide(review["review_id"], review["lease_token"], str(uuid.uuid4()), "accept",
                                          submission_id=first["submission_id"])
                 signed = [c.sign(first["submission_id"], p, meaning)
                           for c, p, meaning in ((client, password, "reviewed"),
@@ -208,8 +208,7 @@ def review_cases(url: str, project_id: int, reviewer: str, password: str, approv
             state = next(r for r in client.reviews(project_id) if r["review_id"] == review["review_id"])
             readers = {str(r["submission_id"]): str(r["reader"]) for r in review["reads"]}
             done.append({"project": project_id, "case": review["case_id"], "review": review["review_id"],
-                         "decision": decision["action"] if "action" in decision else
-                         ("consensus" if by_consensus else "accept"),
+                         "decision": "consensus" if by_consensus else "accept",
                          "accepted": None if by_consensus else readers[str(review["reads"][0]["submission_id"])],
                          "signatures": [s["meaning"] for s in signed], "final": bool(state["final"]),
                          "metrics": [{**m, "a": readers.get(str(m["a"]), m["a"]), "b": readers.get(str(m["b"]), m["b"])}

@@ -10,10 +10,11 @@ from medannot.audit.chain import (
     AuditEntry,
     AuditTrailBroken,
     check_anchors,
+    check_trail,
     read_anchors,
     record_hash,
     verify_chain,
 )
 
 __all__ = ["GENESIS_HASH", "AuditAnchor", "AuditBreak", "AuditEntry", "AuditTrailBroken", "check_anchors",
-           "read_anchors", "record_hash", "verify_chain"]
+           "check_trail", "read_anchors", "record_hash", "verify_chain"]

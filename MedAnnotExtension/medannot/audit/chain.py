@@ -141,3 +141,14 @@ def check_anchors(entries: Iterable[AuditEntry], anchors: Iterable[AuditAnchor])
         if by_seq[anchor.seq] != anchor.hash:
             return AuditBreak(anchor.seq, f"its hash differs from the one {taken} (the trail was rewritten)")
     return None
+
+
+def check_trail(entries: Iterable[AuditEntry], anchors: Iterable[AuditAnchor] = ()) -> tuple[int, AuditBreak | None]:
+    """The record count and the first problem of a trail: a break in its hash chain, else the first anchor it does
+    not hold (the one check of ``audit verify`` and of the package builder)."""
+    entries = list(entries)
+    count, problem = verify_chain(entries)
+    anchors = list(anchors)
+    if problem is None and anchors:
+        problem = check_anchors(entries, anchors)
+    return count, problem

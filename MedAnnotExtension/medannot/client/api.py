@@ -211,8 +211,10 @@ class TaskServerClient:
 
         One try of at most ``timeout`` seconds, without retries: the caller beats again at its next tick.
         """
-        response = self._call("POST", f"/tasks/{task_id}/heartbeat", f"extend the lease on task {task_id}",
-                              lease_token=lease_token, http=self._http_beat,
+        return self._beat(f"/tasks/{task_id}/heartbeat", f"extend the lease on task {task_id}", lease_token, timeout)
+
+    def _beat(self, path: str, what: str, lease_token: str, timeout: float) -> str:
+        response = self._call("POST", path, what, lease_token=lease_token, http=self._http_beat,
                               timeout=(min(float(timeout), 5.0), float(timeout)))
         data = self._json(response, "the heartbeat")
         if not isinstance(data, dict) or "lease_expires_at" not in data:
@@ -358,13 +360,8 @@ class TaskServerClient:
                          timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> str:
         """Extend the lease on a claimed review; returns the new expiry. Raises :class:`LeaseLostError` if it is
         gone. One try, as :meth:`heartbeat`."""
-        response = self._call("POST", f"/reviews/{review_id}/heartbeat", f"extend the lease on review {review_id}",
-                              lease_token=lease_token, http=self._http_beat,
-                              timeout=(min(float(timeout), 5.0), float(timeout)))
-        data = self._json(response, "the heartbeat")
-        if not isinstance(data, dict) or "lease_expires_at" not in data:
-            raise self._unexpected("the heartbeat", "no lease_expires_at")
-        return str(data["lease_expires_at"])
+        return self._beat(f"/reviews/{review_id}/heartbeat", f"extend the lease on review {review_id}", lease_token,
+                          timeout)
 
     def download_review(self, review: dict[str, Any], dest_dir: str | os.PathLike[str]) -> dict[str, str]:
         """Save a claimed review's reader SEG + SR and the consensus into ``dest_dir``; returns name -> path."""

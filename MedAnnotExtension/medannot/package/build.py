@@ -104,7 +104,7 @@ def build_package(session: "Session", data_dir: Path, project_id: int, output: P
     """
     from sqlalchemy import select
 
-    from medannot.audit import check_anchors, verify_chain
+    from medannot.audit import check_trail
     from medannot.server.audit import audit_entries
     from medannot.server.models import Case, Project, Review
     from medannot.server.review import review_summary
@@ -136,9 +136,7 @@ def build_package(session: "Session", data_dir: Path, project_id: int, output: P
                                 "as open)")
 
     entries = audit_entries(session)
-    count, problem = verify_chain(entries)
-    if problem is None and anchors:
-        problem = check_anchors(entries, anchors)
+    count, problem = check_trail(entries, anchors or ())
     if problem is not None:
         raise PackageBuildError(f"audit trail broken at {problem} ({count} records read); not packaging it")
 

@@ -65,9 +65,12 @@ def load_reads(paths: Sequence[Path], source: SourceImage | None = None) -> list
             if series != first.series_uid:
                 raise DicomSegError(f"{path}: drawn on series {series}, but {first.path} on series "
                                     f"{first.series_uid}; compare SEGs of one source")
-            problems = (first.geometry.mismatches(record.geometry) if first.geometry is not None and record.geometry
-                        is not None else [] if first.geometry is None and record.geometry is None
-                        else ["one is a cine, the other a volume"])
+            if first.geometry is not None and record.geometry is not None:
+                problems = first.geometry.mismatches(record.geometry)
+            elif first.shape != tuple(record.labels.shape) or (first.geometry is None) != (record.geometry is None):
+                problems = [f"one is a cine {first.shape}, the other {tuple(record.labels.shape)}"]
+            else:
+                problems = []
             if problems:
                 raise GeometryMismatchError(f"{path}: its grid differs from {first.path}'s: {'; '.join(problems)}; "
                                             "read both onto the source's grid with --source")

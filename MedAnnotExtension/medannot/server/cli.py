@@ -310,16 +310,14 @@ def audit() -> None:
                    "still be there with the same hash, so a trail cut at its end is caught too.")
 def audit_verify(db: str | None, anchor_files: tuple[Path, ...]) -> None:
     """Check the audit hash chain: exit 0 when intact, 1 naming the first bad record."""
-    from medannot.audit import AuditTrailBroken, check_anchors, read_anchors, verify_chain
+    from medannot.audit import AuditTrailBroken, check_trail, read_anchors
     from medannot.server.audit import audit_entries
     from medannot.server.db import transaction
 
     anchors = [anchor for path in anchor_files for anchor in read_anchors(path)]
     with transaction(_factory(db)) as session:
         entries = audit_entries(session)
-    count, problem = verify_chain(entries)
-    if problem is None and anchors:
-        problem = check_anchors(entries, anchors)
+    count, problem = check_trail(entries, anchors)
     if problem is not None:
         raise AuditTrailBroken(f"audit trail broken at {problem} ({count} records read)")
     checked = f"; {len(anchors)} anchor(s) hold" if anchors else ""
