@@ -38,6 +38,8 @@ LAZY_COMMANDS = {
     "audit": ("medannot.server.cli:audit", "The tamper-evident audit trail."),
     "package": ("medannot.package.cli:package",
                 "The regulatory submission package: build it from the server database, verify it offline."),
+    "deid": ("medannot.deid.cli:deid", "De-identification gate: find PHI in DICOM files, de-identify them (PS3.15 "
+             "Basic Profile, keyed UIDs)."),
     "review": ("medannot.review.cli:review",
                "Multi-reader review of SEGs on your disk: agreement between reads, consensus of reads."),
     "client": ("medannot.client.cli:client_group", "The lab's task server: log in, claim the next case, keep the "
