@@ -423,9 +423,14 @@ def _deid_report(b: _Builder, include_images: bool) -> dict[str, Any]:
                                     "not installed; source images never leave without it")
         report = {"status": "not-checked", "gate": None, "message": DEID_NOT_INSTALLED, "files": []}
     elif failing:
-        raise PackageBuildError(f"{len(failing)} file(s) fail the de-identification gate; first: {failing[0]}")
+        raise PackageBuildError(f"{len(failing)} file(s) fail the de-identification gate; first: {failing[0]}; "
+                                "de-identify the case sources before import ('medannot deid apply') so the reads "
+                                "made on them are de-identified too (see 'medannot deid check')")
     else:
-        report = {"status": "passed", "gate": "medannot.deid.check_file", "files": results}
+        from medannot.deid.profile import TABLE_EDITION
+
+        report = {"status": "passed", "gate": "medannot.deid.check_file",
+                  "profile": f"DICOM PS3.15 Annex E Basic Profile, Table E.1-1 ({TABLE_EDITION})", "files": results}
     b.write("deid-report.json", _json(report))
     return report
 
