@@ -113,6 +113,8 @@ def test_a_package_built_from_the_lab_database_verifies_offline_and_holds_every_
     assert summary["open_cases"] == ["case-002"]
     html = (root / "data/SUMMARY.html").read_text()
     assert "case-002" in html and "Rev Iewer, MD" in html
+    assert '<img src="agreement/report/agreement_per_structure.png"' in html
+    assert (root / "data/SUMMARY.pdf").read_bytes().startswith(b"%PDF-")
     readers = {r["user"]: r for r in json.loads((root / "data/readers.json").read_text())}
     assert readers["r1"]["cases_read"] == ["case-001", "case-002"]
     assert (readers["rev"]["qualification"], readers["rev"]["trained_on"]) == ("radiologist", "2026-01-05")
