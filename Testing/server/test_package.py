@@ -312,3 +312,26 @@ def test_include_images_ships_the_deidentified_sources_and_verify_checks_them(la
     assert {f"images/{p.relative_to(out / 'data/images').as_posix()}" for p in images} <= \
         {row["file"] for row in report["files"]}
     verify_package(out, use_dciodvfy=False)
+
+
+@SQLITE_ONLY
+def test_slicer_build_and_verify_package_buttons_run_the_core(lab, tmp_path):  # noqa: F811
+    """MedAnnotExport's "Build package" / "Verify package" logic (the widget only passes its fields through; the
+    Slicer GUI cannot run here): same package, same verdicts as the CLI."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedAnnotExtension" / "MedAnnotExport"))
+    from MedAnnotExportLib.logic import MedAnnotPackageLogic
+
+    from medannot.errors import MedAnnotError
+
+    data_dir = run_lab(lab, tmp_path)
+    logic = MedAnnotPackageLogic()
+    numbers = logic.buildPackage(lab.db_url, data_dir, lab.project_id, tmp_path / "from-slicer")
+    assert numbers["open_cases"] == ["case-002"] and numbers["reads"] == 3
+    assert logic.verifyPackage(tmp_path / "from-slicer").startswith("package intact:")
+    (tmp_path / "from-slicer" / "data/readers.csv").write_text("tampered\n")
+    with pytest.raises(PackageInvalid, match="data/readers.csv: changed"):
+        logic.verifyPackage(tmp_path / "from-slicer")
+    with pytest.raises(MedAnnotError, match="database URL"):
+        logic.buildPackage("", data_dir, lab.project_id, tmp_path / "nowhere")
