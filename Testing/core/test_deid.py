@@ -32,6 +32,9 @@ PLANTED = {
     "physician": "House^Gregory",
     "request": "REQ-7777",
     "private": "Private Jane Note",
+    "deep": "Cuddy",
+    "station": "ELSEWHERE_CT1",
+    "undated": "20240229",
 }
 
 
@@ -53,6 +56,17 @@ def _plant(ds: Dataset) -> None:
     request.ScheduledProcedureStepID = "SPS-1"
     ds.RequestAttributesSequence = Sequence([request])
     ds.ImageComments = f"patient {PLANTED['id']} seen by Dr House"
+    ds.ItemInventoryDateTime = "20240229101500"  # a date Table E.1-1 does not list
+    ds.ContentLabel = "DOE"  # a free text the table does not list, holding part of the name
+    ds.ImageType = ["DERIVED", "PRIMARY", "DOE"]  # multi-valued: each value cleaned, the others kept
+    procedure = Dataset()
+    performer = Dataset()
+    performer.PerformingPhysicianName = "Cuddy^Lisa"
+    performer.PerformedProcedureStepDescription = f"for {PLANTED['name']}"
+    procedure.PerformedSeriesSequence = Sequence([performer])
+    ds.ReferencedPerformedProcedureStepSequence = Sequence([procedure])  # PHI three levels deep
+    ds.StudyComments = f"uid {ds.StudyInstanceUID}"
+    ds.file_meta.SourceApplicationEntityTitle = "ELSEWHERE_CT1"
     block = ds.private_block(0x0011, "ACME PHI", create=True)
     block.add_new(0x01, "LO", PLANTED["private"])
 
@@ -89,8 +103,11 @@ def test_check_finds_every_planted_phi_and_apply_leaves_none(planted_series: Pat
                      "AccessionNumber(0008,0050)", "InstitutionName(0008,0080)", "ReferringPhysicianName(0008,0090)",
                      "OtherPatientIDsSequence(0010,1002)", "RequestAttributesSequence(0040,0275)",
                      "ImageComments(0020,4000)", "(0011,1001)", "PatientAge(0010,1010)",
-                     "StudyInstanceUID(0020,000D)", "SOPInstanceUID(0008,0018)", "StudyDate(0008,0020)"):
-        assert expected in paths, f"{expected} not reported; got {sorted(paths)}"
+                     "StudyInstanceUID(0020,000D)", "SOPInstanceUID(0008,0018)", "StudyDate(0008,0020)",
+                     "ItemInventoryDateTime(0008,0404)", "StudyComments(0032,4000)",
+                     "FileMeta.SourceApplicationEntityTitle(0002,0016)", "ContentLabel(0070,0080)",
+                     "ReferencedPerformedProcedureStepSequence(0008,1111)"):
+        assert any(p.startswith(expected) for p in paths), f"{expected} not reported; got {sorted(paths)}"
     originals = [str(dcmread(p).SOPInstanceUID) for p in sorted(planted_series.glob("*.dcm"))]
     study = str(dcmread(next(planted_series.glob("*.dcm"))).StudyInstanceUID)
 
@@ -107,6 +124,8 @@ def test_check_finds_every_planted_phi_and_apply_leaves_none(planted_series: Pat
         assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100"]
         assert ds.PatientID.startswith("MA-") and str(ds.PatientName).rstrip("^") == ds.PatientID
         assert "PatientAge" not in ds  # X in the Basic Profile
+        assert "DOE" not in ds.ContentLabel.upper()  # part of the name, found ignoring case
+        assert list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"] and "DOE" not in ds.ImageType[2]
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     after = run_medannot("deid", "check", out)
     assert after.returncode == 0, after.stdout + after.stderr

@@ -29,7 +29,7 @@ _REGISTRY = "1.2.840.10008."
 #: UI attributes that name a coding scheme, a context group or the writing software, never an instance.
 _UID_KEEP = frozenset({"CodingSchemeUID", "ContextUID", "MappingResourceUID", "ImplementationClassUID",
                        "TransferSyntaxUID", "SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID",
-                       "PrivateInformationCreatorUID", "ReferencedTransferSyntaxUIDInFile"})
+                       "ReferencedTransferSyntaxUIDInFile"})
 #: What MedAnnot writes about the annotator and the annotation (staff, not patient): a submission needs them, so the
 #: gate keeps them in MedAnnot's own SEG/SR (Manufacturer "MedAnnot") and says so in DeidentificationMethod.
 _PROVENANCE = frozenset({
@@ -42,9 +42,16 @@ _PROVENANCE = frozenset({
     "ContentDescription", "TextValue", "ReferencedPerformedProcedureStepSequence", "PerformedProcedureCodeSequence",
 })
 _DATE_VRS = ("DA", "DT", "TM")
+#: File meta attributes that name the sending station or carry private data: not in Table E.1-1 (the meta header is
+#: rewritten by whoever writes the file), removed here because they can name the hospital's systems.
+_META_IDENTIFYING = frozenset({"SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                               "ReceivingApplicationEntityTitle", "SourcePresentationAddress",
+                               "SendingPresentationAddress", "ReceivingPresentationAddress", "PrivateInformation",
+                               "PrivateInformationCreatorUID"})
 _TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT")
 #: Where an identifying value is looked for (and from where one is taken): free text, names, identifiers, dates.
 _FREE_TEXT_VRS = ("LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT")
+_SEARCHED_VRS = _FREE_TEXT_VRS + ("CS", "AE")  # a code string or AE title can hold a name too ("DOE")
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "PN": "ANONYMIZED", "AS": "000Y",
           "DS": "0", "IS": "0", "CS": "ANONYMIZED"}
 _MAX = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "UC": 1024, "UT": 65536}
@@ -171,9 +178,11 @@ def _collect_phi_values(ds: Dataset, ours: bool) -> list[str]:
             if elem.VR == "SQ":
                 stack.extend(elem.value or [])
                 continue
-            if elem.value in (None, "") or elem.VR not in _FREE_TEXT_VRS + ("DA", "DT"):
+            if elem.value in (None, "") or elem.VR not in _FREE_TEXT_VRS + ("DA", "DT", "UI"):
                 continue
-            if profile.action_for(int(elem.tag)) is None:
+            if profile.action_for(int(elem.tag)) is None and elem.VR != "UI":
+                continue
+            if elem.VR == "UI" and (elem.keyword in _UID_KEEP or _registered(str(elem.value))):
                 continue
             for value in (elem.value if elem.VM > 1 else [elem.value]):
                 text = str(value).strip()
@@ -196,20 +205,23 @@ def _truncate(text: str, vr: str) -> str:
 
 
 def _contains_phi(elem: DataElement, values: list[str]) -> str | None:
-    if elem.VR not in _FREE_TEXT_VRS or elem.value in (None, ""):
+    """The first identifying value found in ``elem``'s text, ignoring case ("DOE" holds "Doe")."""
+    if elem.VR not in _SEARCHED_VRS or elem.value in (None, ""):
         return None
-    text = str(elem.value)
+    texts = [str(v).upper() for v in (elem.value if elem.VM > 1 else [elem.value])]
     for value in values:
-        if value in text:
+        if any(value.upper() in text for text in texts):
             return value
     return None
 
 
 def _scrub(elem: DataElement, values: list[str]) -> None:
-    text = str(elem.value)
-    for value in values:
-        text = text.replace(value, "X" * min(len(value), 8))
-    elem.value = _truncate(text, elem.VR)
+    def clean(text: str) -> str:
+        for value in values:
+            text = re.sub(re.escape(value), "X" * min(len(value), 8), text, flags=re.IGNORECASE)
+        return _truncate(text, elem.VR)
+
+    elem.value = [clean(str(v)) for v in elem.value] if elem.VM > 1 else clean(str(elem.value))
 
 
 # ---------------------------------------------------------------------------------------------------- dates
@@ -255,6 +267,10 @@ def _walk(ds: Dataset, walk: _Walk, prefix: str, in_content: bool) -> None:
                 walk.findings.append(Finding(path, "private element (the profile removes private tags)"))
             continue
         action = profile.action_for(int(tag))
+        if action is None and (elem.VR in ("DA", "DT") or keyword in _META_IDENTIFYING):
+            # a date the table does not list (it lists ~100) is still a date of the patient's care; the meta
+            # header's station names are the hospital's: treat them as the table treats their kin
+            action = "X" if keyword in _META_IDENTIFYING else "D"
         provenance = walk.ours and keyword in _PROVENANCE
         if elem.VR == "SQ":
             _walk_sequence(ds, elem, walk, path, action, provenance, in_content)
@@ -310,6 +326,12 @@ def _walk_sequence(ds: Dataset, elem: DataElement, walk: _Walk, path: str, actio
 
 def _uid(ds: Dataset, elem: DataElement, walk: _Walk, path: str, keyword: str) -> None:
     if keyword in _UID_KEEP or elem.value in (None, ""):
+        return
+    if keyword in _META_IDENTIFYING:
+        if walk.options is not None:
+            del ds[elem.tag]
+        else:
+            walk.findings.append(Finding(path, "names the sender's private information creator"))
         return
     values = elem.value if elem.VM > 1 else [elem.value]
     if all(_registered(str(v)) for v in values):
@@ -443,10 +465,16 @@ def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") ->
     if _is_ultrasound(ds) and "PixelData" in ds and options.us_pixels == "blank-outside-regions":
         _blank_outside_regions(out, where)
     _walk(out, walk, "", False)
+    if "PatientName" in out or "PatientID" in out:  # one pseudonym in both, also where the source had only one
+        out.PatientID = pseudonym(patient, options.key)
+        out.PatientName = out.PatientID + "^"
     if hasattr(out, "file_meta"):
         _walk(out.file_meta, walk, "FileMeta.", False)
+        # the meta header names the (new) instance; some sources lack it (ACR-NEMA style files)
         if "SOPInstanceUID" in out:
             out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        if "SOPClassUID" in out and "MediaStorageSOPClassUID" not in out.file_meta:
+            out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
     _mark(out, options, ours, bool(walk.changes.get("SR text values removed")) or "ContentSequence" in out,
           _is_ultrasound(ds) and "PixelData" in ds)
     return out, dict(walk.changes)

@@ -137,7 +137,7 @@ def apply_tree(source: Path, output: Path, options: DeidOptions) -> list[Applied
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             clean.save_as(target, enforce_file_format=True)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise DeidError(f"{path}: cannot write its de-identified copy {target} ({exc})") from exc
         results.append(Applied(path, target, changes, find_phi(clean)))
     return results
