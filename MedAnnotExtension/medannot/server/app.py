@@ -1,18 +1,22 @@
 """The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``. Routes stay thin: the work is in the modules."""
 
 
+import functools
 import logging
 import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Request, Response, UploadFile
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Path as PathParam, Query, Request, \
+    Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
@@ -23,11 +27,16 @@ from medannot.server import projects as project_service
 from medannot.server import queue, review, security, signatures, submissions
 from medannot.server.audit import audit_entries
 from medannot.server.config import ServerSettings
+from medannot.server.headers import SecurityHeaders
 from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
 from medannot.server.models import Case, Project, Submission, Task, User
 from medannot.server.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
+
+MAX_ROW_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL; a larger one is refused (422), never sent to SQL
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)]
+LOGIN_WAIT_SECONDS = 2.0  # how long a login waits for a free password check before 503
 
 
 def iso(value: datetime | None) -> str | None:
@@ -41,7 +50,7 @@ class LoginRequest(BaseModel):
 
 class DecisionRequest(BaseModel):
     action: str  # accept | consensus | return
-    submission_id: int | None = None
+    submission_id: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | None = None
     reason: str | None = None
 
 
@@ -69,6 +78,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPIOffline(title="MedAnnot task server", version=medannot.__version__,
                          description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
     app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
+    app.add_middleware(SecurityHeaders)
 
     def db() -> Iterator[Session]:
         # the transaction (BEGIN IMMEDIATE on SQLite) starts at the first query, after authentication
@@ -106,17 +116,57 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def medannot_error(_request: Request, exc: MedAnnotError) -> JSONResponse:
         from medannot.errors import SourceImageError
 
+        if isinstance(exc, SourceImageError):
+            # the detail names server paths, the PACS URL and its service account: for the server log only
+            reference = uuid.uuid4().hex[:12]
+            logger.error("image source failure (reference %s): %s", reference, exc)
+            return JSONResponse({"detail": "the case's images could not be fetched from the lab's image source; "
+                                           f"tell the lab's administrator the reference {reference} (the server log "
+                                           "has the details)", "reference": reference}, status_code=502)
+        if isinstance(exc, security.PasswordChecksBusy):
+            return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
         status = {queue.LeaseError: 409, queue.TaskNotFound: 404, submissions.SubmissionRejected: 422,
                   submissions.SubmissionConflict: 409, review.ReviewNotFound: 404, review.NotInReview: 409,
                   review.ReviewRefused: 403, review.DecisionRejected: 422, signatures.WrongPassword: 403,
                   signatures.SignatureRefused: 403, signatures.SignatureNotFound: 404,
-                  project_service.ProjectError: 404, SourceImageError: 502}.get(type(exc), 400)
+                  project_service.ProjectError: 404}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
-    def login(body: LoginRequest) -> LoginResponse:
-        issued = security.login(factory, body.username, body.password)  # failures are audited and committed
-        if issued is None:
+    security.set_password_check_limit(settings.password_checks or security.default_password_checks())
+    throttle = security.ClientThrottle(free_failures=settings.login_client_failures)
+    # logins wait for a password check here, in the event loop: a waiting login holds no thread and no database
+    # connection, and at most a few wait; the rest are told to come back (503) instead of queueing without limit
+    login_slots = anyio.CapacityLimiter(security.password_checks.permits)
+    login_threads = anyio.CapacityLimiter(security.password_checks.permits)
+    max_waiting_logins = 2 * security.password_checks.permits
+
+    @api.post("/auth/login", response_model=LoginResponse, tags=["auth"],
+              responses={401: {"description": "invalid user name or password"},
+                         429: {"description": "too many failed logins from this client; see Retry-After"},
+                         503: {"description": "too many logins at once; see Retry-After"}})
+    async def login(body: LoginRequest, request: Request) -> LoginResponse:
+        client = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(client)
+        if wait:
+            raise HTTPException(429, f"too many failed logins from this computer ({client}): try again in {wait} s",
+                                headers={"Retry-After": str(wait)})
+        if login_slots.statistics().tasks_waiting >= max_waiting_logins:
+            raise HTTPException(503, "the server is busy with other logins: try again in a moment",
+                                headers={"Retry-After": "1"})
+        acquired = False
+        with anyio.move_on_after(LOGIN_WAIT_SECONDS):
+            await login_slots.acquire()
+            acquired = True
+        if not acquired:
+            raise HTTPException(503, "the server is busy with other logins: try again in a moment",
+                                headers={"Retry-After": "1"})
+        try:
+            issued = await anyio.to_thread.run_sync(
+                functools.partial(security.login, factory, body.username, body.password, client, throttle),
+                limiter=login_threads)
+        finally:
+            login_slots.release()
+        if issued is None:  # failures are audited and committed
             raise HTTPException(401, "invalid user name or password")
         return LoginResponse(access_token=issued.token, expires_at=iso(issued.expires_at) or "")
 
@@ -132,7 +182,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return [project_service.project_summary(session, p) for p in session.scalars(select(Project).order_by(Project.id))]
 
     @api.get("/projects/{project_id}/guideline", response_class=PlainTextResponse, tags=["projects"])
-    def project_guideline(project_id: int, session: DB, _user: AnyUser) -> PlainTextResponse:
+    def project_guideline(project_id: RowId, session: DB, _user: AnyUser) -> PlainTextResponse:
         project = project_service.get_project(session, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
@@ -140,7 +190,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                  headers={"X-Guideline-Version": version.version, "X-Guideline-Sha256": version.sha256})
 
     @api.get("/projects/{project_id}/guideline/files", tags=["projects"])
-    def project_guideline_files(project_id: int, session: DB, _user: AnyUser) -> list[dict[str, object]]:
+    def project_guideline_files(project_id: RowId, session: DB, _user: AnyUser) -> list[dict[str, object]]:
         """The files of the current guideline version (reference images), to put next to its YAML."""
         project = project_service.get_project(session, project_id)
         version = project_service.current_version(session, project)
@@ -150,7 +200,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/projects/{project_id}/guideline/files/{name:path}", tags=["projects"],
              response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
-    def project_guideline_file(project_id: int, name: str, session: DB, _user: AnyUser) -> Response:
+    def project_guideline_file(project_id: RowId, name: str, session: DB, _user: AnyUser) -> Response:
         project = project_service.get_project(session, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
@@ -171,7 +221,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "returned_reason": review.return_reason(session, task.id)}
 
     @api.post("/projects/{project_id}/claim", tags=["tasks"], responses={204: {"description": "nothing left"}})
-    def claim(project_id: int, session: DB, user: Annotator) -> Response:
+    def claim(project_id: RowId, session: DB, user: Annotator) -> Response:
         project = project_service.get_project(session, project_id)
         claimed = queue.claim_next_task(session, user, project.id, settings.lease_seconds)
         if claimed is None:
@@ -181,18 +231,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
     LeaseToken = Annotated[str | None, Header(alias="X-Lease-Token")]
 
     @api.post("/tasks/{task_id}/heartbeat", tags=["tasks"])
-    def heartbeat(task_id: int, session: DB, user: Annotator, lease: LeaseToken = None) -> dict[str, object]:
+    def heartbeat(task_id: RowId, session: DB, user: Annotator, lease: LeaseToken = None) -> dict[str, object]:
         task = queue.heartbeat(session, user, task_id, lease, settings.lease_seconds)
         session.flush()
         return {"task_id": task.id, "lease_expires_at": iso(task.lease_expires_at)}
 
     @api.post("/tasks/{task_id}/release", status_code=204, tags=["tasks"])
-    def release(task_id: int, session: DB, user: Annotator, lease: LeaseToken = None) -> Response:
+    def release(task_id: RowId, session: DB, user: Annotator, lease: LeaseToken = None) -> Response:
         queue.release(session, user, task_id, lease)
         return Response(status_code=204)
 
     @api.post("/tasks/{task_id}/submit", status_code=201, tags=["tasks"])
-    def submit(task_id: int, user: Annotator, seg: Annotated[UploadFile, File()], sr: Annotated[UploadFile, File()],
+    def submit(task_id: RowId, user: Annotator, seg: Annotated[UploadFile, File()], sr: Annotated[UploadFile, File()],
                lease: LeaseToken = None,
                idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
         result = submissions.submit(factory, store, user.id, task_id, lease, idempotency_key or "",
@@ -205,7 +255,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse(body, status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
     @api.get("/tasks/{task_id}/instances", tags=["tasks"], response_class=FileResponse)
-    def instances(task_id: int, user: Annotator, lease: LeaseToken = None) -> FileResponse:
+    def instances(task_id: RowId, user: Annotator, lease: LeaseToken = None) -> FileResponse:
         from medannot.server import pacs
 
         with transaction(factory) as session:
@@ -229,7 +279,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             background=BackgroundTask(shutil.rmtree, workdir, True))
 
     @api.get("/projects/{project_id}/reviews", tags=["review"])
-    def list_reviews(project_id: int, session: DB, _user: ReviewerOrAdmin) -> list[dict[str, object]]:
+    def list_reviews(project_id: RowId, session: DB, _user: ReviewerOrAdmin) -> list[dict[str, object]]:
         """Review rounds of the project's cases (a case appears only once all its reads are in)."""
         project = project_service.get_project(session, project_id)
         rows = session.scalars(select(review.Review).where(review.Review.project_id == project.id)
@@ -242,7 +292,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.post("/projects/{project_id}/reviews/claim", tags=["review"],
               responses={204: {"description": "nothing left to review"}})
-    def claim_review(project_id: int, session: DB, user: Reviewer) -> Response:
+    def claim_review(project_id: RowId, session: DB, user: Reviewer) -> Response:
         project = project_service.get_project(session, project_id)
         claimed = review.claim_next_review(session, user, project.id, settings.lease_seconds)
         if claimed is None:
@@ -250,11 +300,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse(review_task_body(claimed, session))
 
     @api.get("/reviews/{review_id}", tags=["review"])
-    def get_review(review_id: int, session: DB, _user: ReviewerOrAdmin) -> dict[str, object]:
+    def get_review(review_id: RowId, session: DB, _user: ReviewerOrAdmin) -> dict[str, object]:
         return review.review_detail(session, review.get_review(session, review_id))
 
     @api.post("/reviews/{review_id}/heartbeat", tags=["review"])
-    def review_heartbeat(review_id: int, session: DB, user: Reviewer, lease: LeaseToken = None) -> dict[str, object]:
+    def review_heartbeat(review_id: RowId, session: DB, user: Reviewer, lease: LeaseToken = None) -> dict[str, object]:
         from datetime import timedelta
 
         held = review.held_review(session, user, review_id, lease)
@@ -263,7 +313,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"review_id": held.id, "lease_expires_at": iso(held.lease_expires_at)}
 
     @api.post("/reviews/{review_id}/decide", status_code=201, tags=["review"])
-    def decide(review_id: int, body: DecisionRequest, user: Reviewer, lease: LeaseToken = None,
+    def decide(review_id: RowId, body: DecisionRequest, user: Reviewer, lease: LeaseToken = None,
                idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
         result = review.decide(factory, user.id, review_id, lease, idempotency_key or "", body.action,
                                body.submission_id, body.reason)
@@ -273,7 +323,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
     @api.post("/reviews/{review_id}/decide/edited", status_code=201, tags=["review"])
-    def decide_edited(review_id: int, user: Reviewer, seg: Annotated[UploadFile, File()],
+    def decide_edited(review_id: RowId, user: Reviewer, seg: Annotated[UploadFile, File()],
                       sr: Annotated[UploadFile, File()], lease: LeaseToken = None,
                       idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
         """Decide with an edited segmentation: a new SEG + SR that references the read or consensus SEG it was
@@ -287,7 +337,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
     @api.post("/reviews/{review_id}/retry", tags=["review"])
-    def retry_review(review_id: int, user: Admin) -> dict[str, object]:
+    def retry_review(review_id: RowId, user: Admin) -> dict[str, object]:
         """Measure a failed review round again (its error is kept in the audit trail)."""
         review.retry_review(factory, store, review_id, user.username)
         with transaction(factory) as session:
@@ -300,7 +350,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/submissions/{submission_id}/{kind}", tags=["review"], response_class=Response,
              responses={200: {"content": {"application/dicom": {}}}})
-    def submission_file(submission_id: int, kind: str, session: DB, user: AnyUser) -> Response:
+    def submission_file(submission_id: RowId, kind: str, session: DB, user: AnyUser) -> Response:
         """A read's SEG or SR: its own reader, or reviewers and admins once all reads of the case are in."""
         if kind not in ("seg", "sr"):
             raise HTTPException(404, f"no file {kind!r}: use seg or sr")
@@ -314,7 +364,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/reviews/{review_id}/{which}/{kind}", tags=["review"], response_class=Response,
              responses={200: {"content": {"application/dicom": {}}}})
-    def review_file(review_id: int, which: str, kind: str, session: DB, _user: ReviewerOrAdmin) -> Response:
+    def review_file(review_id: RowId, which: str, kind: str, session: DB, _user: ReviewerOrAdmin) -> Response:
         """The consensus or the edited SEG / SR of a review."""
         r = review.get_review(session, review_id)
         if which not in ("consensus", "edited") or kind not in ("seg", "sr"):
@@ -324,21 +374,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return _file(shas[(which, kind)], kind)
 
     @api.post("/submissions/{submission_id}/sign", status_code=201, tags=["signatures"])
-    def sign_submission(submission_id: int, body: SignRequest, user: AnyUser) -> dict[str, object]:
+    def sign_submission(submission_id: RowId, body: SignRequest, user: AnyUser) -> dict[str, object]:
         """Sign a read's SEG; the password is asked again (a wrong one counts like a failed login)."""
         made = signatures.sign(factory, store, user.id, body.password, body.meaning, body.printed_name,
                                submission_id=submission_id)
         return signatures.signature_body(made)
 
     @api.post("/reviews/{review_id}/{which}/sign", status_code=201, tags=["signatures"])
-    def sign_review_file(review_id: int, which: str, body: SignRequest, user: ReviewerOrAdmin) -> dict[str, object]:
+    def sign_review_file(review_id: RowId, which: str, body: SignRequest, user: ReviewerOrAdmin) -> dict[str, object]:
         """Sign a review's consensus or edited SEG (``which``)."""
         made = signatures.sign(factory, store, user.id, body.password, body.meaning, body.printed_name,
                                review_id=review_id, which=which)
         return signatures.signature_body(made)
 
     @api.get("/signatures/{signature_id}/verify", tags=["signatures"])
-    def verify_signature(signature_id: int, session: DB, _user: AnyUser) -> dict[str, object]:
+    def verify_signature(signature_id: RowId, session: DB, _user: AnyUser) -> dict[str, object]:
         """Whether the stored signed file still has exactly the signed bytes."""
         sig = signatures.get_signature(session, signature_id)
         result = signatures.verify(session, store, sig)
@@ -346,7 +396,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/signatures/{signature_id}/sr", tags=["signatures"], response_class=Response,
              responses={200: {"content": {"application/dicom": {}}}})
-    def verified_sr(signature_id: int, session: DB, _user: AnyUser) -> Response:
+    def verified_sr(signature_id: RowId, session: DB, _user: AnyUser) -> Response:
         """The SR an "approved" signature reissued with VerificationFlag VERIFIED (its signer and time)."""
         sig = signatures.get_signature(session, signature_id)
         if sig.verified_sr_sha256 is None:
@@ -355,7 +405,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return _file(sig.verified_sr_sha256, "sr")
 
     @api.post("/signatures/{signature_id}/verify", tags=["signatures"])
-    def verify_signature_file(signature_id: int, file: Annotated[UploadFile, File()], session: DB,
+    def verify_signature_file(signature_id: RowId, file: Annotated[UploadFile, File()], session: DB,
                               _user: AnyUser) -> dict[str, object]:
         """Whether an uploaded file is exactly the bytes the signature was made over."""
         sig = signatures.get_signature(session, signature_id)
@@ -363,12 +413,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {**signatures.signature_body(sig), "valid": result.valid, "detail": result.detail}
 
     @api.get("/audit", tags=["admin"])
-    def audit(session: DB, _user: Admin, after: int = 0, limit: int = 500) -> list[dict[str, object]]:
+    def audit(session: DB, _user: Admin, after: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
+              limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, object]]:
         return [e.__dict__ for e in audit_entries(session) if e.seq > after][:limit]
 
     @api.post("/projects/{project_id}/package", tags=["admin"], response_class=Response,
               responses={200: {"content": {"application/zip": {}}}})
-    def build_package(project_id: int, session: DB, _user: Admin, require_final: bool = False) -> Response:
+    def build_package(project_id: RowId, session: DB, _user: Admin, require_final: bool = False) -> Response:
         """The project's submission package (BagIt bag, unsigned) as a zip; sign it offline with
         'medannot package build --sign-key' where the key lives."""
         from medannot.package.zipped import package_zip

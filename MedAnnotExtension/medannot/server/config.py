@@ -22,11 +22,14 @@ class ConfigurationError(MedAnnotError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Database URL, data folder for stored results and lease length."""
+    """Database URL, data folder for stored results, lease length and login limits."""
 
     db_url: str
     data_dir: Path
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    # concurrent argon2 checks (64 MiB each); logins beyond them wait briefly, then get 503 (None: from the cores)
+    password_checks: int | None = None
+    login_client_failures: int = 5  # failed logins from one client address before that client is throttled
 
     @property
     def is_sqlite(self) -> bool:
@@ -59,4 +62,17 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     if lease_seconds is None and not (text.isdigit() and int(text) > 0):
         raise ConfigurationError(f"MEDANNOT_LEASE_SECONDS={text!r}: give the lease length as whole seconds, e.g. 1800")
     lease = lease_seconds or int(text)
-    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease)
+    checks = _positive_env("MEDANNOT_PASSWORD_CHECKS", None, "concurrent password checks, e.g. 2")
+    client_failures = _positive_env("MEDANNOT_LOGIN_CLIENT_FAILURES", 5,
+                                    "failed logins from one client before it is throttled, e.g. 5")
+    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, password_checks=checks,
+                          login_client_failures=client_failures or 5)
+
+
+def _positive_env(name: str, default: int | None, what: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    if not (text.isdigit() and int(text) > 0):
+        raise ConfigurationError(f"{name}={text!r}: give the number of {what}")
+    return int(text)

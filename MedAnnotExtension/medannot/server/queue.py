@@ -110,7 +110,9 @@ def held_lease(session: Session, user: User, task_id: int, lease_token: str | No
     """The task, if ``user`` holds its lease with this token and it has not expired."""
     task = _task(session, task_id)
     now = utcnow()
-    if not lease_token or task.reader_id != user.id or not secrets.compare_digest(task.lease_token or "", lease_token):
+    # compared as bytes: compare_digest refuses a str with non-ASCII characters (a 500 for a garbled header)
+    if (not lease_token or task.reader_id != user.id
+            or not secrets.compare_digest((task.lease_token or "").encode(), lease_token.encode())):
         raise LeaseError(f"task {task_id}: this lease token is not (or no longer) valid; claim the task again")
     if task.status == TASK_SUBMITTED and allow_submitted:
         return task

@@ -323,7 +323,7 @@ def held_review(session: Session, user: User, review_id: int, lease_token: str |
         raise NotInReview(f"review task {review_id} (case {_case_key(session, review)}) is {review.status}, not in "
                           "review; nothing was stored")
     if (not lease_token or review.reviewer_id != user.id
-            or not secrets.compare_digest(review.lease_token or "", lease_token)):
+            or not secrets.compare_digest((review.lease_token or "").encode(), lease_token.encode())):
         raise LeaseError(f"review task {review_id}: this lease token is not (or no longer) valid; claim the review "
                          "again with 'medannot client review next'")
     if review.status != REVIEW_LEASED or review.lease_expires_at is None or review.lease_expires_at <= utcnow():
