@@ -231,3 +231,41 @@ def test_api_answers_are_not_cached_or_sniffed_and_the_docs_cannot_be_framed(lab
             server.stop()
         assert 'data-path="/api/v1/auth/login"' in proc.stdout, proc.stderr[-2000:]
         assert "Content Security Policy" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_heartbeats_refused_logins_and_downloads_leave_a_readable_trail(lab: Lab, tmp_path: Path) -> None:
+    """L5: a lease's heartbeats are audited once, not per call; a guessing computer's refused logins do not flood
+    the trail; an image download is audited; /audit is read page by page."""
+    app = _app(lab, tmp_path)
+    client = TestClient(app)
+    reader = {"Authorization": f"Bearer {_login(client, 'r1').json()['access_token']}"}
+    task = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=reader).json()
+    lease = {**reader, "X-Lease-Token": task["lease_token"]}
+    for _ in range(5):
+        assert client.post(f"/api/v1/tasks/{task['task_id']}/heartbeat", headers=lease).status_code == 200
+    attacker = TestClient(app, client=ATTACKER)
+    answers = [_login(attacker, "r2", f"guess number {i:04d}").status_code for i in range(10)]
+    assert answers[:5] == [401] * 5 and 429 in answers[5:]
+    archive = client.get(f"/api/v1/tasks/{task['task_id']}/instances", headers=lease)
+    assert archive.status_code == 200
+
+    admin = {"Authorization": f"Bearer {_login(client, 'admin').json()['access_token']}"}
+    assert client.get("/api/v1/audit?limit=1000000", headers=admin).status_code == 422  # no unbounded page
+    records, after = [], 0
+    while True:
+        page = client.get(f"/api/v1/audit?after={after}&limit=7", headers=admin).json()
+        assert len(page) <= 7
+        if not page:
+            break
+        records += page
+        after = page[-1]["seq"]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    entity = f"task:{task['task_id']}"
+    assert [r["action"] for r in records if r["entity"] == entity].count("lease.extend") == 1
+    guesses = [r for r in records if r["action"] == "login.failed" and json_of(r).get("client") == ATTACKER[0]]
+    # only the checked guesses are written (the five free ones and those the doubling pauses let through); the
+    # throttled attempts are refused before any record is written
+    assert len(guesses) == answers.count(401) and answers.count(429) >= 3, answers
+    downloads = [json_of(r) for r in records if r["action"] == "case.download" and r["entity"] == entity]
+    assert len(downloads) == 1 and downloads[0]["case"] == task["case_id"] and downloads[0]["files"] == 4
+    assert records[-1]["user"] == "admin"  # and who read the trail last logged in to do so

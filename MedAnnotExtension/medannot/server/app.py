@@ -25,7 +25,7 @@ import medannot
 from medannot.errors import MedAnnotError
 from medannot.server import projects as project_service
 from medannot.server import queue, review, security, signatures, submissions
-from medannot.server.audit import audit_entries
+from medannot.server.audit import append_audit, audit_entries
 from medannot.server.config import ServerSettings
 from medannot.server.headers import SecurityHeaders
 from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_ROW_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL; a larger one is refused (422), never sent to SQL
 RowId = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)]
 LOGIN_WAIT_SECONDS = 2.0  # how long a login waits for a free password check before 503
+# a refused login (429, 503) is answered after this pause: an idle coroutine costs the server nothing, and a
+# client hammering the login on N connections is slowed to N requests per second
+REFUSAL_PAUSE_SECONDS = 1.0
 
 
 def iso(value: datetime | None) -> str | None:
@@ -148,15 +151,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
         client = request.client.host if request.client else "unknown"
         wait = throttle.retry_after(client)
         if wait:
+            await anyio.sleep(min(wait, REFUSAL_PAUSE_SECONDS))
             raise HTTPException(429, f"too many failed logins from this computer ({client}): try again in {wait} s",
                                 headers={"Retry-After": str(wait)})
-        if login_slots.statistics().tasks_waiting >= max_waiting_logins:
-            raise HTTPException(503, "the server is busy with other logins: try again in a moment",
-                                headers={"Retry-After": "1"})
         acquired = False
-        with anyio.move_on_after(LOGIN_WAIT_SECONDS):
-            await login_slots.acquire()
-            acquired = True
+        if login_slots.statistics().tasks_waiting < max_waiting_logins:
+            with anyio.move_on_after(LOGIN_WAIT_SECONDS):
+                await login_slots.acquire()
+                acquired = True
+        else:
+            await anyio.sleep(REFUSAL_PAUSE_SECONDS)
         if not acquired:
             raise HTTPException(503, "the server is busy with other logins: try again in a moment",
                                 headers={"Retry-After": "1"})
@@ -274,6 +278,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except BaseException:  # a failed fetch leaves no patient images behind in the temporary folder
             shutil.rmtree(workdir, ignore_errors=True)
             raise
+        with transaction(factory) as session:  # who took which patient's images out of the server, and when
+            append_audit(session, user.username, "case.download", f"task:{task_id}", None,
+                         {"case": name, "files": len(files), "bytes": archive.stat().st_size})
 
         return FileResponse(archive, media_type="application/zip", filename=f"{name}.zip",
                             background=BackgroundTask(shutil.rmtree, workdir, True))
@@ -415,7 +422,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @api.get("/audit", tags=["admin"])
     def audit(session: DB, _user: Admin, after: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
               limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, object]]:
-        return [e.__dict__ for e in audit_entries(session) if e.seq > after][:limit]
+        """A page of the audit trail: at most ``limit`` records after sequence number ``after`` (page on with the
+        last one's ``seq``)."""
+        return [e.__dict__ for e in audit_entries(session, after, limit)]
 
     @api.post("/projects/{project_id}/package", tags=["admin"], response_class=Response,
               responses={200: {"content": {"application/zip": {}}}})

@@ -40,8 +40,9 @@ def append_audit(session: Session, user: str | None, action: str, entity: str, o
     return record
 
 
-def audit_entries(session: Session) -> list[AuditEntry]:
-    """The whole trail in sequence order."""
-    rows = session.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all()
+def audit_entries(session: Session, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
+    """The trail in sequence order: the whole of it, or the page of at most ``limit`` records after ``after``."""
+    query = select(AuditRecord).where(AuditRecord.seq > after).order_by(AuditRecord.seq)
+    rows = session.scalars(query if limit is None else query.limit(limit)).all()
     return [AuditEntry(r.seq, r.time, r.user, r.action, r.entity, r.old_value, r.new_value, r.reason, r.prev_hash,
                        r.hash) for r in rows]

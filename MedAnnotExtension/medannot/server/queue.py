@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from medannot.errors import MedAnnotError
 from medannot.server.audit import append_audit
 from medannot.server.models import (
-    TASK_LEASED, TASK_OPEN, TASK_RETURNED, TASK_SUBMITTED, Case, Submission, Task, User, utcnow,
+    TASK_LEASED, TASK_OPEN, TASK_RETURNED, TASK_SUBMITTED, AuditRecord, Case, Submission, Task, User, utcnow,
 )
 
 
@@ -126,8 +126,13 @@ def heartbeat(session: Session, user: User, task_id: int, lease_token: str | Non
     task = held_lease(session, user, task_id, lease_token)
     old = task.lease_expires_at
     task.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
-    append_audit(session, user.username, "lease.extend", f"task:{task.id}", {"lease_expires_at": old},
-                 {"lease_expires_at": task.lease_expires_at})
+    # audited once per lease (the first extension after the claim), not per call: a client beating every minute
+    # would otherwise write most of the trail; the lease's end (submit, release, expiry) is audited anyway
+    last = session.scalar(select(AuditRecord.action).where(AuditRecord.entity == f"task:{task.id}")
+                          .order_by(AuditRecord.seq.desc()).limit(1))
+    if last != "lease.extend":
+        append_audit(session, user.username, "lease.extend", f"task:{task.id}", {"lease_expires_at": old},
+                     {"lease_expires_at": task.lease_expires_at})
     return task
 
 
