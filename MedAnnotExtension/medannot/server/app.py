@@ -1,11 +1,12 @@
 """The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``. Routes stay thin: the work is in the modules."""
 
 
-import functools
+import asyncio
 import logging
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -140,7 +141,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # logins wait for a password check here, in the event loop: a waiting login holds no thread and no database
     # connection, and at most a few wait; the rest are told to come back (503) instead of queueing without limit
     login_slots = anyio.CapacityLimiter(security.password_checks.permits)
-    login_threads = anyio.CapacityLimiter(security.password_checks.permits)
+    # logins run in their own few threads, below the priority of everything else (see lower_thread_priority)
+    login_threads = ThreadPoolExecutor(max_workers=security.password_checks.permits, thread_name_prefix="login",
+                                       initializer=security.lower_thread_priority)
     max_waiting_logins = 2 * security.password_checks.permits
 
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"],
@@ -165,9 +168,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(503, "the server is busy with other logins: try again in a moment",
                                 headers={"Retry-After": "1"})
         try:
-            issued = await anyio.to_thread.run_sync(
-                functools.partial(security.login, factory, body.username, body.password, client, throttle),
-                limiter=login_threads)
+            issued = await asyncio.wrap_future(login_threads.submit(
+                security.login, factory, body.username, body.password, client, throttle))
         finally:
             login_slots.release()
         if issued is None:  # failures are audited and committed

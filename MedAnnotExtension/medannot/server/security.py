@@ -76,6 +76,17 @@ class PasswordCheckGate:
         self._slots.release()
 
 
+def lower_thread_priority() -> None:
+    """Run the calling thread (and the argon2 threads it starts) below the server's other work (Linux: nice is per
+    thread), so a login flood gets only the CPU that signed-in users leave. Elsewhere nothing changes."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
 def default_password_checks() -> int:
     """Concurrent argon2 checks when not configured: half the cores, 1 to 4 (each check uses up to 4 threads)."""
     import os
