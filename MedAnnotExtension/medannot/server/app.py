@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
@@ -135,6 +136,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   signatures.SignatureRefused: 403, signatures.SignatureNotFound: 404,
                   project_service.ProjectError: 404}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(DataError)
+    async def database_data_error(_request: Request, exc: DataError) -> JSONResponse:
+        # what the database refuses as a value (PostgreSQL: a NUL character in text) is the request's fault, not a 500
+        logger.warning("request refused by the database as data: %s", str(exc.orig).splitlines()[0])
+        return JSONResponse({"detail": "a value in the request cannot be stored or looked up (text with a NUL "
+                                       "character, or a number out of range); nothing was changed"}, status_code=422)
 
     security.set_password_check_limit(settings.password_checks or security.default_password_checks())
     throttle = security.ClientThrottle(free_failures=settings.login_client_failures)
