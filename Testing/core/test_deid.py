@@ -345,3 +345,15 @@ def test_real_files_of_other_tools_deidentify_without_new_dciodvfy_errors(tmp_pa
             assert errors(out) <= errors(source), name
         checked += 1
     assert checked >= 6
+
+
+def test_secondary_captures_are_flagged_for_burned_in_text_until_confirmed() -> None:
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("SC_rgb.dcm"))
+    flagged, _ = deidentify(ds, DeidOptions(KEY))
+    assert any("secondary capture" in f.message for f in find_phi(flagged))
+    with pytest.raises(Exception, match="SC_rgb.dcm: no SequenceOfUltrasoundRegions"):
+        deidentify(ds, DeidOptions(KEY, us_pixels="blank-outside-regions"), where="SC_rgb.dcm")
+    confirmed, _ = deidentify(ds, DeidOptions(KEY, us_pixels="confirmed-clean"))
+    assert find_phi(confirmed) == [] and confirmed.BurnedInAnnotation == "NO"

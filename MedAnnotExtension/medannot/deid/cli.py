@@ -63,8 +63,9 @@ def check(paths: tuple[Path, ...], as_json: bool) -> None:
               help="Keep sex, age (over 89 as 090Y), size, weight (option 113108).")
 @click.option("--us-pixels", type=click.Choice(["flag", "blank-outside-regions", "confirmed-clean"]),
               default="flag", show_default=True,
-              help="Ultrasound burned-in text: leave it flagged, blank outside SequenceOfUltrasoundRegions, or "
-                   "record that the lab confirmed the pixels are clean.")
+              help="Burned-in text of ultrasound and secondary captures: leave it flagged, blank outside "
+                   "SequenceOfUltrasoundRegions (ultrasound only), or record that the lab confirmed the pixels "
+                   "are clean.")
 @KEY_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print what changed per file as JSON.")
 def apply(source: Path, output: Path, profile_name: str, retain_patient_characteristics: bool, us_pixels: str,

@@ -417,6 +417,12 @@ def _is_ultrasound(ds: Dataset) -> bool:
     return str(ds.get("Modality", "")) == "US" or str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.6.")
 
 
+def _likely_burned_in(ds: Dataset) -> bool:
+    """Images that usually carry burned-in text: ultrasound and secondary captures (screenshots, scanned forms)."""
+    return "PixelData" in ds and (_is_ultrasound(ds) or str(ds.get("SOPClassUID", "")).startswith(
+        "1.2.840.10008.5.1.4.1.1.7"))
+
+
 def find_phi(ds: Dataset) -> list[Finding]:
     """Every PHI candidate left in ``ds``: what ``deid apply`` would change, each with its tag path."""
     ours = str(ds.get("Manufacturer", "")) == "MedAnnot"
@@ -443,8 +449,9 @@ def find_phi(ds: Dataset) -> list[Finding]:
     if burned == "YES":
         findings.append(Finding("BurnedInAnnotation(0028,0301)", "YES: the pixels carry burned-in text; blank it "
                                 "(--us-pixels blank-outside-regions for ultrasound) or do not release the image"))
-    elif _is_ultrasound(ds) and "PixelData" in ds and burned != "NO" and profile.CLEAN_PIXEL_DATA[0] not in codes:
-        findings.append(Finding("PixelData(7FE0,0010)", "ultrasound image: burned-in text is likely and "
+    elif _likely_burned_in(ds) and burned != "NO" and profile.CLEAN_PIXEL_DATA[0] not in codes:
+        kind = "ultrasound image" if _is_ultrasound(ds) else "secondary capture"
+        findings.append(Finding("PixelData(7FE0,0010)", f"{kind}: burned-in text is likely and "
                                 "BurnedInAnnotation is not NO; blank outside the ultrasound regions "
                                 "(--us-pixels blank-outside-regions) or confirm (--us-pixels confirmed-clean)"))
     return findings
@@ -462,7 +469,7 @@ def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") ->
     walk = _Walk(options, ours, _collect_phi_values(ds, ours), patient=patient)
     if options.shift_dates:
         walk.date_offset = date_offset(patient, options.key)
-    if _is_ultrasound(ds) and "PixelData" in ds and options.us_pixels == "blank-outside-regions":
+    if _likely_burned_in(ds) and options.us_pixels == "blank-outside-regions":
         _blank_outside_regions(out, where)
     _walk(out, walk, "", False)
     if "PatientName" in out or "PatientID" in out:  # one pseudonym in both, also where the source had only one
@@ -476,11 +483,11 @@ def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") ->
         if "SOPClassUID" in out and "MediaStorageSOPClassUID" not in out.file_meta:
             out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
     _mark(out, options, ours, bool(walk.changes.get("SR text values removed")) or "ContentSequence" in out,
-          _is_ultrasound(ds) and "PixelData" in ds)
+          _likely_burned_in(ds))
     return out, dict(walk.changes)
 
 
-def _mark(ds: Dataset, options: DeidOptions, ours: bool, structured: bool, ultrasound: bool) -> None:
+def _mark(ds: Dataset, options: DeidOptions, ours: bool, structured: bool, burned_in_likely: bool) -> None:
     codes = [profile.BASIC_PROFILE]
     notes = [f"MedAnnot {medannot.__version__}: PS3.15 E.1-1 Basic Profile (table {profile.TABLE_EDITION})",
              f"UIDs remapped by HMAC-SHA256 (key {options.key_id})"]
@@ -494,11 +501,11 @@ def _mark(ds: Dataset, options: DeidOptions, ours: bool, structured: bool, ultra
         ds.LongitudinalTemporalInformationModified = "REMOVED"
     if options.retain_patient_characteristics:
         codes.append(profile.RETAIN_PATIENT_CHARACTERISTICS)
-    if ultrasound and options.us_pixels == "blank-outside-regions":
+    if burned_in_likely and options.us_pixels == "blank-outside-regions":
         codes.append(profile.CLEAN_PIXEL_DATA)
         notes.append("pixels outside the ultrasound regions blanked")
         ds.BurnedInAnnotation = "NO"
-    elif ultrasound and options.us_pixels == "confirmed-clean":
+    elif burned_in_likely and options.us_pixels == "confirmed-clean":
         notes.append("pixel data confirmed free of burned-in identification by the lab")
         ds.BurnedInAnnotation = "NO"
     if ours:
@@ -523,7 +530,7 @@ def _blank_outside_regions(ds: Dataset, where: str) -> None:
 
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
-        raise DeidError(f"{where}: ultrasound without SequenceOfUltrasoundRegions: no region to keep; use "
+        raise DeidError(f"{where}: no SequenceOfUltrasoundRegions: no region to keep; use "
                         "--us-pixels confirmed-clean after looking at it, or leave it flagged")
     try:
         ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
