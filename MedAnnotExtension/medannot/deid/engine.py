@@ -457,19 +457,23 @@ def find_phi(ds: Dataset) -> list[Finding]:
     return findings
 
 
-def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") -> tuple[Dataset, dict[str, int]]:
-    """A de-identified copy of ``ds`` and counts of what changed; ``ds`` itself is not touched.
+def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset",
+               in_place: bool = False) -> tuple[Dataset, dict[str, int]]:
+    """A de-identified copy of ``ds`` and counts of what changed; ``ds`` itself is not touched unless ``in_place``
+    (for a dataset just read from a file: saves the copy, a quarter of the time).
 
     Raises ``DeidError`` (naming ``where``) when an option cannot apply, e.g. blanking an ultrasound image that
     has no SequenceOfUltrasoundRegions.
     """
-    out = copy.deepcopy(ds)
     ours = str(ds.get("Manufacturer", "")) == "MedAnnot"
     patient = _patient_key(ds)
-    walk = _Walk(options, ours, _collect_phi_values(ds, ours), patient=patient)
+    phi_values = _collect_phi_values(ds, ours)
+    likely_burned_in = _likely_burned_in(ds)
+    out = ds if in_place else copy.deepcopy(ds)
+    walk = _Walk(options, ours, phi_values, patient=patient)
     if options.shift_dates:
         walk.date_offset = date_offset(patient, options.key)
-    if _likely_burned_in(ds) and options.us_pixels == "blank-outside-regions":
+    if likely_burned_in and options.us_pixels == "blank-outside-regions":
         _blank_outside_regions(out, where)
     _walk(out, walk, "", False)
     if "PatientName" in out or "PatientID" in out:  # one pseudonym in both, also where the source had only one
@@ -483,7 +487,7 @@ def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") ->
         if "SOPClassUID" in out and "MediaStorageSOPClassUID" not in out.file_meta:
             out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
     _mark(out, options, ours, bool(walk.changes.get("SR text values removed")) or "ContentSequence" in out,
-          _likely_burned_in(ds))
+          likely_burned_in)
     return out, dict(walk.changes)
 
 

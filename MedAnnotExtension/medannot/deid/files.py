@@ -127,10 +127,10 @@ def apply_tree(source: Path, output: Path, options: DeidOptions) -> list[Applied
         if ds is None:
             results.append(Applied(path, None, {}, [], "not DICOM: not copied"))
             continue
-        clean, changes = deidentify(ds, options, where=str(path))
+        old_uid = str(ds.get("SOPInstanceUID", ""))
+        clean, changes = deidentify(ds, options, where=str(path), in_place=True)
         relative = Path(path.name) if source.is_file() else path.relative_to(source)
         name = relative.name
-        old_uid = str(ds.get("SOPInstanceUID", ""))
         if old_uid and old_uid in name:
             name = name.replace(old_uid, str(clean.SOPInstanceUID))
         target = output / relative.parent / name
