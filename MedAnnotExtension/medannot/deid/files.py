@@ -70,9 +70,10 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
             raise DeidError(f"{path}: no such file or folder")
 
 
-def _read(path: Path):  # type: ignore[no-untyped-def]
+def _read(path: Path, defer: bool = False):  # type: ignore[no-untyped-def]
     try:
-        return dcmread(path, force=False)
+        # the check never needs the pixels' bytes, only that they are there (defer_size keeps them on disk)
+        return dcmread(path, force=False, defer_size="64 KB" if defer else None)
     except InvalidDicomError:
         return None
     except (OSError, ValueError, AttributeError, EOFError) as exc:
@@ -82,7 +83,7 @@ def _read(path: Path):  # type: ignore[no-untyped-def]
 def check_file(path: Path) -> list[Finding]:
     """PHI candidates left in the DICOM file ``path`` (empty when it passes); a file that is not DICOM passes
     only when it is one of the package's own text records, so an image in another format is never waved through."""
-    ds = _read(Path(path))
+    ds = _read(Path(path), defer=True)
     if ds is None:
         return [Finding(str(path), "not a DICOM file: the gate cannot check it for PHI")]
     return find_phi(ds)
