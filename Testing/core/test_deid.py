@@ -297,9 +297,20 @@ def _key(tmp_path: Path) -> Path:
 
 
 def test_bad_keys_and_paths_are_one_clear_line(tmp_path: Path, planted_series: Path) -> None:
-    env = {"MEDANNOT_DEID_KEY": ""}
-    result = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o", env=env)
-    assert result.returncode == 1 and "--key-file" in result.stderr and "keygen" in result.stderr
+    # no key given: the per-user default is made once, said, and used again (same UIDs on the next run)
+    env = {"MEDANNOT_DEID_KEY": "", "MEDANNOT_HOME": str(tmp_path / "home")}
+    first = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o1", env=env)
+    assert first.returncode == 0 and "deid.key" in first.stderr, first.stderr
+    assert (tmp_path / "home" / "deid.key").stat().st_mode & 0o077 == 0
+    second = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o2", env=env)
+    assert second.returncode == 0
+    def uids(folder: Path) -> list[str]:
+        return sorted(str(dcmread(p).SOPInstanceUID) for p in folder.glob("*.dcm"))
+
+    assert uids(tmp_path / "o1") == uids(tmp_path / "o2") and len(uids(tmp_path / "o1")) == 4
+    (tmp_path / "home" / "deid.key").write_text("not hex")
+    result = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o3", env=env)
+    assert result.returncode == 1 and "deid.key" in result.stderr and "not hexadecimal" in result.stderr
     short = tmp_path / "short.key"
     short.write_text("abcd")
     result = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o", "--key-file", short)

@@ -20,22 +20,36 @@ logger = logging.getLogger(__name__)
 KEY_ENV = "MEDANNOT_DEID_KEY"
 
 
+def default_key_path() -> Path:
+    """The lab's key when none is given: ``$MEDANNOT_HOME/deid.key`` (``~/.medannot/deid.key``)."""
+    from medannot.paths import medannot_home
+
+    return medannot_home() / "deid.key"
+
+
 def load_key(path: Path | None) -> bytes:
-    """The lab's de-identification key: the file ``path`` (hex, as ``deid keygen`` writes), else $MEDANNOT_DEID_KEY."""
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DeidError(f"{path}: cannot read the de-identification key ({exc}); make one with "
-                            "'medannot deid keygen --output lab.key'") from exc
-        where = str(path)
-    else:
+    """The lab's de-identification key: the file ``path`` (hex, as ``deid keygen`` writes), else
+    $MEDANNOT_DEID_KEY (hex), else :func:`default_key_path`, made on first use (and said so on the log), so that
+    every run on this machine maps the same UIDs and patients the same way."""
+    if path is None:
         text = os.environ.get(KEY_ENV, "").strip()
-        where = f"${KEY_ENV}"
-        if not text:
-            raise DeidError(f"no de-identification key: give --key-file KEY or set {KEY_ENV}; make one with "
-                            "'medannot deid keygen --output lab.key' and keep it secret (it links pseudonyms "
-                            "to patients)")
+        if text:
+            return _parse_key(text, f"${KEY_ENV}")
+        path = default_key_path()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_new_key(path)
+            logger.warning("made a new de-identification key in %s: keep it secret and keep it (it links the "
+                           "pseudonyms and UIDs to the patients; a new key gives every patient new ones)", path)
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeidError(f"{path}: cannot read the de-identification key ({exc}); make one with "
+                        "'medannot deid keygen --output lab.key'") from exc
+    return _parse_key(text, str(path))
+
+
+def _parse_key(text: str, where: str) -> bytes:
     try:
         key = bytes.fromhex(text)
     except ValueError:
