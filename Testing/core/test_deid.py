@@ -106,7 +106,10 @@ def test_check_finds_every_planted_phi_and_apply_leaves_none(planted_series: Pat
                      "StudyInstanceUID(0020,000D)", "SOPInstanceUID(0008,0018)", "StudyDate(0008,0020)",
                      "ItemInventoryDateTime(0008,0404)", "StudyComments(0032,4000)",
                      "FileMeta.SourceApplicationEntityTitle(0002,0016)", "ContentLabel(0070,0080)",
-                     "ReferencedPerformedProcedureStepSequence(0008,1111)"):
+                     "ReferencedPerformedProcedureStepSequence(0008,1111)",
+                     "OtherPatientIDsSequence(0010,1002)[0].PatientID(0010,0020)",
+                     "ReferencedPerformedProcedureStepSequence(0008,1111)[0].PerformedSeriesSequence(0040,0340)[0]"
+                     ".PerformingPhysicianName(0008,1050)"):
         assert any(p.startswith(expected) for p in paths), f"{expected} not reported; got {sorted(paths)}"
     originals = [str(dcmread(p).SOPInstanceUID) for p in sorted(planted_series.glob("*.dcm"))]
     study = str(dcmread(next(planted_series.glob("*.dcm"))).StudyInstanceUID)

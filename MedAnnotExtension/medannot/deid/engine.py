@@ -345,9 +345,9 @@ def _walk_sequence(ds: Dataset, elem: DataElement, walk: _Walk, path: str, actio
             else:
                 elem.value = DicomSequence([])
             walk.count("sequences removed")
-        else:
-            walk.findings.append(Finding(path, f"sequence of {len(elem.value)} item(s) (Table E.1-1: {action})"))
-        return
+            return
+        # a check names the sequence and, below it, every identifying value it holds
+        walk.findings.append(Finding(path, f"sequence of {len(elem.value)} item(s) (Table E.1-1: {action})"))
     for index, item in enumerate(elem.value or []):
         _walk(item, walk, f"{path}[{index}].", content)
         if applying and action == "D" and not provenance and not content:
