@@ -57,9 +57,10 @@ def main(verbose: int) -> None:
     if verbose < 2:
         logging.getLogger("highdicom").setLevel(logging.WARNING)
     if verbose == 0:
-        # library warnings (highdicom, urllib3 retries) are for -v; a user sees our one-line messages
+        # library warnings (highdicom, pydicom on odd values, urllib3 retries) are for -v; a user sees our one-line
+        # messages
         logging.captureWarnings(True)
-        for name in ("py.warnings", "urllib3", "highdicom"):
+        for name in ("py.warnings", "urllib3", "highdicom", "pydicom"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
