@@ -69,6 +69,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPIOffline(title="MedAnnot task server", version=medannot.__version__,
                          description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
     app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
+    app.state.store = store
 
     def db() -> Iterator[Session]:
         # the transaction (BEGIN IMMEDIATE on SQLite) starts at the first query, after authentication
@@ -227,6 +228,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
         return FileResponse(archive, media_type="application/zip", filename=f"{name}.zip",
                             background=BackgroundTask(shutil.rmtree, workdir, True))
+
+    @api.get("/projects/{project_id}/archive", tags=["projects"])
+    def list_archive(project_id: int, session: DB, _user: Admin) -> dict[str, object]:
+        """The project's results archive and its outbox: each final file, sent or waiting (attempts, last error)."""
+        from medannot.server.archive import outbox_rows
+
+        project = project_service.get_project(session, project_id)
+        return {"results_dicomweb": project.results_dicomweb, "files": outbox_rows(session, project.id)}
 
     @api.get("/projects/{project_id}/reviews", tags=["review"])
     def list_reviews(project_id: int, session: DB, _user: ReviewerOrAdmin) -> list[dict[str, object]]:
