@@ -115,9 +115,12 @@ def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra
         project_id = int(proc.stdout.strip().splitlines()[-1])
         proc = medannot("admin", "cases", "import", project_id, manifest, db=db_url)
         assert proc.returncode == 0, proc.stderr
+        proc = medannot("admin", "project", "members", project_id,
+                        *[f"--add={name}" for name, role in users.items() if role != "admin"], db=db_url)
+        assert proc.returncode == 0, proc.stderr
     else:
         from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
-        from medannot.server.projects import create_project, import_cases
+        from medannot.server.projects import create_project, import_cases, set_members
         from medannot.server.security import create_user
 
         engine = make_engine(db_url)
@@ -127,6 +130,7 @@ def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra
                 create_user(session, name, role, PASSWORD, actor="test")
             project_id = create_project(session, GUIDELINE, actor="test").id
             import_cases(session, project_id, manifest, actor="test")
+            set_members(session, project_id, [n for n, r in users.items() if r != "admin"], [], actor="test")
         engine.dispose()
     return Lab(db_url, root, project_id, series=series, users=list(users))
 

@@ -279,6 +279,22 @@ def project_guideline(project_id: int, guideline: Path, db: str | None) -> None:
         click.echo(f"project {project_id} now follows {version.guideline_id} {version.version}")
 
 
+@admin_project.command("members", context_settings=CONTEXT)
+@click.argument("project_id", type=int)
+@click.option("--add", "add", multiple=True, help="User to add (repeatable).")
+@click.option("--remove", "remove", multiple=True, help="User to remove (repeatable).")
+@DB_OPTION
+def project_members(project_id: int, add: tuple[str, ...], remove: tuple[str, ...], db: str | None) -> None:
+    """Show, add or remove PROJECT_ID's members: annotators claim and reviewers review only in their projects
+    (admins work in every project)."""
+    from medannot.server.db import transaction
+    from medannot.server.projects import set_members
+
+    with transaction(_factory(db)) as session:
+        members = set_members(session, project_id, list(add), list(remove), actor="cli")
+    click.echo(f"project {project_id} members: {', '.join(members) or 'none'}")
+
+
 @admin_project.command("archive", context_settings=CONTEXT)
 @click.argument("project_id", type=int)
 @click.argument("url", required=False)
