@@ -151,6 +151,7 @@ def test_every_kind_of_element_is_written_as_pydicom_writes_it(bits_allocated):
     assert ours["PixelData"].VR == theirs["PixelData"].VR == ("OW" if bits_allocated > 8 else "OB")
 
 
+@pytest.mark.filterwarnings("ignore:The value for the data element", "ignore:The value length")
 def test_what_the_writer_does_not_encode_itself_is_left_whole_to_pydicom(tmp_path):
     ambiguous = _odd_dataset()
     ambiguous.PixelRepresentation = 0
