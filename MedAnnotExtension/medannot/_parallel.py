@@ -135,6 +135,14 @@ class InChildProcess:
             self._pid = 0
 
 
+class KeepInChild:
+    """A part of a call's result that only keeps something alive until the result's arrays are shared (such as the
+    SimpleITK image an array views); the parent receives ``None`` in its place."""
+
+    def __init__(self, kept: object) -> None:
+        self.kept = kept
+
+
 @dataclass(frozen=True)
 class _SharedArray:
     offset: int
@@ -162,7 +170,7 @@ def _serve(calls: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]], pipe: A
                         written += os.pwrite(memory, memoryview(data).cast("B")[written:], offset + written)
                     part = _SharedArray(offset, data.shape, data.dtype.str)
                     offset += -(-data.nbytes // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
-                shared.append(part)
+                shared.append(None if isinstance(part, KeepInChild) else part)
             result = tuple(shared)
         try:
             message = pickle.dumps((name, ok, result), protocol=pickle.HIGHEST_PROTOCOL)

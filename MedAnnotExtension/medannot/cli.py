@@ -240,7 +240,9 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     if (labels is None) == (not probabilities):
         raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
-    from medannot._parallel import InChildProcess, InThread
+    import numpy  # noqa: F401 - needed here anyway; imported before the fork, the helper need not import it again
+
+    from medannot._parallel import InChildProcess
     from medannot.dicomseg._highdicom_setup import module_table_index
     from medannot.guideline import load_guideline
 
@@ -260,9 +262,11 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
 
 
 def _read_label_map(path: Path) -> Any:
-    from medannot.imaging.labelmap import read_label_map
+    from medannot._parallel import KeepInChild
+    from medannot.imaging.labelmap import read_label_map_view
 
-    return read_label_map(path)
+    array, geometry, image = read_label_map_view(path)  # no copy: the helper shares the image's own buffer
+    return array, geometry, KeepInChild(image)
 
 
 def _seg_export(helper: Any, source: Path, labels: Path | None, probabilities: tuple[str, ...], reader_name: str,
@@ -313,7 +317,10 @@ def _seg_export(helper: Any, source: Path, labels: Path | None, probabilities: t
     array = geometry = None
     maps = None
     if labels is not None:
-        array, geometry = label_map.value() if label_map is not None else helper.value("labels")
+        if label_map is not None:
+            array, geometry = label_map.value()
+        else:
+            array, geometry, _kept = helper.value("labels")  # _kept: the image the array views, if read here
     else:
         from medannot.imaging.labelmap import read_probability_map
 
