@@ -83,3 +83,23 @@ def test_seg_export_leaves_the_label_map_reader_and_the_schema_validator_to_its_
     assert proc.returncode == 0, proc.stderr
     assert "imported: []" in proc.stderr  # SimpleITK, jsonschema and yaml were imported by the helper only
     assert len(proc.stdout.split()) == 2  # the SEG and the SR
+
+
+def test_with_another_thread_running_nothing_is_forked_and_each_call_runs_when_asked():
+    import threading
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        helper = InChildProcess({"pid": (os.getpid, ()), "refused": (_refuse, ("g.yaml: bad",))})
+        try:
+            assert not helper.running  # forking a process with threads could copy a held lock: not done
+            assert helper.value("pid") == os.getpid()
+            with pytest.raises(GuidelineError, match="g.yaml: bad"):
+                helper.value("refused")
+        finally:
+            helper.close()
+    finally:
+        release.set()
+        other.join()
