@@ -97,7 +97,7 @@ class InChildProcess:
         while name not in self._done and name not in self._here and self._pipe is not None:
             try:
                 received, ok, result = pickle.load(self._pipe)
-            except (EOFError, pickle.UnpicklingError, OSError):  # the child is gone: the rest is done here
+            except Exception:  # noqa: BLE001 - the child is gone or sent what cannot be read: the rest is done here
                 self._stop()
                 break
             if ok is None:

@@ -327,7 +327,12 @@ def _seg_export(helper: Any, source: Path, labels: Path | None, probabilities: t
         maps = {}
         for key, path in _pairs(probabilities, "--probability"):
             maps[key], geometry = read_probability_map(Path(path))
-    prepare_highdicom(helper.value("highdicom"))
+    try:
+        index = helper.value("highdicom")
+    except Exception as exc:  # noqa: BLE001 - the index only saves time: without it highdicom's table is indexed here
+        logger.debug("highdicom's table was not indexed by the helper: %s", exc)
+        index = None
+    prepare_highdicom(index)
     result = export_segmentation(
         src, array, geometry, g, reader, output,
         segments=provenance, task_id=task_id, probabilities=maps, replaces=replaces,

@@ -207,15 +207,13 @@ class _Encoder:
             else:
                 parts += [_header(tag, vr, len(value)), value]
             return
-        if element.is_buffered:
+        if element.is_buffered or element.is_undefined_length:  # e.g. encapsulated Pixel Data: pydicom checks it
             parts.append(self._by_pydicom(element, charset))
             return
         value_bytes = self._value(element, vr, encodings)
         if value_bytes is None or (vr not in _LONG_LENGTH_VRS and len(value_bytes) > 0xFFFF):
             parts.append(self._by_pydicom(element, charset))  # pydicom's own encoding (or its error, or its UN)
             return
-        if element.is_undefined_length and tag == _PIXEL_DATA_TAG:
-            raise _LeaveToPydicom  # encapsulated pixel data: pydicom checks and writes it
         odd = len(value_bytes) % 2  # only bytes values can be odd here (strings are padded): pydicom adds 00H
         parts.append(_header(tag, vr, len(value_bytes) + odd))
         if value_bytes:
