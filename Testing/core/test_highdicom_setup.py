@@ -93,8 +93,10 @@ run(source, np.load(labels_path), source.geometry, load_guideline(guideline_path
 """
 
 # Values that differ between two exports by design (new UIDs, the time of writing).
-# highdicom stamps its own Contributing Equipment item with the time of writing.
-_PER_RUN = {"InstanceCreationDate", "InstanceCreationTime", "SeriesDate", "SeriesTime", "ContributionDateTime"}
+# highdicom stamps its own Contributing Equipment item with the time of writing. The file meta group length counts
+# the SOP Instance UID's characters, and highdicom's random UIDs are 60 to 64 characters long.
+_PER_RUN = {"InstanceCreationDate", "InstanceCreationTime", "SeriesDate", "SeriesTime", "ContributionDateTime",
+            "FileMetaInformationGroupLength"}
 
 
 def _generated_uids(seg: pydicom.Dataset, sr: pydicom.Dataset) -> dict[str, str]:
