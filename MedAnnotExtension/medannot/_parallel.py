@@ -190,8 +190,9 @@ def _mapped(result: Any, memory: int) -> Any:
         if isinstance(part, _SharedArray):
             dtype = np.dtype(part.dtype)
             size = int(np.prod(part.shape)) * dtype.itemsize
-            view = mmap.mmap(memory, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                             offset=part.offset)
+            # MAP_POPULATE: the pages are mapped in one call, not one fault at a time when first read
+            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+            view = mmap.mmap(memory, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=part.offset)
             part = np.frombuffer(view, dtype=dtype).reshape(part.shape)  # writeable: copy-on-write pages
         parts.append(part)
     return tuple(parts)

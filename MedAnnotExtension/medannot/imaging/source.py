@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 import os
 import struct
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,6 +14,8 @@ import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+from pydicom.uid import UID
 from pydicom.pixels.utils import get_expected_length
 
 from medannot.errors import SourceImageError
@@ -219,12 +222,23 @@ _FRAME_OF_REFERENCE_REQUIRED = {
 }
 
 
+_REQUIRED_TAGS = tuple((keyword, int(Tag(keyword))) for keyword in _REQUIRED)
+
+
+@lru_cache(maxsize=64)
+def _sop_class_facts(sop_class: str) -> tuple[str, bool]:
+    """The name of a SOP Class UID (the UID itself when unknown) and whether it is retired."""
+    uid = UID(sop_class)
+    return getattr(uid, "name", sop_class) or sop_class, bool(getattr(uid, "is_retired", False))
+
+
 def _check_required(ds: Dataset, path: Path) -> None:
     sop_class = str(ds.get("SOPClassUID", ""))
     what = _NOT_SEGMENTABLE.get(sop_class)
     if what:
         raise SourceImageError(f"{path}: is {what}")
-    missing = [k for k in _REQUIRED if k not in ds]
+    elements = ds._dict  # by tag: these checks run for every file of a series
+    missing = [keyword for keyword, tag in _REQUIRED_TAGS if tag not in elements]
     if missing and set(missing) <= {"Rows", "Columns"} and "SOPClassUID" in ds:
         name = getattr(ds.SOPClassUID, "name", sop_class)
         raise SourceImageError(f"{path}: is a {name} object without pixels (no Rows, Columns), not an image; give "
@@ -232,8 +246,8 @@ def _check_required(ds: Dataset, path: Path) -> None:
     if missing:
         raise SourceImageError(f"{path}: missing {', '.join(missing)}; this is not an image MedAnnot can segment")
     frames = _number_of_frames(ds, path)
-    name = getattr(ds.SOPClassUID, "name", sop_class)
-    if getattr(ds.SOPClassUID, "is_retired", False):
+    name, retired = _sop_class_facts(sop_class)
+    if retired:
         raise SourceImageError(
             f"{path}: uses the retired SOP Class {name} ({sop_class}), which the SEG IOD's references do not cover; "
             "have it converted to the current class (re-export it from the PACS or the scanner)"
@@ -244,7 +258,7 @@ def _check_required(ds: Dataset, path: Path) -> None:
             "reference its frames conformantly; have it stored as a multi-frame class (e.g. Ultrasound Multi-frame "
             "Image Storage) or as one file per frame"
         )
-    if sop_class in _FRAME_OF_REFERENCE_REQUIRED and "FrameOfReferenceUID" not in ds:
+    if sop_class in _FRAME_OF_REFERENCE_REQUIRED and 0x00200052 not in elements:
         raise SourceImageError(
             f"{path}: has no FrameOfReferenceUID (0020,0052), which every {name} must have; the file was damaged "
             "or stripped on its way (e.g. by an anonymiser). Fetch the original from the PACS or the scanner"
