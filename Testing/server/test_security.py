@@ -1,0 +1,127 @@
+"""Issue #14's findings against a real `medannot serve` process (SQLite and PostgreSQL): each hostile request is
+refused with a one-line reason and leaves nothing stored, and the honest reader still submits."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from harness import GUIDELINE, SHAPE, Lab, ServerProcess, db_url, login, make_lab, medannot  # noqa: F401
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import create_engine, text
+
+from medannot.demo_data import ct_geometry, ct_phantom, make_ct_series
+from medannot.dicomseg import ReaderInfo, export_segmentation
+from medannot.guideline import load_guideline
+from medannot.imaging import load_source
+
+
+@dataclass
+class Served:
+    lab: Lab
+    server: ServerProcess
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def claim(self, user: str) -> tuple[dict[str, str], dict]:
+        headers = login(self.url, user)
+        task = requests.post(f"{self.url}/api/v1/projects/{self.lab.project_id}/claim", headers=headers, timeout=30)
+        assert task.status_code == 200, task.text
+        return headers, task.json()
+
+    def export(self, case_id: str, out: Path, reader: ReaderInfo, task_id: object = None) -> tuple[Path, Path]:
+        _, labels = ct_phantom(SHAPE)
+        result = export_segmentation(load_source(self.lab.series[case_id]), labels, ct_geometry(SHAPE),
+                                     load_guideline(GUIDELINE), reader, out,
+                                     task_id=None if task_id is None else str(task_id))
+        return result.seg_path, result.sr_path
+
+    def submit(self, headers: dict[str, str], task_id: object, lease: str | None, seg: bytes, sr: bytes,
+               **extra: bytes) -> requests.Response:
+        send = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+        if lease is not None:
+            send["X-Lease-Token"] = lease
+        return requests.post(f"{self.url}/api/v1/tasks/{task_id}/submit", headers=send, timeout=120,
+                             files={"seg": ("seg.dcm", seg), "sr": ("sr.dcm", sr), **extra})
+
+    def stored(self) -> tuple[set[str], int]:
+        """The stored objects and the number of submission rows: what a refusal must leave unchanged."""
+        objects = self.server.data_dir / "objects"
+        files = {p.name for p in objects.rglob("*") if p.is_file()} if objects.exists() else set()
+        engine = create_engine(self.lab.db_url)
+        with engine.connect() as connection:
+            rows = int(connection.execute(text("SELECT count(*) FROM submissions")).scalar_one())
+        engine.dispose()
+        return files, rows
+
+
+def _serve(db: str, root: Path, env: dict[str, str] | None = None, **lab_options: object) -> Iterator[Served]:
+    lab = make_lab(db, root / "lab", **lab_options)  # type: ignore[arg-type]
+    server = ServerProcess(db, root / "data", env=env).start()
+    try:
+        yield Served(lab, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Path) -> Iterator[Served]:  # noqa: F811
+    yield from _serve(db_url, tmp_path)
+
+
+def refused(response: requests.Response, status: int, *words: str) -> str:
+    """Assert a clean refusal: the status, a one-line detail naming ``words``; returns the detail."""
+    assert response.status_code == status, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, detail
+    for word in words:
+        assert word in detail, (word, detail)
+    return detail
+
+
+def honest_submit(served: Served, headers: dict[str, str], task: dict, user: str, out: Path) -> requests.Response:
+    seg, sr = served.export(task["case_id"], out, ReaderInfo(f"{user}^Test", user), task["task_id"])
+    response = served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), sr.read_bytes())
+    assert response.status_code == 201, response.text
+    return response
+
+
+def test_m1_a_local_case_whose_uid_climbs_out_of_the_folder_is_refused(served, tmp_path):
+    outside = f"medannot-escaped-{uuid.uuid4().hex[:8]}"
+    folder = make_ct_series(tmp_path / "evil", SHAPE)
+    victim = sorted(folder.glob("*.dcm"))[0]
+
+    def climb(path: Path) -> None:
+        ds = dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"../../../../../../tmp/{outside}"
+        ds.save_as(path, enforce_file_format=True)
+
+    climb(victim)
+    manifest = tmp_path / "evil.csv"
+    manifest.write_text(f"case_id,source\nevil,{folder}\n")
+    proc = medannot("admin", "cases", "import", served.lab.project_id, manifest, db=served.lab.db_url)
+    assert proc.returncode == 1 and "not a DICOM UID" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("medannot: error")]
+    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]), proc.stderr  # pydicom warns first
+    # a file changed after its case was imported: the download is refused and writes nothing outside its folder
+    headers, task = served.claim("r1")
+    climb(sorted(served.lab.series[task["case_id"]].glob("*.dcm"))[0])
+    response = requests.get(f"{served.url}/api/v1/tasks/{task['task_id']}/instances", timeout=60,
+                            headers={**headers, "X-Lease-Token": task["lease_token"]})
+    refused(response, 502, "not a DICOM UID")
+    assert not (Path("/tmp") / f"{outside}.dcm").exists()
+    assert not list(Path("/tmp").glob(f"{outside}*"))
