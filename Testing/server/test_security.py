@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from harness import GUIDELINE, SHAPE, Lab, ServerProcess, db_url, login, make_lab, medannot  # noqa: F401
+from hostile import deflate_bomb, deflated
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, text
@@ -98,6 +99,91 @@ def honest_submit(served: Served, headers: dict[str, str], task: dict, user: str
     response = served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), sr.read_bytes())
     assert response.status_code == 201, response.text
     return response
+
+
+def test_h1_a_deflated_sr_that_inflates_past_the_cap_is_refused_and_nothing_is_stored(served, tmp_path):
+    headers, task = served.claim("r1")
+    seg, sr = served.export(task["case_id"], tmp_path / "honest", ReaderInfo("r1^Test", "r1"), task["task_id"])
+    bomb = deflate_bomb(sr, 64 * 1024 * 1024)  # 64 KB on the wire, 64 MiB inflated; the SR cap is 16 MiB
+    assert len(bomb) < 100_000
+    before = served.stored()
+    # with no lease, to a task that does not exist: refused before a byte of it is read
+    refused(served.submit(headers, 99999, None, seg.read_bytes(), bomb), 404, "99999")
+    refused(served.submit(headers, task["task_id"], None, seg.read_bytes(), bomb), 409, "lease")
+    refused(served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), bomb), 413, "'sr'",
+            "inflates")
+    assert served.stored() == before
+    # an honest deflated SR (the transfer syntax is legal) is read, checked and stored as sent
+    honest = deflated(dcmread(sr))
+    response = served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), honest)
+    assert response.status_code == 201, response.text
+    assert response.json()["sr_sha256"] == hashlib.sha256(honest).hexdigest()
+
+
+def _raw_post(url: str, path: str, headers: dict[str, str], declared: int, body: bytes = b"") -> tuple[int, str]:
+    """POST with a declared Content-Length but only ``body`` sent: the answer shows whether the server waited for
+    the body (it times out) or answered from the headers."""
+    parts = urlsplit(url)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}", f"Content-Length: {declared}",
+             "Content-Type: multipart/form-data; boundary=xyz", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):  # the server closes the connection after its answer
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    if not received:
+        return 0, "no answer within 10 s: the server was waiting for the body"
+    answer = received.decode(errors="replace")
+    return int(answer.split(" ", 2)[1]), answer.split("\r\n\r\n", 1)[-1]
+
+
+def test_m2_login_task_lease_and_size_are_checked_before_the_upload_is_read(served, tmp_path):
+    path = "/api/v1/tasks/{}/submit"
+    headers, task = served.claim("r1")
+    before = served.stored()
+    hundred_mb = 100 * 1024 * 1024  # under the default limit: only the order of the checks refuses these
+    assert _raw_post(served.url, path.format(task["task_id"]), {}, hundred_mb)[0] == 401
+    assert _raw_post(served.url, path.format(99999), {**headers, "Idempotency-Key": "k"}, hundred_mb)[0] == 404
+    assert _raw_post(served.url, path.format(task["task_id"]), {**headers, "Idempotency-Key": "k"}, hundred_mb)[0] == 409
+    status, body = _raw_post(served.url, path.format(task["task_id"]),
+                             {**headers, "Idempotency-Key": "k", "X-Lease-Token": task["lease_token"]},
+                             2 * 1024 ** 3)  # 2 GiB declared: over the 512 MiB default, refused unread
+    assert status == 413 and "512 MiB" in json.loads(body)["detail"], body
+    # files of another task are not stored before the task and lease are checked
+    seg, sr = served.export(task["case_id"], tmp_path / "other", ReaderInfo("r1^Test", "r1"))
+    refused(served.submit(headers, 99999, task["lease_token"], seg.read_bytes(), sr.read_bytes()), 404)
+    assert served.stored() == before
+    honest_submit(served, headers, task, "r1", tmp_path / "honest")
+
+
+def test_m2_the_upload_limit_is_configurable_and_holds_while_the_body_streams_in(db_url, tmp_path):  # noqa: F811
+    for served in _serve(db_url, tmp_path, env={"MEDANNOT_MAX_UPLOAD_MB": "1"}, cases=1):
+        headers, task = served.claim("r1")
+        seg, sr = served.export(task["case_id"], tmp_path / "e", ReaderInfo("r1^Test", "r1"), task["task_id"])
+        before = served.stored()
+        padding = ("padding.bin", b"\0" * (3 * 1024 * 1024))
+        refused(served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), sr.read_bytes(),
+                              padding=padding[1]), 413, "1 MiB")
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: only the streaming limit can stop it
+            boundary = b"--b0undary\r\n"
+            yield boundary + b'Content-Disposition: form-data; name="seg"; filename="seg.dcm"\r\n\r\n'
+            yield seg.read_bytes() + b"\r\n"
+            yield boundary + b'Content-Disposition: form-data; name="sr"; filename="sr.dcm"\r\n\r\n'
+            for _ in range(3):
+                yield b"\0" * (1024 * 1024)
+            yield b"\r\n--b0undary--\r\n"
+
+        response = requests.post(f"{served.url}/api/v1/tasks/{task['task_id']}/submit", data=chunked(), timeout=60,
+                                 headers={**headers, "X-Lease-Token": task["lease_token"], "Idempotency-Key": "c",
+                                          "Content-Type": "multipart/form-data; boundary=b0undary"})
+        refused(response, 413, "1 MiB")
+        assert served.stored() == before
+        honest_submit(served, headers, task, "r1", tmp_path / "honest")
 
 
 def test_m1_a_local_case_whose_uid_climbs_out_of_the_folder_is_refused(served, tmp_path):

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.errors import MedAnnotError
 from medannot.server.audit import append_audit
+from medannot.server.config import DEFAULT_MAX_UPLOAD_BYTES
 from medannot.server.db import transaction
 from medannot.server.models import (
     REVIEW_DECIDED, REVIEW_FAILED, REVIEW_LEASED, REVIEW_OPEN, REVIEW_PENDING, REVIEW_RETURNED, TASK_RETURNED,
@@ -343,20 +344,21 @@ class EditedUpload:
     edited_from_uid: str | None
 
 
-def parse_edited(store: ObjectStore, seg_bytes: bytes, sr_bytes: bytes) -> EditedUpload:
+def parse_edited(store: ObjectStore, seg_bytes: bytes, sr_bytes: bytes,
+                 max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> EditedUpload:
     """Read an edited SEG + SR (as a reader's upload is read) and the SEG it says it was edited from (the SR's
     "replaces" item, written by ``export_segmentation(replaces=...)``), then store both files."""
-    import io
     import re
 
     from medannot.dicomseg import codes
     from medannot.dicomseg.reader import _key, parse_sr
     from medannot.server.submissions import SubmissionRejected, parse_upload
 
-    upload = parse_upload(seg_bytes, sr_bytes)
+    upload = parse_upload(seg_bytes, sr_bytes, max_bytes)  # bounded: a deflated file cannot inflate past the cap
+    assert upload.seg is not None and upload.sr is not None
+    seg = upload.seg
     try:
-        root = parse_sr(dcmread(io.BytesIO(sr_bytes)))["root"]
-        seg = dcmread(io.BytesIO(seg_bytes), stop_before_pixels=True)
+        root = parse_sr(upload.sr)["root"]
     except Exception as exc:  # noqa: BLE001 - an unreadable upload is the uploader's problem (422)
         raise SubmissionRejected(f"the edited upload is not a readable SEG + SR ({type(exc).__name__}: {exc})") from exc
     found = root.get(_key(codes.REPLACES_SEG))
