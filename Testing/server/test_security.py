@@ -211,3 +211,83 @@ def test_m1_a_local_case_whose_uid_climbs_out_of_the_folder_is_refused(served, t
     refused(response, 502, "not a DICOM UID")
     assert not (Path("/tmp") / f"{outside}.dcm").exists()
     assert not list(Path("/tmp").glob(f"{outside}*"))
+
+
+def test_h3_the_reader_and_task_inside_the_seg_must_be_the_submitters(served, tmp_path):
+    proc = medannot("admin", "user", "update", "r2", "--printed-name", "Jane Roe, MD", db=served.lab.db_url)
+    assert proc.returncode == 0, proc.stderr
+    headers, task = served.claim("r2")
+    before = served.stored()
+    attempts = {
+        "reader id": ReaderInfo("Impostor^Chief", "r1"),  # the finding: another reader, task 999
+        "task 999": ReaderInfo("Roe^Jane", "r2"),
+        "Impostor": ReaderInfo("Impostor^Chief", "r2"),  # the right login, someone else's name
+    }
+    for word, reader in attempts.items():
+        seg, sr = served.export(task["case_id"], tmp_path / uuid.uuid4().hex[:6], reader,
+                                999 if word != "Impostor" else task["task_id"])
+        refused(served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), sr.read_bytes()),
+                422, word, "nothing was stored")
+    seg, sr = served.export(task["case_id"], tmp_path / "ok", ReaderInfo("Roe^Jane", "r2"), task["task_id"])
+    sr_ds = dcmread(sr)
+    for item in sr_ds.ContentSequence:  # the SR alone names another reader
+        if item.ValueType == "PNAME":
+            item.PersonName = "Impostor^Chief"
+    buffer = io.BytesIO()
+    sr_ds.save_as(buffer, enforce_file_format=True)
+    refused(served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), buffer.getvalue()), 422,
+            "Impostor")
+    assert served.stored() == before
+    seg, sr = served.export(task["case_id"], tmp_path / "honest", ReaderInfo("Roe^Jane", "r2"), task["task_id"])
+    response = served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), sr.read_bytes())
+    assert response.status_code == 201, response.text
+    objects = served.server.data_dir / "objects"
+    seg_sha, sr_sha = response.json()["seg_sha256"], response.json()["sr_sha256"]
+    shown = subprocess.run([sys.executable, "-m", "medannot.cli", "seg", "read", str(objects / seg_sha[:2] / seg_sha),
+                            "--sr", str(objects / sr_sha[:2] / sr_sha), "--json"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)
+    assert (summary["reader_name"], summary["reader_id"], summary["task_id"]) == ("Roe^Jane", "r2",
+                                                                                  str(task["task_id"]))
+
+
+def _saved(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_h4_the_seg_references_exactly_the_case_and_the_sr_this_seg_with_the_guideline_sha(served, tmp_path):
+    headers, task = served.claim("r1")
+    mine = task["case_id"]
+    other = next(key for key in served.lab.series if key != mine)
+    reader = ReaderInfo("r1^Test", "r1")
+    seg_path, sr_path = served.export(mine, tmp_path / "mine", reader, task["task_id"])
+    other_seg, other_sr = served.export(other, tmp_path / "other", reader, task["task_id"])
+    foreign = dcmread(other_seg, stop_before_pixels=True)
+    foreign_series = foreign.ReferencedSeriesSequence[0]
+    foreign_instance = foreign_series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    seg_bytes, sr_bytes = seg_path.read_bytes(), sr_path.read_bytes()
+
+    also_other_series = dcmread(seg_path)
+    also_other_series.ReferencedSeriesSequence.append(foreign_series)
+    frame_elsewhere = dcmread(seg_path)
+    source = frame_elsewhere.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    source.ReferencedSOPInstanceUID = foreign_instance
+    no_sha = dcmread(seg_path)
+    no_sha.DerivationDescription = no_sha.DerivationDescription.replace(" sha256 ", " sha ")
+    sr_no_sha = dcmread(sr_path)
+    sr_no_sha.ContentSequence = [i for i in sr_no_sha.ContentSequence
+                                 if i.ConceptNameCodeSequence[0].CodeValue != "GUIDELINE_SHA"]
+    attempts = [
+        ("series", _saved(also_other_series), sr_bytes),
+        ("SourceImageSequence", _saved(frame_elsewhere), sr_bytes),
+        ("does not reference this SEG", seg_bytes, other_sr.read_bytes()),
+        ("sha256", _saved(no_sha), sr_bytes),
+        ("sha256", seg_bytes, _saved(sr_no_sha)),
+    ]
+    before = served.stored()
+    for word, seg, sr in attempts:
+        refused(served.submit(headers, task["task_id"], task["lease_token"], seg, sr), 422, word, "nothing was stored")
+    assert served.stored() == before
+    honest_submit(served, headers, task, "r1", tmp_path / "honest")

@@ -265,7 +265,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             case = session.get(Case, task.case_id)
             assert case is not None
             source_text = case.source
-            name = case.case_key
+            name, case_id = case.case_key, case.id
         import shutil
 
         workdir = Path(tempfile.mkdtemp(prefix="medannot-instances-"))
@@ -273,6 +273,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             files = pacs.fetch_series(pacs.parse_source(source_text), workdir / "files",
                                       pacs.DicomWebSettings.from_env())
             archive = pacs.zip_series(files, workdir / "instances.zip")
+            # what the reader got is what their SEG may reference (files are named <SOPInstanceUID>.dcm)
+            submissions.remember_instances(factory, case_id, [f.name[:-len(".dcm")] for f in files])
         except BaseException:  # a failed fetch leaves no patient images behind in the temporary folder
             shutil.rmtree(workdir, ignore_errors=True)
             raise

@@ -4,6 +4,7 @@ stored content-addressed; a correction is a new submission that points at the on
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -14,11 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.dicomseg.reader import provenance_summary
 from medannot.errors import MedAnnotError
+from medannot.server import submission_checks as checks
 from medannot.server.audit import append_audit
 from medannot.server.config import DEFAULT_MAX_UPLOAD_BYTES
 from medannot.server.db import transaction
 from medannot.server.models import (
-    TASK_SUBMITTED, Case, GuidelineVersion, IdempotencyKey, Submission, Task, User, utcnow,
+    TASK_SUBMITTED, Case, GuidelineVersion, IdempotencyKey, Project, Submission, Task, User, utcnow,
 )
 from medannot.server.queue import held_lease
 from medannot.server.storage import ObjectStore
@@ -106,6 +108,50 @@ def _check_content(session: Session, task: Task, upload: ParsedUpload) -> None:
                                  "not the project's text of that version; export with the project's guideline")
 
 
+def _check_submission(session: Session, task: Task, user: User, upload: ParsedUpload, instances: set[str]) -> None:
+    """A reader's SEG + SR: their own, for this task, on exactly this case's images, under the project's guideline."""
+    assert upload.seg is not None and upload.sr is not None
+    case = session.get(Case, task.case_id)
+    assert case is not None
+    versions = {v.version: v.sha256 for v in session.scalars(
+        select(GuidelineVersion).where(GuidelineVersion.project_id == task.project_id))}
+    project = session.get(Project, task.project_id)
+    root = checks.sr_root_items(upload.sr)
+    try:
+        checks.check_reader(upload.seg, upload.sr, user.username, user.printed_name)
+        checks.check_task(upload.seg, root, task.id)
+        checks.check_case_references(upload.seg, upload.sr, case.study_uid, case.series_uid, case.case_key,
+                                     instances)
+        checks.check_guideline(upload.seg, root, project.guideline_id if project else None, versions)
+    except checks.ProvenanceMismatch as exc:
+        raise SubmissionRejected(f"task {task.id}: {exc}; nothing was stored") from exc
+
+
+def case_instances(factory: sessionmaker[Session], case_id: int) -> set[str]:
+    """The SOP Instance UIDs of a case's series: as stored, else read from its source now and stored."""
+    from medannot.server import pacs
+
+    with transaction(factory) as session:
+        case = session.get(Case, case_id)
+        assert case is not None
+        if case.instance_uids is not None:
+            return set(json.loads(case.instance_uids))
+        source_text = case.source
+    uids = pacs.instance_uids(pacs.parse_source(source_text))  # outside a transaction: it may ask the PACS
+    remember_instances(factory, case_id, uids)
+    return set(uids)
+
+
+def remember_instances(factory: sessionmaker[Session], case_id: int, uids: list[str]) -> None:
+    """Add ``uids`` to the case's known instances (a series the PACS completed later keeps what readers saw)."""
+    with transaction(factory) as session:
+        case = session.get(Case, case_id)
+        assert case is not None
+        known = set(json.loads(case.instance_uids)) if case.instance_uids else set()
+        if not set(uids) <= known:
+            case.instance_uids = json.dumps(sorted(known | set(uids)))
+
+
 def _refuse_in_review(session: Session, task: Task) -> None:
     from medannot.server.review import in_active_review
 
@@ -146,12 +192,18 @@ def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, tas
         return replay
     upload = parse_upload(seg_data, sr_data, max_upload_bytes)
     with transaction(factory) as session:
+        task = held_lease(session, session.get(User, user_id), task_id, lease_token,  # type: ignore[arg-type]
+                          allow_submitted=True)
+        case_id = task.case_id
+    instances = case_instances(factory, case_id)
+    with transaction(factory) as session:
         user = session.get(User, user_id)
         assert user is not None
-        _check_content(session, held_lease(session, user, task_id, lease_token, allow_submitted=True), upload)
+        _check_submission(session, held_lease(session, user, task_id, lease_token, allow_submitted=True), user,
+                          upload, instances)
     (seg_sha, seg_new), (sr_sha, sr_new) = store.put_file(_as_file(seg_data)), store.put_file(_as_file(sr_data))
     try:
-        return _record(factory, user_id, task_id, lease_token, idempotency_key, upload, seg_sha, sr_sha)
+        return _record(factory, user_id, task_id, lease_token, idempotency_key, upload, instances, seg_sha, sr_sha)
     except MedAnnotError:
         # refused in the last moment (the lease expired meanwhile, the case went to review): nothing stays stored
         _forget_unreferenced(factory, store, [sha for sha, new in ((seg_sha, seg_new), (sr_sha, sr_new)) if new])
@@ -169,7 +221,8 @@ def _forget_unreferenced(factory: sessionmaker[Session], store: ObjectStore, sha
 
 
 def _record(factory: sessionmaker[Session], user_id: int, task_id: int, lease_token: str | None,
-            idempotency_key: str, upload: ParsedUpload, seg_sha: str, sr_sha: str) -> SubmitResult:
+            idempotency_key: str, upload: ParsedUpload, instances: set[str], seg_sha: str,
+            sr_sha: str) -> SubmitResult:
     with transaction(factory) as session:
         user = session.get(User, user_id)
         assert user is not None
@@ -177,7 +230,7 @@ def _record(factory: sessionmaker[Session], user_id: int, task_id: int, lease_to
         previous = _existing(session, user, idempotency_key, task_id)  # a replay that raced us to the row lock
         if previous is not None:
             return SubmitResult(previous, True)
-        _check_content(session, task, upload)
+        _check_submission(session, task, user, upload, instances)
         from medannot.server.review import open_review_if_complete
 
         _refuse_in_review(session, task)
