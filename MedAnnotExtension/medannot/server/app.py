@@ -341,11 +341,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         await run_in_threadpool(held_review_check, user.id, review_id, lease)
         files = await uploads.receive_files(request, ("seg", "sr"), limit)
         try:
-            seg_bytes, sr_bytes = files["seg"].file.read(), files["sr"].file.read()
+            edited = await run_in_threadpool(review.parse_edited, store, files["seg"].file, files["sr"].file, limit)
         finally:
             for upload in files.values():
                 await upload.close()
-        edited = await run_in_threadpool(review.parse_edited, store, seg_bytes, sr_bytes, limit)
         result = await run_in_threadpool(review.decide, factory, user.id, review_id, lease, idempotency_key or "",
                                          "edited", edited=edited)
         d = result.decision
@@ -432,10 +431,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         sig = await run_in_threadpool(signature_of, signature_id)
         files = await uploads.receive_files(request, ("file",), limit)
         try:
-            data = files["file"].file.read()
+            result = await run_in_threadpool(signatures.verify_file, sig, files["file"].file)
         finally:
             await files["file"].close()
-        result = signatures.verify_bytes(sig, data)
         return {**signatures.signature_body(sig), "valid": result.valid, "detail": result.detail}
 
     @api.get("/audit", tags=["admin"])

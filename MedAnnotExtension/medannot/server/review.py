@@ -8,6 +8,7 @@ reviewers and admins see it. A reviewer never gets a case they read themselves. 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import combinations
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from sqlalchemy import and_, exists, select
@@ -344,7 +346,7 @@ class EditedUpload:
     edited_from_uid: str | None
 
 
-def parse_edited(store: ObjectStore, seg_bytes: bytes, sr_bytes: bytes,
+def parse_edited(store: ObjectStore, seg_bytes: bytes | BinaryIO, sr_bytes: bytes | BinaryIO,
                  max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> EditedUpload:
     """Read an edited SEG + SR (as a reader's upload is read) and the SEG it says it was edited from (the SR's
     "replaces" item, written by ``export_segmentation(replaces=...)``), then store both files."""
@@ -365,8 +367,10 @@ def parse_edited(store: ObjectStore, seg_bytes: bytes, sr_bytes: bytes,
     if not found:
         match = re.search(r"replaces SEG ([0-9.]+)", str(seg.get("DerivationDescription", "")))
         found = match[1] if match else None
-    return EditedUpload(store.put(seg_bytes), store.put(sr_bytes), upload.seg_uid, upload.series_uids,
-                        upload.guideline, str(found) if found else None)
+    seg_sha, sr_sha = (store.put_file(io.BytesIO(data) if isinstance(data, bytes) else data)[0]
+                       for data in (seg_bytes, sr_bytes))
+    return EditedUpload(seg_sha, sr_sha, upload.seg_uid, upload.series_uids, upload.guideline,
+                        str(found) if found else None)
 
 
 @dataclass(frozen=True)
