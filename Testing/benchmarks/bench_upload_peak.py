@@ -65,12 +65,14 @@ def main() -> None:
             started = time.perf_counter()
             bomb = deflate_bomb(made.sr_path, args.inflated_mb * 1024 * 1024)
             print(f"hostile SR: {len(bomb) / 1e6:.2f} MB deflated, {args.inflated_mb} MiB inflated "
-                  f"(built in {time.perf_counter() - started:.1f} s)")
+                  f"(built in {time.perf_counter() - started:.1f} s); the same for a SEG")
             seg = made.seg_path.read_bytes()
+            seg_bomb = deflate_bomb(made.seg_path, args.inflated_mb * 1024 * 1024)
             cases = [
                 ("bomb, no lease, task 99999", 99999, None, bomb),
                 ("bomb, no lease, own task", task["task_id"], None, bomb),
                 ("bomb, with the lease", task["task_id"], task["lease_token"], bomb),
+                ("SEG bomb, with the lease", task["task_id"], task["lease_token"], made.sr_path.read_bytes()),
                 ("honest SEG + SR", task["task_id"], task["lease_token"], made.sr_path.read_bytes()),
             ]
             print(f"{'upload':30} {'status':>6} {'idle MiB':>9} {'peak-idle MiB':>14} {'seconds':>8}")
@@ -83,11 +85,12 @@ def main() -> None:
                 if lease:
                     send["X-Lease-Token"] = lease
                 start = time.perf_counter()
+                seg_file = seg_bomb if name.startswith("SEG bomb") else seg
                 answer = requests.post(f"{server.url}/api/v1/tasks/{task_id}/submit", headers=send, timeout=600,
-                                       files={"seg": ("seg.dcm", seg), "sr": ("sr.dcm", sr)})
+                                       files={"seg": ("seg.dcm", seg_file), "sr": ("sr.dcm", sr)})
                 seconds = time.perf_counter() - start
                 over = _status_mb(pid, "VmHWM") - idle
-                if sr is bomb:
+                if "bomb" in name:
                     worst = max(worst, over)
                 print(f"{name:30} {answer.status_code:>6} {idle:>9.1f} {over:>14.1f} {seconds:>8.2f}")
             print(f"worst hostile peak over idle: {worst:.1f} MiB (target < {args.limit_mb:g} MiB): "

@@ -93,7 +93,14 @@ async def receive_files(request: Request, names: tuple[str, ...], limit: int) ->
     return files
 
 
-def _inflate(raw: BinaryIO, out: IO[bytes], cap: int, what: str) -> int:
+class _Discard:
+    """A sink that only counts: inflating into it measures a file without keeping it."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _inflate(raw: BinaryIO, out: IO[bytes] | _Discard, cap: int, what: str) -> int:
     """Inflate the rest of ``raw`` into ``out``; refuse once more than ``cap`` bytes come out."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
@@ -151,6 +158,9 @@ def read_dicom_bounded(upload: BinaryIO, what: str, cap: int, stop_before_pixels
         _check_items(upload, size, what)
         upload.seek(0)
         return dcmread(upload, stop_before_pixels=stop_before_pixels)
+    start = upload.tell()
+    _inflate(upload, _Discard(), cap, what)  # a bomb is refused before a byte of it is kept, in memory or on disk
+    upload.seek(start)
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as inflated:
         total = _inflate(upload, inflated, cap, what)
         _check_items(inflated, total, what)
