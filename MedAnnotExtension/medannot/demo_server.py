@@ -71,7 +71,7 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
     from medannot.deid.files import write_new_key, load_key
     from medannot.server.config import resolve_settings
     from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
-    from medannot.server.projects import create_project, import_cases
+    from medannot.server.projects import create_project, import_cases, set_members
     from medannot.server.security import create_user
 
     settings = resolve_settings(f"sqlite:///{root / 'medannot.db'}", root / "data")
@@ -96,6 +96,7 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
             create_user(session, name, role, password, actor="demo")
         projects["ct"] = create_project(session, guideline_path, actor="demo").id
         import_cases(session, projects["ct"], manifest, actor="demo")
+        set_members(session, projects["ct"], ["reader1", "reader2", "reviewer1"], [], actor="demo")
         if cine_guideline_path is not None:
             scanner_cine = make_us_cine(root / "scanner" / "echo-1" / "cine.dcm")
             deidentified += len(apply_tree(scanner_cine.parent, root / "pacs" / "echo-1", deid))
@@ -104,6 +105,7 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
             cine_manifest.write_text(f"case_id,source\necho-1,{cine.resolve()}\n")
             projects["cine"] = create_project(session, cine_guideline_path, actor="demo").id
             import_cases(session, projects["cine"], cine_manifest, actor="demo")
+            set_members(session, projects["cine"], ["reader1", "reader2", "reviewer1"], [], actor="demo")
     engine.dispose()
     return projects, passwords, deidentified
 

@@ -52,7 +52,7 @@ def run_medannot(paths: list[Path], out: Path) -> float:
     out.mkdir()
     start = time.perf_counter()
     for path in paths:
-        clean, _ = deidentify(dcmread(path), options)
+        clean, _ = deidentify(dcmread(path), options, in_place=True)  # as `deid apply` does
         clean.save_as(out / path.name, enforce_file_format=True)
     return time.perf_counter() - start
 

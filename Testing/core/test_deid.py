@@ -106,7 +106,10 @@ def test_check_finds_every_planted_phi_and_apply_leaves_none(planted_series: Pat
                      "StudyInstanceUID(0020,000D)", "SOPInstanceUID(0008,0018)", "StudyDate(0008,0020)",
                      "ItemInventoryDateTime(0008,0404)", "StudyComments(0032,4000)",
                      "FileMeta.SourceApplicationEntityTitle(0002,0016)", "ContentLabel(0070,0080)",
-                     "ReferencedPerformedProcedureStepSequence(0008,1111)"):
+                     "ReferencedPerformedProcedureStepSequence(0008,1111)",
+                     "OtherPatientIDsSequence(0010,1002)[0].PatientID(0010,0020)",
+                     "ReferencedPerformedProcedureStepSequence(0008,1111)[0].PerformedSeriesSequence(0040,0340)[0]"
+                     ".PerformingPhysicianName(0008,1050)"):
         assert any(p.startswith(expected) for p in paths), f"{expected} not reported; got {sorted(paths)}"
     originals = [str(dcmread(p).SOPInstanceUID) for p in sorted(planted_series.glob("*.dcm"))]
     study = str(dcmread(next(planted_series.glob("*.dcm"))).StudyInstanceUID)
@@ -297,9 +300,20 @@ def _key(tmp_path: Path) -> Path:
 
 
 def test_bad_keys_and_paths_are_one_clear_line(tmp_path: Path, planted_series: Path) -> None:
-    env = {"MEDANNOT_DEID_KEY": ""}
-    result = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o", env=env)
-    assert result.returncode == 1 and "--key-file" in result.stderr and "keygen" in result.stderr
+    # no key given: the per-user default is made once, said, and used again (same UIDs on the next run)
+    env = {"MEDANNOT_DEID_KEY": "", "MEDANNOT_HOME": str(tmp_path / "home")}
+    first = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o1", env=env)
+    assert first.returncode == 0 and "deid.key" in first.stderr, first.stderr
+    assert (tmp_path / "home" / "deid.key").stat().st_mode & 0o077 == 0
+    second = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o2", env=env)
+    assert second.returncode == 0
+    def uids(folder: Path) -> list[str]:
+        return sorted(str(dcmread(p).SOPInstanceUID) for p in folder.glob("*.dcm"))
+
+    assert uids(tmp_path / "o1") == uids(tmp_path / "o2") and len(uids(tmp_path / "o1")) == 4
+    (tmp_path / "home" / "deid.key").write_text("not hex")
+    result = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o3", env=env)
+    assert result.returncode == 1 and "deid.key" in result.stderr and "not hexadecimal" in result.stderr
     short = tmp_path / "short.key"
     short.write_text("abcd")
     result = run_medannot("deid", "apply", planted_series, "--output", tmp_path / "o", "--key-file", short)
@@ -345,3 +359,15 @@ def test_real_files_of_other_tools_deidentify_without_new_dciodvfy_errors(tmp_pa
             assert errors(out) <= errors(source), name
         checked += 1
     assert checked >= 6
+
+
+def test_secondary_captures_are_flagged_for_burned_in_text_until_confirmed() -> None:
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("SC_rgb.dcm"))
+    flagged, _ = deidentify(ds, DeidOptions(KEY))
+    assert any("secondary capture" in f.message for f in find_phi(flagged))
+    with pytest.raises(Exception, match="SC_rgb.dcm: no SequenceOfUltrasoundRegions"):
+        deidentify(ds, DeidOptions(KEY, us_pixels="blank-outside-regions"), where="SC_rgb.dcm")
+    confirmed, _ = deidentify(ds, DeidOptions(KEY, us_pixels="confirmed-clean"))
+    assert find_phi(confirmed) == [] and confirmed.BurnedInAnnotation == "NO"

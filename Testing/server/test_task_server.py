@@ -115,7 +115,7 @@ def test_claims_give_each_reader_one_slot_per_case_and_return_the_held_lease(lab
                 break
             body = task.json()
             seen[name].append(body["case_id"])
-            seg, sr = lab.export_for(body["case_id"], tmp_path / name / body["case_id"])
+            seg, sr = lab.export_for(body["case_id"], tmp_path / name / body["case_id"], reader=name)
             assert submit(client, headers, body, seg, sr, str(uuid.uuid4())).status_code == 201
     assert sorted(seen["r1"]) == sorted(seen["r2"]) == ["case-001", "case-002", "case-003"]
     projects = client.get("/api/v1/projects", headers=r1).json()
@@ -349,6 +349,7 @@ def test_a_guideline_with_crlf_line_ends_is_served_byte_for_byte(db_url, tmp_pat
     proc = medannot("admin", "project", "create", "--guideline", crlf, db=db_url)
     assert proc.returncode == 0, proc.stderr
     project_id = int(proc.stdout.strip().splitlines()[-1])
+    assert medannot("admin", "project", "members", project_id, "--add", "r1", db=db_url).returncode == 0
     client = client_for(lab, tmp_path)
     served = client.get(f"/api/v1/projects/{project_id}/guideline", headers=auth(client, "r1"))
     assert served.content == crlf.read_bytes()

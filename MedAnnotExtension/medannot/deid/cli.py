@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from medannot.cli_common import CONTEXT, MedAnnotGroup
 from medannot.deid import profile
 
 KEY_OPTION = click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                          help="The lab's key (hex, from 'medannot deid keygen'); default $MEDANNOT_DEID_KEY. The "
-                               "same key always gives the same UIDs, pseudonyms and date offsets.")
+                          help="The lab's key (hex, from 'medannot deid keygen'); default $MEDANNOT_DEID_KEY, else "
+                               "~/.medannot/deid.key (made on first use). The same key always gives the same UIDs, "
+                               "pseudonyms and date offsets.")
 
 
 @click.group("deid", cls=MedAnnotGroup, context_settings=CONTEXT)
@@ -63,8 +65,9 @@ def check(paths: tuple[Path, ...], as_json: bool) -> None:
               help="Keep sex, age (over 89 as 090Y), size, weight (option 113108).")
 @click.option("--us-pixels", type=click.Choice(["flag", "blank-outside-regions", "confirmed-clean"]),
               default="flag", show_default=True,
-              help="Ultrasound burned-in text: leave it flagged, blank outside SequenceOfUltrasoundRegions, or "
-                   "record that the lab confirmed the pixels are clean.")
+              help="Burned-in text of ultrasound and secondary captures: leave it flagged, blank outside "
+                   "SequenceOfUltrasoundRegions (ultrasound only), or record that the lab confirmed the pixels "
+                   "are clean.")
 @KEY_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print what changed per file as JSON.")
 def apply(source: Path, output: Path, profile_name: str, retain_patient_characteristics: bool, us_pixels: str,
@@ -77,6 +80,7 @@ def apply(source: Path, output: Path, profile_name: str, retain_patient_characte
     Structured Content). Every copy is checked again: exit 1 when any still has a PHI candidate (listed).
     """
     from medannot.deid import DeidOptions, apply_tree, load_key
+    from medannot.deid.files import KEY_ENV, default_key_path
 
     options = DeidOptions(load_key(key_file), profile_name, retain_patient_characteristics, us_pixels)
     results = apply_tree(source, output, options)
@@ -90,6 +94,8 @@ def apply(source: Path, output: Path, profile_name: str, retain_patient_characte
         for finding in r.remaining:
             click.echo(f"{r.output}: still {finding}", err=True)
     skipped = len(results) - len(written)
+    if key_file is None and not os.environ.get(KEY_ENV):
+        click.echo(f"key: {default_key_path()} (the default; --key-file to use the lab's own)", err=True)
     click.echo(f"{len(written)} file(s) de-identified into {output} (key {options.key_id}, profile {profile_name})"
                + (f"; {skipped} not DICOM, not copied" if skipped else "")
                + (f"; {len(remaining)} still flagged (see above)" if remaining else ""), err=as_json)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
@@ -172,21 +173,31 @@ def _collect_phi_values(ds: Dataset, ours: bool) -> list[str]:
     stack = [ds]
     while stack:
         current = stack.pop()
-        for elem in current:
-            if elem.tag.is_private or (ours and elem.keyword in _PROVENANCE):
+        for tag in list(current.keys()):
+            if tag.is_private:
                 continue
-            if elem.VR == "SQ":
-                stack.extend(elem.value or [])
+            keyword = keyword_for_tag(tag)
+            if ours and keyword in _PROVENANCE:
                 continue
-            if elem.value in (None, "") or elem.VR not in _FREE_TEXT_VRS + ("DA", "DT", "UI"):
+            vr = _vr_of(current, tag)
+            if vr == "SQ":
+                stack.extend(current[tag].value or [])
                 continue
-            if profile.action_for(int(elem.tag)) is None and elem.VR != "UI":
+            if vr not in _FREE_TEXT_VRS + ("DA", "DT", "UI"):
                 continue
-            if elem.VR == "UI" and (elem.keyword in _UID_KEEP or _registered(str(elem.value))):
+            if vr == "UI":
+                if keyword in _UID_KEEP:
+                    continue
+            elif profile.action_for(int(tag)) is None:
+                continue
+            elem = current[tag]
+            if elem.value in (None, ""):
                 continue
             for value in (elem.value if elem.VM > 1 else [elem.value]):
                 text = str(value).strip()
-                if elem.VR == "PN":
+                if vr == "UI" and _registered(text):
+                    continue
+                if vr == "PN":
                     found.update(p.strip() for p in re.split(r"[\^=]", text) if len(p.strip()) >= 3)
                 elif len(text) >= 4 and text.upper() not in ("YES", "NO", "NONE", "UNKNOWN"):
                     found.add(text)
@@ -194,9 +205,9 @@ def _collect_phi_values(ds: Dataset, ours: bool) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def _name(elem: DataElement) -> str:
-    tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
-    return f"{elem.keyword}{tag}" if elem.keyword else tag
+def _tag_name(tag: BaseTag, keyword: str) -> str:
+    text = f"({tag.group:04X},{tag.element:04X})"
+    return f"{keyword}{text}" if keyword else text
 
 
 def _truncate(text: str, vr: str) -> str:
@@ -253,49 +264,70 @@ def _age(value: str) -> str:
 
 
 def _walk(ds: Dataset, walk: _Walk, prefix: str, in_content: bool) -> None:
-    """Apply (``walk.options`` set) or check (None) the profile on ``ds`` and everything nested in it."""
+    """Apply (``walk.options`` set) or check (None) the profile on ``ds`` and everything nested in it.
+
+    An element is converted from its raw bytes only when a rule needs its value: a SEG's thousands of per-frame
+    items are mostly numbers and UIDs, and converting them all made a check ten times slower."""
     applying = walk.options is not None
-    for elem in list(ds):
-        tag: BaseTag = elem.tag
-        path = f"{prefix}{_name(elem)}"
-        keyword = elem.keyword
+    marked = "marked" in walk.marks
+    for tag in list(ds.keys()):
         if tag.is_private:
             if applying:
                 del ds[tag]
                 walk.count("private elements removed")
             elif tag.element >= 0x0100 or tag.element < 0x0010:  # report data, not each private creator
-                walk.findings.append(Finding(path, "private element (the profile removes private tags)"))
+                walk.findings.append(Finding(f"{prefix}{_tag_name(tag, '')}",
+                                             "private element (the profile removes private tags)"))
             continue
+        vr = _vr_of(ds, tag)
+        keyword = keyword_for_tag(tag)
         action = profile.action_for(int(tag))
-        if action is None and (elem.VR in ("DA", "DT") or keyword in _META_IDENTIFYING):
+        if action is None and (vr in ("DA", "DT") or keyword in _META_IDENTIFYING):
             # a date the table does not list (it lists ~100) is still a date of the patient's care; the meta
             # header's station names are the hospital's: treat them as the table treats their kin
             action = "X" if keyword in _META_IDENTIFYING else "D"
         provenance = walk.ours and keyword in _PROVENANCE
-        if elem.VR == "SQ":
-            _walk_sequence(ds, elem, walk, path, action, provenance, in_content)
+        if vr == "SQ":
+            _walk_sequence(ds, ds[tag], walk, f"{prefix}{_tag_name(tag, keyword)}", action, provenance, in_content)
             continue
-        if elem.VR == "UI":
-            _uid(ds, elem, walk, path, keyword)
+        if vr == "UI":
+            if applying or not marked or keyword in _META_IDENTIFYING:  # a marked file's UIDs are its own
+                _uid(ds, ds[tag], walk, f"{prefix}{_tag_name(tag, keyword)}", keyword)
             continue
         if in_content and keyword == "TextValue" and not walk.ours:
+            elem = ds[tag]
             if applying:
                 elem.value = _REMOVED_TEXT
                 walk.count("SR text values removed")
-            elif walk.options is None and not _cleaned(walk):
-                walk.findings.append(Finding(path, f"SR free text {str(elem.value)[:40]!r} (Clean Structured "
-                                                   "Content removes it)"))
+            elif not _cleaned(walk):
+                walk.findings.append(Finding(f"{prefix}{_tag_name(tag, keyword)}", f"SR free text "
+                                             f"{str(elem.value)[:40]!r} (Clean Structured Content removes it)"))
             continue
         if action is None or provenance:
+            if not walk.phi_values or vr not in _SEARCHED_VRS:
+                continue
+            elem = ds[tag]
             found = _contains_phi(elem, walk.phi_values)
             if found is not None:
                 if applying:
                     _scrub(elem, walk.phi_values)
                     walk.count("identifying values removed from other attributes")
                 else:
-                    walk.findings.append(Finding(path, f"contains the identifying value {found!r}"))
+                    walk.findings.append(Finding(f"{prefix}{_tag_name(tag, keyword)}",
+                                                 f"contains the identifying value {found!r}"))
             continue
-        _tabled(ds, elem, walk, path, action, keyword)
+        _tabled(ds, ds[tag], walk, f"{prefix}{_tag_name(tag, keyword)}", action, keyword)
+
+
+def _vr_of(ds: Dataset, tag: BaseTag) -> str:
+    raw = ds.get_item(tag)
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    try:  # implicit VR: the dictionary's
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def _cleaned(walk: _Walk) -> bool:
@@ -313,9 +345,9 @@ def _walk_sequence(ds: Dataset, elem: DataElement, walk: _Walk, path: str, actio
             else:
                 elem.value = DicomSequence([])
             walk.count("sequences removed")
-        else:
-            walk.findings.append(Finding(path, f"sequence of {len(elem.value)} item(s) (Table E.1-1: {action})"))
-        return
+            return
+        # a check names the sequence and, below it, every identifying value it holds
+        walk.findings.append(Finding(path, f"sequence of {len(elem.value)} item(s) (Table E.1-1: {action})"))
     for index, item in enumerate(elem.value or []):
         _walk(item, walk, f"{path}[{index}].", content)
         if applying and action == "D" and not provenance and not content:
@@ -417,6 +449,12 @@ def _is_ultrasound(ds: Dataset) -> bool:
     return str(ds.get("Modality", "")) == "US" or str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.6.")
 
 
+def _likely_burned_in(ds: Dataset) -> bool:
+    """Images that usually carry burned-in text: ultrasound and secondary captures (screenshots, scanned forms)."""
+    return "PixelData" in ds and (_is_ultrasound(ds) or str(ds.get("SOPClassUID", "")).startswith(
+        "1.2.840.10008.5.1.4.1.1.7"))
+
+
 def find_phi(ds: Dataset) -> list[Finding]:
     """Every PHI candidate left in ``ds``: what ``deid apply`` would change, each with its tag path."""
     ours = str(ds.get("Manufacturer", "")) == "MedAnnot"
@@ -443,26 +481,31 @@ def find_phi(ds: Dataset) -> list[Finding]:
     if burned == "YES":
         findings.append(Finding("BurnedInAnnotation(0028,0301)", "YES: the pixels carry burned-in text; blank it "
                                 "(--us-pixels blank-outside-regions for ultrasound) or do not release the image"))
-    elif _is_ultrasound(ds) and "PixelData" in ds and burned != "NO" and profile.CLEAN_PIXEL_DATA[0] not in codes:
-        findings.append(Finding("PixelData(7FE0,0010)", "ultrasound image: burned-in text is likely and "
+    elif _likely_burned_in(ds) and burned != "NO" and profile.CLEAN_PIXEL_DATA[0] not in codes:
+        kind = "ultrasound image" if _is_ultrasound(ds) else "secondary capture"
+        findings.append(Finding("PixelData(7FE0,0010)", f"{kind}: burned-in text is likely and "
                                 "BurnedInAnnotation is not NO; blank outside the ultrasound regions "
                                 "(--us-pixels blank-outside-regions) or confirm (--us-pixels confirmed-clean)"))
     return findings
 
 
-def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") -> tuple[Dataset, dict[str, int]]:
-    """A de-identified copy of ``ds`` and counts of what changed; ``ds`` itself is not touched.
+def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset",
+               in_place: bool = False) -> tuple[Dataset, dict[str, int]]:
+    """A de-identified copy of ``ds`` and counts of what changed; ``ds`` itself is not touched unless ``in_place``
+    (for a dataset just read from a file: saves the copy, a quarter of the time).
 
     Raises ``DeidError`` (naming ``where``) when an option cannot apply, e.g. blanking an ultrasound image that
     has no SequenceOfUltrasoundRegions.
     """
-    out = copy.deepcopy(ds)
     ours = str(ds.get("Manufacturer", "")) == "MedAnnot"
     patient = _patient_key(ds)
-    walk = _Walk(options, ours, _collect_phi_values(ds, ours), patient=patient)
+    phi_values = _collect_phi_values(ds, ours)
+    likely_burned_in = _likely_burned_in(ds)
+    out = ds if in_place else copy.deepcopy(ds)
+    walk = _Walk(options, ours, phi_values, patient=patient)
     if options.shift_dates:
         walk.date_offset = date_offset(patient, options.key)
-    if _is_ultrasound(ds) and "PixelData" in ds and options.us_pixels == "blank-outside-regions":
+    if likely_burned_in and options.us_pixels == "blank-outside-regions":
         _blank_outside_regions(out, where)
     _walk(out, walk, "", False)
     if "PatientName" in out or "PatientID" in out:  # one pseudonym in both, also where the source had only one
@@ -476,11 +519,11 @@ def deidentify(ds: Dataset, options: DeidOptions, where: str = "the dataset") ->
         if "SOPClassUID" in out and "MediaStorageSOPClassUID" not in out.file_meta:
             out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
     _mark(out, options, ours, bool(walk.changes.get("SR text values removed")) or "ContentSequence" in out,
-          _is_ultrasound(ds) and "PixelData" in ds)
+          likely_burned_in)
     return out, dict(walk.changes)
 
 
-def _mark(ds: Dataset, options: DeidOptions, ours: bool, structured: bool, ultrasound: bool) -> None:
+def _mark(ds: Dataset, options: DeidOptions, ours: bool, structured: bool, burned_in_likely: bool) -> None:
     codes = [profile.BASIC_PROFILE]
     notes = [f"MedAnnot {medannot.__version__}: PS3.15 E.1-1 Basic Profile (table {profile.TABLE_EDITION})",
              f"UIDs remapped by HMAC-SHA256 (key {options.key_id})"]
@@ -494,11 +537,11 @@ def _mark(ds: Dataset, options: DeidOptions, ours: bool, structured: bool, ultra
         ds.LongitudinalTemporalInformationModified = "REMOVED"
     if options.retain_patient_characteristics:
         codes.append(profile.RETAIN_PATIENT_CHARACTERISTICS)
-    if ultrasound and options.us_pixels == "blank-outside-regions":
+    if burned_in_likely and options.us_pixels == "blank-outside-regions":
         codes.append(profile.CLEAN_PIXEL_DATA)
         notes.append("pixels outside the ultrasound regions blanked")
         ds.BurnedInAnnotation = "NO"
-    elif ultrasound and options.us_pixels == "confirmed-clean":
+    elif burned_in_likely and options.us_pixels == "confirmed-clean":
         notes.append("pixel data confirmed free of burned-in identification by the lab")
         ds.BurnedInAnnotation = "NO"
     if ours:
@@ -523,7 +566,7 @@ def _blank_outside_regions(ds: Dataset, where: str) -> None:
 
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
-        raise DeidError(f"{where}: ultrasound without SequenceOfUltrasoundRegions: no region to keep; use "
+        raise DeidError(f"{where}: no SequenceOfUltrasoundRegions: no region to keep; use "
                         "--us-pixels confirmed-clean after looking at it, or leave it flagged")
     try:
         ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None

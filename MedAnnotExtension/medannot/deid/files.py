@@ -20,22 +20,36 @@ logger = logging.getLogger(__name__)
 KEY_ENV = "MEDANNOT_DEID_KEY"
 
 
+def default_key_path() -> Path:
+    """The lab's key when none is given: ``$MEDANNOT_HOME/deid.key`` (``~/.medannot/deid.key``)."""
+    from medannot.paths import medannot_home
+
+    return medannot_home() / "deid.key"
+
+
 def load_key(path: Path | None) -> bytes:
-    """The lab's de-identification key: the file ``path`` (hex, as ``deid keygen`` writes), else $MEDANNOT_DEID_KEY."""
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DeidError(f"{path}: cannot read the de-identification key ({exc}); make one with "
-                            "'medannot deid keygen --output lab.key'") from exc
-        where = str(path)
-    else:
+    """The lab's de-identification key: the file ``path`` (hex, as ``deid keygen`` writes), else
+    $MEDANNOT_DEID_KEY (hex), else :func:`default_key_path`, made on first use (and said so on the log), so that
+    every run on this machine maps the same UIDs and patients the same way."""
+    if path is None:
         text = os.environ.get(KEY_ENV, "").strip()
-        where = f"${KEY_ENV}"
-        if not text:
-            raise DeidError(f"no de-identification key: give --key-file KEY or set {KEY_ENV}; make one with "
-                            "'medannot deid keygen --output lab.key' and keep it secret (it links pseudonyms "
-                            "to patients)")
+        if text:
+            return _parse_key(text, f"${KEY_ENV}")
+        path = default_key_path()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_new_key(path)
+            logger.warning("made a new de-identification key in %s: keep it secret and keep it (it links the "
+                           "pseudonyms and UIDs to the patients; a new key gives every patient new ones)", path)
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeidError(f"{path}: cannot read the de-identification key ({exc}); make one with "
+                        "'medannot deid keygen --output lab.key'") from exc
+    return _parse_key(text, str(path))
+
+
+def _parse_key(text: str, where: str) -> bytes:
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -70,9 +84,10 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
             raise DeidError(f"{path}: no such file or folder")
 
 
-def _read(path: Path):  # type: ignore[no-untyped-def]
+def _read(path: Path, defer: bool = False):  # type: ignore[no-untyped-def]
     try:
-        return dcmread(path, force=False)
+        # the check never needs the pixels' bytes, only that they are there (defer_size keeps them on disk)
+        return dcmread(path, force=False, defer_size="64 KB" if defer else None)
     except InvalidDicomError:
         return None
     except (OSError, ValueError, AttributeError, EOFError) as exc:
@@ -82,7 +97,7 @@ def _read(path: Path):  # type: ignore[no-untyped-def]
 def check_file(path: Path) -> list[Finding]:
     """PHI candidates left in the DICOM file ``path`` (empty when it passes); a file that is not DICOM passes
     only when it is one of the package's own text records, so an image in another format is never waved through."""
-    ds = _read(Path(path))
+    ds = _read(Path(path), defer=True)
     if ds is None:
         return [Finding(str(path), "not a DICOM file: the gate cannot check it for PHI")]
     return find_phi(ds)
@@ -127,10 +142,10 @@ def apply_tree(source: Path, output: Path, options: DeidOptions) -> list[Applied
         if ds is None:
             results.append(Applied(path, None, {}, [], "not DICOM: not copied"))
             continue
-        clean, changes = deidentify(ds, options, where=str(path))
+        old_uid = str(ds.get("SOPInstanceUID", ""))
+        clean, changes = deidentify(ds, options, where=str(path), in_place=True)
         relative = Path(path.name) if source.is_file() else path.relative_to(source)
         name = relative.name
-        old_uid = str(ds.get("SOPInstanceUID", ""))
         if old_uid and old_uid in name:
             name = name.replace(old_uid, str(clean.SOPInstanceUID))
         target = output / relative.parent / name

@@ -14,6 +14,8 @@ from medannot.errors import MedAnnotError
 DEFAULT_LEASE_SECONDS = 30 * 60
 IDLE_TOKEN_SECONDS = 30 * 60
 ABSOLUTE_TOKEN_SECONDS = 12 * 60 * 60
+# A large CT's SEG: 1000 slices of 512 x 512, FRACTIONAL (one byte a voxel) is 250 MiB per segment; two fit.
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 
 class ConfigurationError(MedAnnotError):
@@ -22,11 +24,16 @@ class ConfigurationError(MedAnnotError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Database URL, data folder for stored results, lease length and login limits."""
+    """Database URL, data folder for stored results, lease length, the largest upload accepted and login limits.
+
+    ``max_upload_bytes`` bounds a request body (checked on Content-Length and while it streams in) and what a
+    compressed (deflated) upload may inflate to.
+    """
 
     db_url: str
     data_dir: Path
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # concurrent argon2 checks (64 MiB each); logins beyond them wait briefly, then get 503 (None: from the cores)
     password_checks: int | None = None
     login_client_failures: int = 5  # failed logins from one client address before that client is throttled
@@ -37,8 +44,9 @@ class ServerSettings:
 
 
 def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
-                     lease_seconds: int | None = None) -> ServerSettings:
-    """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``), then defaults.
+                     lease_seconds: int | None = None, max_upload_mb: int | None = None) -> ServerSettings:
+    """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``, ``MEDANNOT_LEASE_SECONDS``,
+    ``MEDANNOT_MAX_UPLOAD_MB``), then defaults.
 
     The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
     """
@@ -62,11 +70,18 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     if lease_seconds is None and not (text.isdigit() and int(text) > 0):
         raise ConfigurationError(f"MEDANNOT_LEASE_SECONDS={text!r}: give the lease length as whole seconds, e.g. 1800")
     lease = lease_seconds or int(text)
+    limit_text = os.environ.get("MEDANNOT_MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_BYTES // (1024 * 1024)))
+    if max_upload_mb is None and not (limit_text.isdigit() and int(limit_text) > 0):
+        raise ConfigurationError(f"MEDANNOT_MAX_UPLOAD_MB={limit_text!r}: give the largest upload as whole MiB, "
+                                 "e.g. 512")
+    if max_upload_mb is not None and max_upload_mb <= 0:
+        raise ConfigurationError(f"--max-upload-mb {max_upload_mb}: give the largest upload as whole MiB, e.g. 512")
+    limit = (max_upload_mb or int(limit_text)) * 1024 * 1024
     checks = _positive_env("MEDANNOT_PASSWORD_CHECKS", None, "concurrent password checks, e.g. 2")
     client_failures = _positive_env("MEDANNOT_LOGIN_CLIENT_FAILURES", 5,
                                     "failed logins from one client before it is throttled, e.g. 5")
-    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, password_checks=checks,
-                          login_client_failures=client_failures or 5)
+    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, max_upload_bytes=limit,
+                          password_checks=checks, login_client_failures=client_failures or 5)
 
 
 def _positive_env(name: str, default: int | None, what: str) -> int | None:
