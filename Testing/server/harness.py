@@ -62,8 +62,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def medannot(*args: object, stdin: str | None = None, db: str | None = None) -> subprocess.CompletedProcess[str]:
-    return run_medannot(*args, stdin=stdin, env={"MEDANNOT_DB": db} if db else None)
+def medannot(*args: object, stdin: str | None = None, db: str | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_medannot(*args, stdin=stdin, env={**({"MEDANNOT_DB": db} if db else {}), **(env or {})})
 
 
 @dataclass

@@ -406,13 +406,24 @@ def audit_verify(db: str | None, anchor_files: tuple[Path, ...]) -> None:
     from medannot.server.audit import audit_entries
     from medannot.server.db import transaction
 
+    from medannot.server.audit import KEY_FILE_ENV, audit_key, check_seals
+
     anchors = [anchor for path in anchor_files for anchor in read_anchors(path)]
+    key = audit_key()
     with transaction(_factory(db)) as session:
         entries = audit_entries(session)
+        sealed, before, seal_problem = check_seals(session, key) if key else (0, 0, None)
     count, problem = check_trail(entries, anchors)
     if problem is not None:
         raise AuditTrailBroken(f"audit trail broken at {problem} ({count} records read)")
+    if seal_problem is not None:
+        raise AuditTrailBroken(f"audit trail broken at {seal_problem}")
     checked = f"; {len(anchors)} anchor(s) hold" if anchors else ""
+    if key:
+        checked += f"; {sealed} record(s) sealed with the audit key" + (f" ({before} older ones unsealed)"
+                                                                        if before else "")
+    else:
+        checked += f"; no audit key ({KEY_FILE_ENV} unset): records are not sealed"
     click.echo(f"audit trail intact: {count} records, hash chain verified{checked}")
 
 

@@ -156,6 +156,8 @@ class AuditRecord(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA256 of ``hash`` under the server's audit key (None: written without a key, or before migration 0011)
+    mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Review(Base):
