@@ -1,4 +1,5 @@
-"""The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``. Routes stay thin: the work is in the modules."""
+"""The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``; the lab dashboard at ``/``. Routes stay thin: the
+work is in the modules."""
 
 
 import logging
@@ -380,4 +381,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"status": "ok", "version": medannot.__version__}
 
     app.include_router(api)
+    from medannot.server.web import install_dashboard
+
+    install_dashboard(app, settings, factory)
     return app

@@ -35,25 +35,29 @@ def _factory(db: str | None, data_dir: Path | None = None):  # type: ignore[no-u
 @DATA_OPTION
 @click.option("--lease-minutes", default=None, type=float, help="Lease length (default 30; env MEDANNOT_LEASE_SECONDS).")
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes (use PostgreSQL for >1).")
+@click.option("--behind-tls/--no-behind-tls", default=None,
+              help="A TLS proxy is in front: the dashboard's session cookie is sent over HTTPS only "
+                   "(env MEDANNOT_BEHIND_TLS=1).")
 def serve(host: str, port: int, db: str | None, data_dir: Path | None, lease_minutes: float | None,
-          workers: int) -> None:
-    """Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."""
+          workers: int, behind_tls: bool | None) -> None:
+    """Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs, the lab dashboard at /)."""
     import os
 
     import uvicorn
 
     from medannot.server.config import resolve_settings
 
-    settings = resolve_settings(db, data_dir, int(lease_minutes * 60) if lease_minutes else None)
+    settings = resolve_settings(db, data_dir, int(lease_minutes * 60) if lease_minutes else None, behind_tls)
     if workers > 1 and settings.is_sqlite:
         raise click.UsageError("several workers need PostgreSQL (--db postgresql://...); SQLite serves one process")
     os.environ["MEDANNOT_DB"] = settings.db_url
     os.environ["MEDANNOT_DATA"] = str(settings.data_dir)
     os.environ["MEDANNOT_LEASE_SECONDS"] = str(settings.lease_seconds)
+    os.environ["MEDANNOT_BEHIND_TLS"] = "1" if settings.behind_tls else "0"
     from medannot.server.app import create_app
 
     create_app(settings)  # migrate and fail fast with a clear message before binding the port
-    click.echo(f"MedAnnot server on http://{host}:{port} (docs /docs), database "
+    click.echo(f"MedAnnot server on http://{host}:{port} (dashboard /, docs /docs), database "
                f"{settings.db_url.split('@')[-1]}, data {settings.data_dir}", err=True)
     uvicorn.run("medannot.server.asgi:app", host=host, port=port, workers=workers, log_level="warning")
 

@@ -22,11 +22,13 @@ class ConfigurationError(MedAnnotError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Database URL, data folder for stored results and lease length."""
+    """Database URL, data folder for stored results, lease length, and whether the server is reached over TLS
+    (a proxy in front terminates it): then the dashboard's session cookie is marked Secure."""
 
     db_url: str
     data_dir: Path
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    behind_tls: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -34,8 +36,9 @@ class ServerSettings:
 
 
 def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
-                     lease_seconds: int | None = None) -> ServerSettings:
-    """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``), then defaults.
+                     lease_seconds: int | None = None, behind_tls: bool | None = None) -> ServerSettings:
+    """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``, ``MEDANNOT_LEASE_SECONDS``,
+    ``MEDANNOT_BEHIND_TLS``), then defaults.
 
     The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
     """
@@ -59,4 +62,9 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     if lease_seconds is None and not (text.isdigit() and int(text) > 0):
         raise ConfigurationError(f"MEDANNOT_LEASE_SECONDS={text!r}: give the lease length as whole seconds, e.g. 1800")
     lease = lease_seconds or int(text)
-    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease)
+    if behind_tls is None:
+        flag = os.environ.get("MEDANNOT_BEHIND_TLS", "0").strip().lower()
+        if flag not in ("0", "1", "true", "false", "yes", "no", ""):
+            raise ConfigurationError(f"MEDANNOT_BEHIND_TLS={flag!r}: use 1 (a TLS proxy is in front) or 0")
+        behind_tls = flag in ("1", "true", "yes")
+    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, behind_tls=behind_tls)
