@@ -316,3 +316,42 @@ def test_an_annotator_is_refused_admin_pages_and_no_page_shows_a_password_or_tok
         assert all(ref.startswith("/") for ref in re.findall(r'(?:src|href)="([^"#][^"]*)"', html)), html
     assert "script-src" not in response.headers["content-security-policy"]  # default-src 'none': no script runs
     assert response.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_a_returned_read_puts_its_case_back_in_reading_until_its_new_read_is_in(lab, server, tmp_path):
+    from medannot.server.db import make_engine, session_factory, transaction
+    from medannot.server.models import Project
+    from medannot.server.web.progress import case_rows
+
+    def statuses() -> dict[str, str]:
+        engine = make_engine(lab.db_url)
+        try:
+            with transaction(session_factory(engine)) as session:
+                project = session.get(Project, lab.project_id)
+                assert project is not None
+                return {row.case_key: row.status for row in case_rows(session, project)}
+        finally:
+            engine.dispose()
+
+    first = read_case(lab, server, "r1", tmp_path)
+    read_case(lab, server, "r2", tmp_path)
+    assert statuses()["case-001"] == "review"
+    rev = reader(server, "rev")
+    claimed = rev.claim_review(lab.project_id)
+    assert claimed is not None
+    rev.decide(claimed["review_id"], claimed["lease_token"], str(uuid.uuid4()), "return", first, "liver tip missed")
+    assert statuses()["case-001"] == "reading"
+    again = read_case(lab, server, "r1", tmp_path)  # the returned slot comes back to r1 first
+    assert again != first
+    assert statuses() == {"case-001": "review", "case-002": "open", "case-003": "open"}
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("/projects/1?status=final", "/projects/1?status=final"), ("/", "/"), ("", "/"), (None, "/"),
+    ("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/\\evil.example", "/"), ("\\\\evil", "/"),
+    ("/\t/evil.example", "/"), ("/\r\n/evil.example", "/"), ("projects/1", "/"), ("javascript:alert(1)", "/"),
+])
+def test_after_sign_in_only_a_path_on_this_server_is_followed(target, expected):
+    from medannot.server.web.sessions import local_path
+
+    assert local_path(target) == expected

@@ -54,7 +54,7 @@ def _pair_name(names: dict[str, str], key: str) -> str:
 def case_record(session: Session, case: Case, viewer: User) -> CaseRecord:
     """The record of ``case`` as ``viewer`` may see it: a read's files are named only when the API would let the
     viewer download it (blinding); audit records are listed whole (they never hold a password or token)."""
-    users = dict(session.execute(select(User.id, User.username)).tuples().all())
+    users = dict(session.execute(select(User.id, User.username)).all())
     tasks = session.scalars(select(Task).where(Task.case_id == case.id).order_by(Task.slot)).all()
     slots = [Slot(t.slot, t.status, users.get(t.reader_id) if t.reader_id else None, t.claimed_at,
                   t.lease_expires_at if t.status == TASK_LEASED else None, t.submitted_at) for t in tasks]

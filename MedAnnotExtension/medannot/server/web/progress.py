@@ -62,7 +62,7 @@ class ProjectProgress:
 
 
 def _usernames(session: Session) -> dict[int, str]:
-    return dict(session.execute(select(User.id, User.username)).tuples().all())
+    return dict(session.execute(select(User.id, User.username)).all())
 
 
 def _case_status(tasks: list[Task], latest: Review | None, final: bool) -> str:
@@ -88,7 +88,7 @@ def case_rows(session: Session, project: Project) -> list[CaseRow]:
     dice = dict(session.execute(select(ReviewMetric.review_id, func.min(ReviewMetric.dice))
                                 .join(Review, Review.id == ReviewMetric.review_id)
                                 .where(Review.project_id == project.id)
-                                .group_by(ReviewMetric.review_id)).tuples().all())
+                                .group_by(ReviewMetric.review_id)).all())
     rows = []
     for case in cases:
         r = latest.get(case.id)
@@ -114,7 +114,7 @@ def open_leases(session: Session, project: Project, reader_id: int | None = None
     if reader_id is not None:
         query = query.where(Task.reader_id == reader_id)
     return [Lease(names.get(task.reader_id or -1, "?"), task.case_id, key, task.slot, task.lease_expires_at)
-            for task, key in session.execute(query).tuples()
+            for task, key in session.execute(query)
             if task.lease_expires_at is not None]
 
 
