@@ -51,6 +51,10 @@ def main(out: Path) -> None:
                 page.screenshot(path=str(out / "dashboard-cases.png"), full_page=True)
                 page.goto(f"{server.url}/cases/1")
                 page.screenshot(path=str(out / "dashboard-case.png"), full_page=True)
+                page.goto(f"{server.url}/projects/{lab.project_id}/package")
+                with page.expect_navigation():
+                    page.get_by_role("button", name="Build package").click()
+                page.screenshot(path=str(out / "dashboard-package.png"), full_page=True)
                 browser.close()
         finally:
             server.stop()

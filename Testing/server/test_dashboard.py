@@ -288,7 +288,7 @@ def test_an_annotator_is_refused_admin_pages_and_no_page_shows_a_password_or_tok
     leases = page.locator("table.leases tbody tr").all_inner_texts()
     assert len(leases) == 1 and leases[0].startswith("r1\t")  # their own lease, not who else reads what
     assert page.get_by_role("link", name="Users").count() == 0
-    for path in ("/users", f"/projects/{lab.project_id}", "/cases/1"):
+    for path in ("/users", f"/projects/{lab.project_id}", "/cases/1", f"/projects/{lab.project_id}/package"):
         response = page.goto(server.url + path)
         assert response is not None and response.status == 403, path
         assert page.get_by_role("heading", name="Not allowed").is_visible()
@@ -304,7 +304,8 @@ def test_an_annotator_is_refused_admin_pages_and_no_page_shows_a_password_or_tok
     press(page, page.get_by_role("button", name="Sign out"))
     sign_in(page, server.url, "admin")
     secrets += [c["value"] for c in page.context.cookies() if c["name"] == "medannot_session"]
-    for path in ("/", "/users", f"/projects/{lab.project_id}", "/cases/1", "/cases/2"):
+    for path in ("/", "/users", f"/projects/{lab.project_id}", "/cases/1", "/cases/2",
+                 f"/projects/{lab.project_id}/package"):
         response = page.goto(server.url + path)
         assert response is not None and response.status == 200, path
         pages.append(page.content())
@@ -316,6 +317,44 @@ def test_an_annotator_is_refused_admin_pages_and_no_page_shows_a_password_or_tok
         assert all(ref.startswith("/") for ref in re.findall(r'(?:src|href)="([^"#][^"]*)"', html)), html
     assert "script-src" not in response.headers["content-security-policy"]  # default-src 'none': no script runs
     assert response.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_an_admin_builds_the_package_sees_its_verification_and_downloads_it(lab, server, page, tmp_path):
+    import json
+    import zipfile
+
+    read_case(lab, server, "r1", tmp_path)
+    read_case(lab, server, "r2", tmp_path)
+    make_final(lab, server)  # case-001 final; case-002 and case-003 open
+    sign_in(page, server.url, "admin", path=f"/projects/{lab.project_id}")
+    press(page, page.get_by_role("link", name="Submission package"))
+    assert page.url == f"{server.url}/projects/{lab.project_id}/package"
+    assert "1 of 3 cases are final" in page.locator("main").inner_text()
+
+    page.get_by_label("only if every case is final").check()
+    with page.expect_navigation() as refused:
+        page.get_by_role("button", name="Build package").click()
+    assert refused.value is not None and refused.value.status == 409
+    assert "2 case(s) not final: case-002, case-003" in page.get_by_role("alert").inner_text()
+    assert not list((tmp_path / "data" / "packages").glob("project-*/*"))  # a refused build leaves nothing
+
+    page.goto(f"{server.url}/projects/{lab.project_id}/package")
+    press(page, page.get_by_role("button", name="Build package"))
+    rows = page.locator("table.packages tbody tr")
+    assert rows.count() == 1
+    assert rows.first.locator("td.verify").inner_text().startswith("intact:")
+    assert "1 final; open: case-002, case-003" in rows.first.inner_text()
+    with page.expect_download() as download:
+        rows.first.get_by_role("link", name="download").click()
+    with zipfile.ZipFile(download.value.path()) as archive:
+        names = set(archive.namelist())
+        summary = json.loads(archive.read("data/package.json"))
+    assert {"bagit.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt"} <= names
+    assert summary["final_cases"] == 1 and summary["open_cases"] == ["case-002", "case-003"]
+    assert sql(lab.db_url, "SELECT \"user\" FROM audit_records WHERE action = 'package.build'") == [("admin",)]
+    for name in ("20000101T000000Z-000000", "..%2F..%2Fserver.db%00"):  # not built here / not a package name
+        missing = page.goto(f"{server.url}/projects/{lab.project_id}/package/{name}.zip")
+        assert missing is not None and missing.status == 404, name
 
 
 def test_a_returned_read_puts_its_case_back_in_reading_until_its_new_read_is_in(lab, server, tmp_path):

@@ -27,7 +27,7 @@ from medannot.server import accounts, security
 from medannot.server.config import ServerSettings
 from medannot.server.db import transaction
 from medannot.server.models import Case, Project, User
-from medannot.server.web import progress
+from medannot.server.web import packages, progress
 from medannot.server.web.case_record import audit_values, case_record
 from medannot.server.web.sessions import (
     SESSION_COOKIE, SIGNIN_COOKIE, csrf_token, local_path, new_signin_nonce, same_token,
@@ -245,6 +245,45 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             assert viewer is not None
             return render("case.html", visitor=visitor, project=project, record=case_record(session, case, viewer),
                           status=status)
+
+    @router.get("/projects/{project_id}/package", response_class=HTMLResponse)
+    def package_page(request: Request, project_id: int) -> HTMLResponse:
+        with transaction(factory) as session:
+            visitor = signed_in(session, request)
+            require_role(visitor, "admin")
+            project = _project(session, project_id)
+            counts = progress.project_progress(session, project).counts
+            return render("package.html", visitor=visitor, project=project, counts=counts,
+                          packages=packages.built_packages(settings.data_dir, project.id))
+
+    @router.post("/projects/{project_id}/package")
+    def build_package(request: Request, project_id: int, csrf: Annotated[str, Form()] = "",
+                      require_final: Annotated[str, Form()] = "") -> Response:
+        with transaction(factory) as session:
+            visitor = signed_in(session, request)
+            require_role(visitor, "admin")
+            check_form(visitor, csrf)
+            _project(session, project_id)
+        from medannot.package import PackageBuildError
+
+        try:
+            packages.build_and_verify(factory, settings.data_dir, project_id, visitor.username, bool(require_final))
+        except PackageBuildError as exc:
+            raise PageError(409, f"The package was not built: {exc}") from exc
+        return RedirectResponse(f"/projects/{project_id}/package", status_code=303)
+
+    @router.get("/projects/{project_id}/package/{name}.zip")
+    def download_package(request: Request, project_id: int, name: str) -> Response:
+        from medannot.package.zipped import folder_zip
+
+        with transaction(factory) as session:
+            visitor = signed_in(session, request)
+            require_role(visitor, "admin")
+            _project(session, project_id)
+        built = packages.built_package(settings.data_dir, project_id, name)
+        if built is None:
+            raise PageError(404, f"Project {project_id} has no package {name!r}; build one on the package page.")
+        return folder_zip(built.folder, f"project-{project_id}-package-{name}.zip")
 
     @router.get("/users", response_class=HTMLResponse)
     def users_page(request: Request) -> HTMLResponse:
