@@ -35,7 +35,7 @@ if not (_moduleFolder / "MedAnnotLib").is_dir() and (_moduleFolder.parent / "Med
 
 import MedAnnotLib
 from MedAnnotExportLib import logic as exportLogic
-from MedAnnotExportLib.logic import MedAnnotExportLogic
+from MedAnnotExportLib.logic import MedAnnotExportLogic, MedAnnotPackageLogic
 
 NOT_RATED = -1  # confidence spin box value meaning "the reader gave no rating"
 
@@ -115,6 +115,9 @@ class MedAnnotExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.guidelinePathLineEdit.connect("currentPathChanged(QString)", self.onGuidelineChanged)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.packageLogic = MedAnnotPackageLogic()
+        self.ui.buildPackageButton.connect("clicked(bool)", self.onBuildPackageButton)
+        self.ui.verifyPackageButton.connect("clicked(bool)", self.onVerifyPackageButton)
 
         self.initializeParameterNode()
 
@@ -193,6 +196,29 @@ class MedAnnotExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to export the segmentation."), waitCursor=True):
             result = self.logic.exportFromParameterNode(self._parameterNode, self.confidences())
             self.ui.statusLabel.text = _("Written:\n{seg}\n{sr}").format(seg=result.seg_path, sr=result.sr_path)
+
+
+    def onBuildPackageButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to build the submission package."), waitCursor=True):
+            numbers = self.packageLogic.buildPackage(
+                self.ui.packageDatabaseLineEdit.text.strip(), self.ui.packageDataDirPathLineEdit.currentPath,
+                self.ui.packageProjectSpinBox.value, self.ui.packageOutputPathLineEdit.currentPath,
+                self.ui.packageSignKeyPathLineEdit.currentPath or None,
+                self.ui.packageCertificatePathLineEdit.currentPath or None,
+                includeImages=self.ui.packageIncludeImagesCheckBox.checked)
+            opened = ", ".join(numbers["open_cases"]) or _("none")
+            self.ui.packageStatusLabel.text = _("Package built: {cases} cases ({final} final; open: {opened}), "
+                                                "{reads} reads, {signatures} signatures.").format(
+                cases=numbers["cases"], final=numbers["final_cases"], opened=opened, reads=numbers["reads"],
+                signatures=numbers["signatures"])
+            self.ui.verifyPackagePathLineEdit.currentPath = self.ui.packageOutputPathLineEdit.currentPath
+
+    def onVerifyPackageButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The package does not verify."), waitCursor=True):
+            self.ui.packageStatusLabel.text = ""
+            self.ui.packageStatusLabel.text = self.packageLogic.verifyPackage(
+                self.ui.verifyPackagePathLineEdit.currentPath,
+                self.ui.packageCertificatePathLineEdit.currentPath or None)
 
 
 #

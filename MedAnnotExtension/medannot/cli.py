@@ -38,6 +38,8 @@ LAZY_COMMANDS = {
     "audit": ("medannot.server.cli:audit", "The tamper-evident audit trail."),
     "package": ("medannot.package.cli:package",
                 "The regulatory submission package: build it from the server database, verify it offline."),
+    "deid": ("medannot.deid.cli:deid", "De-identification gate: find PHI in DICOM files, de-identify them (PS3.15 "
+             "Basic Profile, keyed UIDs)."),
     "review": ("medannot.review.cli:review",
                "Multi-reader review of SEGs on your disk: agreement between reads, consensus of reads."),
     "client": ("medannot.client.cli:client_group", "The lab's task server: log in, claim the next case, keep the "
@@ -55,9 +57,10 @@ def main(verbose: int) -> None:
     if verbose < 2:
         logging.getLogger("highdicom").setLevel(logging.WARNING)
     if verbose == 0:
-        # library warnings (highdicom, urllib3 retries) are for -v; a user sees our one-line messages
+        # library warnings (highdicom, pydicom on odd values, urllib3 retries) are for -v; a user sees our one-line
+        # messages
         logging.captureWarnings(True)
-        for name in ("py.warnings", "urllib3", "highdicom"):
+        for name in ("py.warnings", "urllib3", "highdicom", "pydicom"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -49,14 +49,15 @@ def _bundled_guideline(name: str, output: Path) -> Path:
 def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
     """Start a local server, set up a lab, and let two readers work through the queue."""
     try:
-        from medannot.demo_server import read_cases, review_cases, set_up_lab, start_local_server, verify_audit
+        from medannot.demo_server import (package_projects, read_cases, review_cases, set_up_lab, start_local_server,
+                                          verify_audit)
     except ImportError as exc:
         console.print(f"Task server part skipped: {exc.name} is not installed (pip install 'medannot[server]')")
         return {}
 
     root = output / "server"
     with console.status("Task server: users, projects, cases ...") as status:
-        projects, passwords = set_up_lab(root, _bundled_guideline("liver-ct.yaml", output),
+        projects, passwords, deidentified = set_up_lab(root, _bundled_guideline("liver-ct.yaml", output),
                                          cine_guideline_path=_bundled_guideline("echo-lv.yaml", output))
         server = start_local_server(root)
         try:
@@ -76,6 +77,8 @@ def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
         finally:
             server.stop()
         count, problem = verify_audit(root)
+        status.update("Submission packages: build, verify offline, change one byte and verify again ...")
+        packages = package_projects(root, projects, output / "packages")
     names = {project_id: kind for kind, project_id in projects.items()}
     table = Table(title=f"Task server {server.url} (SQLite)", title_justify="left")
     for column in ("reader", "project", "task", "case", "QA", "submit", "submission"):
@@ -86,12 +89,28 @@ def _task_server_part(output: Path, console: Console) -> dict[str, Path]:
     console.print(table)
     _print_reviews(console, reviews, names)
     console.print(f"  audit trail: {count} records, " + ("hash chain intact" if problem is None else problem))
+    console.print(f"  de-identified before import: {deidentified} source file(s) (PS3.15 Basic Profile, dates "
+                  f"shifted, keyed UIDs; key {root / 'deid.key'})", soft_wrap=True)
+    _print_packages(console, packages)
+    if any(p["caught"] is None for p in packages):
+        raise MedAnnotError("package verify accepted a package with a changed byte; see above")
     if problem is not None or any(row["status"] != "sent" for row in rows) or not all(r["final"] for r in reviews):
         raise MedAnnotError("the task-server part of the demo did not complete; see above")
     console.print(f"  log in yourself: medannot serve --db sqlite:///{root / 'medannot.db'} "
                   f"(users reader1 / reader2 / reviewer1 / admin, passwords in {root / 'passwords.txt'})", soft_wrap=True)
     (root / "passwords.txt").write_text("".join(f"{k} {v}\n" for k, v in passwords.items()))
-    return {"server db": root / "medannot.db", "results": root / "data"}
+    return {"server db": root / "medannot.db", "results": root / "data",
+            **{f"{p['kind']} package": Path(str(p["folder"])) for p in packages}}
+
+
+def _print_packages(console: Console, packages: list[dict]) -> None:
+    for p in packages:
+        n, v = p["numbers"], p["verified"]
+        console.print(f"  package {p['folder']}: {n['cases']} case(s), {n['reads']} reads, {n['consensus']} "
+                      f"consensus, {n['signatures']} signatures, {n['images']} de-identified images; verify: "
+                      f"intact, {v.dicom_files} SEG/SR valid, signed by {v.signed_by}", soft_wrap=True)
+        console.print(f"    one byte of {p['victim']} changed in {p['tampered']}: verify says "
+                      f"{p['caught'] or 'NOTHING (a bug)'}", soft_wrap=True)
 
 
 def _print_reviews(console: Console, reviews: list[dict], names: dict[int, str]) -> None:

@@ -59,24 +59,34 @@ def start_local_server(root: Path) -> DemoServer:
 
 
 def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
-               cine_guideline_path: Path | None = None) -> tuple[dict[str, int], dict[str, str]]:
+               cine_guideline_path: Path | None = None) -> tuple[dict[str, int], dict[str, str], int]:
     """Users (an admin, two readers and a reviewer with generated passwords), a CT project with ``cases`` cases and, with
     ``cine_guideline_path``, an ultrasound cine project with one cine; returns the project ids by kind ("ct",
-    "cine") and the passwords."""
+    "cine"), the passwords and how many source files were de-identified.
+
+    As a lab should, the images are de-identified before import (``medannot deid apply`` with the lab's key in
+    ``root/deid.key``: dates shifted, the cine blanked outside its ultrasound region): what "the scanner" wrote
+    goes to ``root/scanner``, what the readers see to ``root/pacs``."""
+    from medannot.deid import DeidOptions, apply_tree
+    from medannot.deid.files import write_new_key, load_key
     from medannot.server.config import resolve_settings
     from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
-    from medannot.server.projects import create_project, import_cases
+    from medannot.server.projects import create_project, import_cases, set_members
     from medannot.server.security import create_user
 
     settings = resolve_settings(f"sqlite:///{root / 'medannot.db'}", root / "data")
     engine = make_engine(settings.db_url)
     upgrade_database(engine)
     passwords = {name: secrets.token_urlsafe(12) for name in ("admin", "reader1", "reader2", "reviewer1")}
+    write_new_key(root / "deid.key")
+    deid = DeidOptions(load_key(root / "deid.key"), profile="retain-dates-shifted", us_pixels="blank-outside-regions")
+    deidentified = 0
     lines = ["case_id,source"]
     for i in range(1, cases + 1):
         hu, _ = ct_phantom(SHAPE)
-        folder = make_ct_series(root / "pacs" / f"case-{i}", SHAPE, hu=hu)
-        lines.append(f"case-{i},{Path(folder).resolve()}")
+        scanner = make_ct_series(root / "scanner" / f"case-{i}", SHAPE, hu=hu)
+        deidentified += len(apply_tree(scanner, root / "pacs" / f"case-{i}", deid))
+        lines.append(f"case-{i},{(root / 'pacs' / f'case-{i}').resolve()}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     projects: dict[str, int] = {}
@@ -86,14 +96,78 @@ def set_up_lab(root: Path, guideline_path: Path, cases: int = 2,
             create_user(session, name, role, password, actor="demo")
         projects["ct"] = create_project(session, guideline_path, actor="demo").id
         import_cases(session, projects["ct"], manifest, actor="demo")
+        set_members(session, projects["ct"], ["reader1", "reader2", "reviewer1"], [], actor="demo")
         if cine_guideline_path is not None:
-            cine = make_us_cine(root / "pacs" / "echo-1" / "cine.dcm")
+            scanner_cine = make_us_cine(root / "scanner" / "echo-1" / "cine.dcm")
+            deidentified += len(apply_tree(scanner_cine.parent, root / "pacs" / "echo-1", deid))
+            cine = root / "pacs" / "echo-1" / "cine.dcm"
             cine_manifest = root / "manifest-echo.csv"
             cine_manifest.write_text(f"case_id,source\necho-1,{cine.resolve()}\n")
             projects["cine"] = create_project(session, cine_guideline_path, actor="demo").id
             import_cases(session, projects["cine"], cine_manifest, actor="demo")
+            set_members(session, projects["cine"], ["reader1", "reader2", "reviewer1"], [], actor="demo")
     engine.dispose()
-    return projects, passwords
+    return projects, passwords, deidentified
+
+
+def package_projects(root: Path, projects: dict[str, int], output: Path) -> list[dict[str, object]]:
+    """Build the submission package of each project (signed with a demo certificate), verify it offline, then
+    change one byte of one SEG in a copy and verify that: returns per project what verify said both times."""
+    import shutil
+
+    from medannot.package import PackageInvalid, build_package, verify_package
+    from medannot.server.db import make_engine, session_factory, transaction
+
+    key, cert = _demo_signer(output / "signer")
+    engine = make_engine(f"sqlite:///{root / 'medannot.db'}")
+    rows: list[dict[str, object]] = []
+    try:
+        for kind, project_id in projects.items():
+            folder = output / f"{kind}-project-{project_id}"
+            with transaction(session_factory(engine)) as session:
+                numbers = build_package(session, root / "data", project_id, folder, sign_key=key, certificate=cert,
+                                        include_images=True)
+            result = verify_package(folder, cert)
+            tampered = output / f"{kind}-project-{project_id}-one-byte-changed"
+            shutil.copytree(folder, tampered)
+            victim = sorted((tampered / "data" / "results").rglob("*.seg.dcm"))[0]
+            data = bytearray(victim.read_bytes())
+            data[-1] ^= 0x01
+            victim.write_bytes(bytes(data))
+            try:
+                verify_package(tampered, cert, use_dciodvfy=False)
+                caught = None
+            except PackageInvalid as exc:
+                caught = str(exc)
+            rows.append({"kind": kind, "folder": folder, "numbers": numbers, "verified": result,
+                         "tampered": tampered, "victim": victim.relative_to(tampered).as_posix(), "caught": caught})
+    finally:
+        engine.dispose()
+    return rows
+
+
+def _demo_signer(folder: Path) -> tuple[Path, Path]:
+    """An EC P-256 key and a self-signed certificate for the demo lab's QA signer (a lab uses its own PKI)."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "MedAnnot demo lab QA")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))
+    key_path, cert_path = folder / "demo-qa-key.pem", folder / "demo-qa-cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 def read_cases(url: str, project_id: int, reader: str, password: str, work: Path, seed: int) -> list[dict[str, object]]:

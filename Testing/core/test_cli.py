@@ -117,6 +117,20 @@ def test_demo_runs_end_to_end_and_prints_where_everything_is(tmp_path):
     assert len(statuses) == 3 and "failed" not in statuses
     assert cine_rows == 3  # reader pair + each reader vs consensus
     assert dict(signatures) == {"reviewed": 3, "approved": 3}
+    # The end: the sources were de-identified before import; each project's package verifies, and a copy with one
+    # byte of one SEG changed is refused naming that SEG.
+    assert "de-identified before import: 25 source file(s)" in proc.stdout
+    assert proc.stdout.count("signed by CN=MedAnnot demo lab QA") == 2
+    import re
+
+    caught = re.findall(r"one byte of (\S+) changed in \S+: verify says (\S+): changed", proc.stdout)
+    assert len(caught) == 2 and all(victim == named for victim, named in caught), proc.stdout
+    from medannot.deid import check_paths
+    from medannot.package import verify_package
+
+    for kind in ("ct-project-1", "cine-project-2"):
+        verify_package(out / "packages" / kind, use_dciodvfy=False)
+        assert all(not c.findings for c in check_paths([out / "packages" / kind / "data" / "images"]))
     again = medannot("demo", "--output", out)  # re-running replaces its own folder
     assert again.returncode == 0
     foreign = tmp_path / "foreign"

@@ -272,6 +272,32 @@ def test_zip_entry_climbing_out_of_the_folder_is_refused_and_nothing_unpacked(se
     assert not (dest / "ok.dcm").exists()
 
 
+def test_a_zip_bomb_or_an_archive_bigger_than_the_cap_is_refused_before_anything_is_written(server, tmp_path,
+                                                                                          monkeypatch):
+    import io
+    import zipfile
+
+    import medannot.client.api as api
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:  # 300 MiB of zeros packs into about 300 KiB
+        with zf.open("series/1.dcm", "w") as entry:
+            chunk = bytes(1 << 20)
+            for _ in range(300):
+                entry.write(chunk)
+    assert len(bomb.getvalue()) < 1 << 20
+    server.instances_zip = bomb.getvalue()
+    dest = tmp_path / "bomb"
+    with pytest.raises(UnsafeArchiveError, match="zip bomb"):
+        logged_in(server.url).download_instances(42, LEASE, dest)
+    assert not list(tmp_path.glob("bomb/**/*.dcm"))
+    server.instances_zip = _zip({"series/1.dcm": b"DICM" * 1000})
+    monkeypatch.setattr(api, "MAX_CASE_BYTES", 1000)
+    with pytest.raises(UnsafeArchiveError, match="MEDANNOT_MAX_CASE_BYTES"):
+        logged_in(server.url).download_instances(42, LEASE, tmp_path / "capped")
+    assert not list(tmp_path.glob("capped/**/*.dcm"))
+
+
 # ---------------------------------------------------------------- outbox
 def test_submit_while_server_down_is_queued_then_flushed_exactly_once(seg_sr, tmp_path):
     seg, sr = seg_sr

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from medannot_testing import CLI_ENV, require_tool, run_medannot
 from medannot.client import TaskServerClient
+from medannot.deid import DeidOptions, apply_tree
 from medannot.demo_data import ct_geometry, ct_phantom, make_ct_series
 from medannot.dicomseg import ReaderInfo, export_segmentation
 from medannot.guideline import load_guideline
@@ -29,6 +30,7 @@ GUIDELINE = ROOT / "MedAnnotExtension" / "medannot" / "data" / "liver-ct.yaml"
 PG_URL = os.environ.get("MEDANNOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery"
 SHAPE = (4, 24, 24)
+LAB_DEID_KEY = bytes.fromhex("5a" * 32)  # the test lab's de-identification key
 
 
 def _pg_available() -> str | None:
@@ -83,10 +85,12 @@ class Lab:
 
 
 def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra_users: dict[str, str] | None = None,
-             via_cli: bool = False) -> Lab:
+             via_cli: bool = False, deidentified: bool = True) -> Lab:
     """Users (admin + annotators r1..rN + extras), a project from the liver guideline (2 readers/case), cases.
 
     In-process through the server's own functions (fast); ``via_cli`` does the same with `medannot admin ...`.
+    The case series are de-identified before import (``medannot deid apply``), as a lab does; ``deidentified=False``
+    imports them as generated (with a patient name and ID, which the package's de-identification gate refuses).
     """
     root.mkdir(parents=True, exist_ok=True)
     users = {"admin": "admin", **{f"r{i}": "annotator" for i in range(1, annotators + 1)}, **(extra_users or {})}
@@ -94,7 +98,11 @@ def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra
     series = {}
     for i in range(1, cases + 1):
         key = f"case-{i:03d}"
-        series[key] = make_ct_series(root / "series" / key, SHAPE)
+        if deidentified:
+            apply_tree(make_ct_series(root / "raw" / key, SHAPE), root / "series" / key, DeidOptions(LAB_DEID_KEY))
+            series[key] = root / "series" / key
+        else:
+            series[key] = make_ct_series(root / "series" / key, SHAPE)
         lines.append(f"{key},{series[key]}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
@@ -108,9 +116,12 @@ def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra
         project_id = int(proc.stdout.strip().splitlines()[-1])
         proc = medannot("admin", "cases", "import", project_id, manifest, db=db_url)
         assert proc.returncode == 0, proc.stderr
+        proc = medannot("admin", "project", "members", project_id,
+                        *[f"--add={name}" for name, role in users.items() if role != "admin"], db=db_url)
+        assert proc.returncode == 0, proc.stderr
     else:
         from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
-        from medannot.server.projects import create_project, import_cases
+        from medannot.server.projects import create_project, import_cases, set_members
         from medannot.server.security import create_user
 
         engine = make_engine(db_url)
@@ -120,6 +131,7 @@ def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra
                 create_user(session, name, role, PASSWORD, actor="test")
             project_id = create_project(session, GUIDELINE, actor="test").id
             import_cases(session, project_id, manifest, actor="test")
+            set_members(session, project_id, [n for n, r in users.items() if r != "admin"], [], actor="test")
         engine.dispose()
     return Lab(db_url, root, project_id, series=series, users=list(users))
 

@@ -357,6 +357,23 @@ def test_an_admin_builds_the_package_sees_its_verification_and_downloads_it(lab,
         assert missing is not None and missing.status == 404, name
 
 
+def test_a_reviewer_sees_only_the_projects_they_are_a_member_of(lab, server, page):
+    from medannot.server.db import make_engine, session_factory, transaction
+    from medannot.server.projects import set_members
+
+    engine = make_engine(lab.db_url)
+    with transaction(session_factory(engine)) as session:
+        set_members(session, lab.project_id, [], ["rev"], actor="test")
+    engine.dispose()
+    sign_in(page, server.url, "rev")
+    assert page.locator(f"#project-{lab.project_id}").count() == 0
+    assert "not a member of any project" in page.locator(".none-projects").inner_text()
+    for path in (f"/projects/{lab.project_id}", "/cases/1"):
+        response = page.goto(server.url + path)
+        assert response is not None and response.status == 403, path
+        assert f"not a member of project {lab.project_id}" in page.get_by_role("alert").inner_text()
+
+
 def test_a_returned_read_puts_its_case_back_in_reading_until_its_new_read_is_in(lab, server, tmp_path):
     from medannot.server.db import make_engine, session_factory, transaction
     from medannot.server.models import Project

@@ -16,6 +16,7 @@ from harness import PASSWORD, db_url  # noqa: F401
 from medannot_testing import run_medannot
 from test_review_server import ReviewLab, auth, client_for, lab, new_version, read_and_submit  # noqa: F401
 
+from harness import make_lab
 from medannot.package import PackageBuildError, PackageInvalid, build_package, verify_package
 from medannot.server.db import make_engine, session_factory, transaction
 
@@ -112,6 +113,8 @@ def test_a_package_built_from_the_lab_database_verifies_offline_and_holds_every_
     assert summary["open_cases"] == ["case-002"]
     html = (root / "data/SUMMARY.html").read_text()
     assert "case-002" in html and "Rev Iewer, MD" in html
+    assert '<img src="agreement/report/agreement_per_structure.png"' in html
+    assert (root / "data/SUMMARY.pdf").read_bytes().startswith(b"%PDF-")
     readers = {r["user"]: r for r in json.loads((root / "data/readers.json").read_text())}
     assert readers["r1"]["cases_read"] == ["case-001", "case-002"]
     assert (readers["rev"]["qualification"], readers["rev"]["trained_on"]) == ("radiologist", "2026-01-05")
@@ -123,7 +126,8 @@ def test_a_package_built_from_the_lab_database_verifies_offline_and_holds_every_
                for g in guidelines)
     signatures = json.loads((root / "data/signatures.json").read_text())
     assert sorted(s["meaning"] for s in signatures) == ["approved", "authored", "reviewed"]
-    assert json.loads((root / "data/deid-report.json").read_text())["status"] in ("not-checked", "passed")
+    deid = json.loads((root / "data/deid-report.json").read_text())
+    assert deid["status"] == "passed" and len(deid["files"]) == len(list((root / "data").rglob("*.dcm")))
     audit = (root / "data/audit/audit.jsonl").read_text().splitlines()
     assert json.loads((root / "data/audit/head.json").read_text())["seq"] == len(audit)
     # openssl, not our code, accepts the detached signature over the tag manifest
@@ -262,3 +266,72 @@ def test_the_admin_endpoint_streams_the_package_as_a_zip(lab, tmp_path):  # noqa
     with pytest.raises(PackageInvalid):
         (unpacked / "data/readers.csv").write_text("tampered\n")
         verify_package(unpacked, use_dciodvfy=False)
+
+
+@SQLITE_ONLY
+def test_the_gate_refuses_reads_of_identified_sources_and_verify_names_phi_put_back(built: Built, tmp_path):
+    # PHI put back into one SEG by someone who re-hashes the bag: verify names the file and the attribute
+    from pydicom import dcmread
+
+    lineage = json.loads((built.package / "data/results/lineage.json").read_text())
+    signed = {s["file_sha256"] for s in json.loads((built.package / "data/signatures.json").read_text())}
+    read = next(row for row in lineage if row["kind"] == "read" and row["seg_sha256"] not in signed)
+    relative = f"data/{read['file']}"
+    folder = copy_of(built, "phi")
+    ds = dcmread(folder / relative)
+    ds.PatientName = "Doe^Jane"
+    ds.save_as(folder / relative)
+    rebag(folder, relative)
+    message = verify_fails(folder)
+    assert relative in message and "de-identification gate" in message and "PatientName" in message, message
+
+    # a lab that imported identified images: its reads carry the patient's name; the build refuses them
+    raw = make_lab("sqlite:///" + str(tmp_path / "raw.db"), tmp_path / "rawlab", cases=1, deidentified=False)
+    raw_lab = ReviewLab(**vars(raw))
+    client = client_for(raw_lab, tmp_path / "rawclient")
+    read_and_submit(client, raw_lab, "r1", tmp_path / "rawclient")
+    proc = run_medannot("package", "build", raw.project_id, "--output", tmp_path / "p-phi", "--data-dir",
+                        tmp_path / "rawclient" / "data", env={"MEDANNOT_DB": raw.db_url})
+    assert proc.returncode == 1, proc.stdout
+    assert "fail the de-identification gate" in proc.stderr and "PatientIdentityRemoved(0012,0062)" in proc.stderr
+    assert "medannot deid apply" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p-phi").exists()
+
+
+@SQLITE_ONLY
+def test_include_images_ships_the_deidentified_sources_and_verify_checks_them(lab, tmp_path):  # noqa: F811
+    data_dir = run_lab(lab, tmp_path)
+    out = tmp_path / "with-images"
+    numbers = build(lab, data_dir, out, include_images=True)
+    images = sorted((out / "data/images").rglob("*.dcm"))
+    assert numbers["images"] == len(images) > 0
+    from pydicom import dcmread
+
+    assert all(dcmread(p).PatientIdentityRemoved == "YES" for p in images)
+    report = json.loads((out / "data/deid-report.json").read_text())
+    assert {f"images/{p.relative_to(out / 'data/images').as_posix()}" for p in images} <= \
+        {row["file"] for row in report["files"]}
+    verify_package(out, use_dciodvfy=False)
+
+
+@SQLITE_ONLY
+def test_slicer_build_and_verify_package_buttons_run_the_core(lab, tmp_path):  # noqa: F811
+    """MedAnnotExport's "Build package" / "Verify package" logic (the widget only passes its fields through; the
+    Slicer GUI cannot run here): same package, same verdicts as the CLI."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedAnnotExtension" / "MedAnnotExport"))
+    from MedAnnotExportLib.logic import MedAnnotPackageLogic
+
+    from medannot.errors import MedAnnotError
+
+    data_dir = run_lab(lab, tmp_path)
+    logic = MedAnnotPackageLogic()
+    numbers = logic.buildPackage(lab.db_url, data_dir, lab.project_id, tmp_path / "from-slicer")
+    assert numbers["open_cases"] == ["case-002"] and numbers["reads"] == 3
+    assert logic.verifyPackage(tmp_path / "from-slicer").startswith("package intact:")
+    (tmp_path / "from-slicer" / "data/readers.csv").write_text("tampered\n")
+    with pytest.raises(PackageInvalid, match="data/readers.csv: changed"):
+        logic.verifyPackage(tmp_path / "from-slicer")
+    with pytest.raises(MedAnnotError, match="database URL"):
+        logic.buildPackage("", data_dir, lab.project_id, tmp_path / "nowhere")

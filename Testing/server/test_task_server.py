@@ -345,6 +345,7 @@ def test_a_guideline_with_crlf_line_ends_is_served_byte_for_byte(db_url, tmp_pat
     proc = medannot("admin", "project", "create", "--guideline", crlf, db=db_url)
     assert proc.returncode == 0, proc.stderr
     project_id = int(proc.stdout.strip().splitlines()[-1])
+    assert medannot("admin", "project", "members", project_id, "--add", "r1", db=db_url).returncode == 0
     client = client_for(lab, tmp_path)
     served = client.get(f"/api/v1/projects/{project_id}/guideline", headers=auth(client, "r1"))
     assert served.content == crlf.read_bytes()

@@ -550,12 +550,13 @@ def echoLab(lab, tmp_path):
     manifest = tmp_path / "lab" / "echo.csv"
     manifest.write_text(f"case_id,source\necho-001,{cine}\n")
     from medannot.server.db import make_engine, session_factory, transaction
-    from medannot.server.projects import create_project, import_cases
+    from medannot.server.projects import create_project, import_cases, set_members
 
     engine = make_engine(lab.db_url)
     with transaction(session_factory(engine)) as session:
         projectId = create_project(session, ECHO_GUIDELINE, actor="test").id
         import_cases(session, projectId, manifest, actor="test")
+        set_members(session, projectId, [u for u in lab.users if u != "admin"], [], actor="test")
     engine.dispose()
     lab.echo_project_id, lab.cine = projectId, cine
     return lab

@@ -1,5 +1,5 @@
 """Parts of the MedAnnotExport module that need no Qt: the logic, importable by scripts, modules and tests."""
 
-from MedAnnotExportLib.logic import MedAnnotExportLogic
+from MedAnnotExportLib.logic import MedAnnotExportLogic, MedAnnotPackageLogic
 
-__all__ = ["MedAnnotExportLogic"]
+__all__ = ["MedAnnotExportLogic", "MedAnnotPackageLogic"]

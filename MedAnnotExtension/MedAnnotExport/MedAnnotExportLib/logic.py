@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import MedAnnotLib
-from medannot.errors import GuidelineError, SourceImageError
+from medannot.errors import GuidelineError, MedAnnotError, SourceImageError
 
 from MedAnnotLib.scriptedmodule import ScriptedLoadableModuleLogic
 
@@ -209,3 +209,53 @@ class MedAnnotExportLogic(ScriptedLoadableModuleLogic):
             for spec in guideline.segments
             if spec.label in present
         }
+
+
+# The submission package needs what the lab's server installs (SQLAlchemy for its database; BagIt, cryptography and
+# the de-identification table for the package): an admin's Slicer gets them with this one command, never silently.
+PACKAGE_REQUIREMENTS = "medannot[server]"
+
+
+def _packageImports(what: str):
+    try:
+        import medannot.package as package
+    except ImportError as exc:  # pragma: no cover - depends on the Slicer install
+        raise MedAnnotError(
+            f"{what} needs the package tools ({exc.name} is missing); install them in Slicer's Python console with "
+            f"slicer.util.pip_install('{PACKAGE_REQUIREMENTS}')") from exc
+    return package
+
+
+class MedAnnotPackageLogic:
+    """'Build package' and 'Verify package' of MedAnnotExport (admins): the core's ``medannot package build|verify``
+    with the same checks and messages, called from the module's widget without any GUI in between."""
+
+    def buildPackage(self, databaseUrl: str, dataDir, projectId: int, outputDir, signKey=None, certificate=None,
+                     includeImages: bool = False, requireFinal: bool = False) -> dict:
+        """Build the BagIt package of ``projectId`` from the lab's database and data folder; returns its numbers."""
+        package = _packageImports("Build package")
+        from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
+
+        if not databaseUrl:
+            raise MedAnnotError("Give the lab server's database URL (as for 'medannot serve --db').")
+        if not outputDir or Path(outputDir) in (Path(""), Path(".")):
+            raise MedAnnotError("Choose a new folder for the package.")
+        engine = make_engine(databaseUrl)
+        try:
+            upgrade_database(engine)
+            with transaction(session_factory(engine)) as session:
+                return package.build_package(session, Path(dataDir), int(projectId), Path(outputDir),
+                                             include_images=includeImages,
+                                             sign_key=Path(signKey) if signKey else None,
+                                             certificate=Path(certificate) if certificate else None,
+                                             require_final=requireFinal)
+        finally:
+            engine.dispose()
+
+    def verifyPackage(self, folder, certificate=None) -> str:
+        """Check a package offline; returns the one-line verdict, raises ``PackageInvalid`` naming the problem."""
+        package = _packageImports("Verify package")
+        result = package.verify_package(Path(folder), Path(certificate) if certificate else None)
+        signed = f", signed by {result.signed_by}" if result.signed_by else ""
+        return (f"package intact: {result.payload_files} files, {result.dicom_files} SEG/SR valid, "
+                f"{result.audit_records} audit records chained, {result.signatures} signatures match{signed}")

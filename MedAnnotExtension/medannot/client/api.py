@@ -522,13 +522,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------- zip archives
+#: The most a case's images may unpack to (``MEDANNOT_MAX_CASE_BYTES``, default 8 GiB: a 4,000-slice CT), and the
+#: ratio of unpacked to packed size above which a large archive is a zip bomb, not DICOM (#14 I4).
+MAX_CASE_BYTES = int(os.environ.get("MEDANNOT_MAX_CASE_BYTES", str(8 << 30)))
+BOMB_RATIO, BOMB_MIN_BYTES = 200, 256 << 20
+
+
 def extract_zip(zf: zipfile.ZipFile, dest: Path, origin: str = "the archive") -> list[Path]:
-    """Unpack ``zf`` into ``dest`` after checking every entry stays inside it; nothing is written otherwise.
+    """Unpack ``zf`` into ``dest`` after checking every entry stays inside it and the whole fits (size cap, free
+    disk, no zip bomb); nothing is written otherwise.
 
     Raises
     ------
     UnsafeArchiveError
-        An entry is absolute, climbs out with ``..``, names a drive, or is a symbolic link.
+        An entry is absolute, climbs out with ``..``, names a drive, or is a symbolic link; or the archive unpacks
+        to more than ``MAX_CASE_BYTES``, to more than the free disk, or suspiciously far beyond its packed size.
     """
     root = dest.resolve()
     plan: list[tuple[zipfile.ZipInfo, Path]] = []
@@ -538,8 +546,22 @@ def extract_zip(zf: zipfile.ZipFile, dest: Path, origin: str = "the archive") ->
             raise UnsafeArchiveError(f"{origin}: refused to unpack zip entry {info.filename!r}: it would land "
                                      f"outside {dest}; nothing was unpacked, tell the server's administrator")
         plan.append((info, target))
-    written = []
+    unpacked = sum(info.file_size for info, _ in plan)
+    packed = sum(info.compress_size for info, _ in plan)
+    if unpacked > MAX_CASE_BYTES:
+        raise UnsafeArchiveError(f"{origin}: the images would unpack to {unpacked / 2**30:.1f} GiB, more than the "
+                                 f"{MAX_CASE_BYTES / 2**30:.1f} GiB allowed (MEDANNOT_MAX_CASE_BYTES); nothing was "
+                                 "unpacked")
+    if unpacked > BOMB_MIN_BYTES and unpacked > BOMB_RATIO * max(packed, 1):
+        raise UnsafeArchiveError(f"{origin}: {packed} bytes would unpack to {unpacked} ({unpacked // max(packed, 1)}"
+                                 "x): not a case's images but a zip bomb; nothing was unpacked, tell the server's "
+                                 "administrator")
     root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if unpacked > free:
+        raise UnsafeArchiveError(f"{origin}: the images need {unpacked / 2**20:.0f} MiB but {root} has "
+                                 f"{free / 2**20:.0f} MiB free; free disk space and download again")
+    written = []
     for info, target in plan:
         if info.is_dir():
             target.mkdir(parents=True, exist_ok=True)

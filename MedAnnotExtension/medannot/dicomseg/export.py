@@ -6,6 +6,8 @@ renamed), so a failed export leaves the output folder as it was.
 
 from __future__ import annotations
 
+import copy
+
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -317,6 +319,7 @@ def export_segmentation(
     except OSError as exc:
         raise DicomSegError(f"{output_dir}: cannot create the output folder ({exc.strerror or exc}); choose a "
                             "folder you can write") from exc
+    _carry_deidentification(source.first, (seg, sr))
     seg_path = output_dir / f"seg-{seg_uid[-12:]}.dcm"
     sr_path = output_dir / f"sr-{sr_uid[-12:]}.dcm"
     _write_together([(seg, seg_path), (sr, sr_path)])
@@ -369,6 +372,22 @@ def _stamp_provenance(
     for item in seg.SegmentSequence:
         item.ContentCreatorName = reader.name
         item.ContentCreatorIdentificationCodeSequence = DicomSequence(list(creator_id))
+
+
+_DEIDENTIFICATION = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                     "LongitudinalTemporalInformationModified")
+
+
+def _carry_deidentification(source: Dataset, written: tuple[Dataset, ...]) -> None:
+    """A SEG and SR of a de-identified image carry its patient module, so they are as de-identified as it: say so
+    (PatientIdentityRemoved and the method, Patient Module), as highdicom does not copy them; without this the
+    de-identification gate, and a receiving archive, would treat them as identified."""
+    if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    for ds in written:
+        for keyword in _DEIDENTIFICATION:
+            if keyword in source:
+                setattr(ds, keyword, copy.deepcopy(source[keyword].value))
 
 
 def _previous(replaces: str | Path | None) -> tuple[Dataset | None, str | None]:

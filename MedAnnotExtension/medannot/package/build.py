@@ -264,7 +264,7 @@ def _build(session: "Session", data_dir: Path, project_id: int, output: Path, pr
     images = _write_images(b, cases) if include_images else []
     deid = _deid_report(b, include_images)
 
-    from medannot.package.summary import render_summary
+    from medannot.package.summary import render_pdf, render_summary
 
     numbers = {"project_id": project_id, "project": project.name, "cases": len(cases),
                "final_cases": len(final_cases & {c.case_key for c in cases}), "open_cases": open_cases,
@@ -272,7 +272,11 @@ def _build(session: "Session", data_dir: Path, project_id: int, output: Path, pr
                "consensus": sum(1 for f in b.files if f["kind"] == "consensus"),
                "edited": sum(1 for f in b.files if f["kind"] == "edited"), "signatures": len(signature_rows),
                "audit_head": head, "images": len(images), "deid": deid["status"]}
-    b.write("SUMMARY.html", render_summary(numbers, readers, guidelines, agreement, signature_rows).encode("utf-8"))
+    figures = sorted(p.relative_to(b.payload).as_posix() for p in (b.payload / "agreement").rglob("*.png"))
+    html = render_summary(numbers, readers, guidelines, agreement, signature_rows, figures)
+    b.write("SUMMARY.html", html.encode("utf-8"))
+    no_pdf = render_pdf(html, b.payload, b.payload / "SUMMARY.pdf")
+    numbers["summary_pdf"] = no_pdf or "SUMMARY.pdf"
     b.write("package.json", _json({**numbers, "format": "medannot-package 1", "built": head["taken"]}))
 
     info = {"Source-Organization": "MedAnnot", "External-Description": f"MedAnnot submission package of project "
@@ -423,9 +427,14 @@ def _deid_report(b: _Builder, include_images: bool) -> dict[str, Any]:
                                     "not installed; source images never leave without it")
         report = {"status": "not-checked", "gate": None, "message": DEID_NOT_INSTALLED, "files": []}
     elif failing:
-        raise PackageBuildError(f"{len(failing)} file(s) fail the de-identification gate; first: {failing[0]}")
+        raise PackageBuildError(f"{len(failing)} file(s) fail the de-identification gate; first: {failing[0]}; "
+                                "de-identify the case sources before import ('medannot deid apply') so the reads "
+                                "made on them are de-identified too (see 'medannot deid check')")
     else:
-        report = {"status": "passed", "gate": "medannot.deid.check_file", "files": results}
+        from medannot.deid.profile import TABLE_EDITION
+
+        report = {"status": "passed", "gate": "medannot.deid.check_file",
+                  "profile": f"DICOM PS3.15 Annex E Basic Profile, Table E.1-1 ({TABLE_EDITION})", "files": results}
     b.write("deid-report.json", _json(report))
     return report
 

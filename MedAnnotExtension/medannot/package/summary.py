@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -39,6 +41,8 @@ included as they stand:</p><ul>{% for c in n.open_cases %}<li>{{ c }}</li>{% end
 <th>Lowest Dice</th></tr>{% for seg, a in agreement.items() %}<tr><td>{{ seg }}</td><td>{{ a.pairs }}</td>
 <td>{{ "%.3f"|format(a.mean_dice) }}</td><td>{{ "%.3f"|format(a.min_dice) }}</td></tr>{% endfor %}</table>
 <p>Per case and pair: data/agreement/agreement.json.</p>
+{% for f in figures %}<figure><img src="{{ f }}" alt="{{ f }}" style="max-width:100%"><figcaption>data/{{ f }}
+</figcaption></figure>{% endfor %}
 <h2>E-signatures</h2><table><tr><th>Who</th><th>Printed name</th><th>When (UTC)</th><th>Meaning</th><th>File</th></tr>
 {% for s in signatures %}<tr><td>{{ s.user }}</td><td>{{ s.printed_name }}</td><td>{{ s.signed_at }}</td>
 <td>{{ s.meaning }}</td><td>data/{{ s.file }}</td></tr>{% endfor %}</table>
@@ -47,8 +51,21 @@ included as they stand:</p><ul>{% for c in n.open_cases %}<li>{{ c }}</li>{% end
 
 
 def render_summary(numbers: dict[str, Any], readers: list[dict[str, Any]], guidelines: list[dict[str, Any]],
-                   agreement: dict[str, Any], signatures: list[dict[str, Any]]) -> str:
-    """The HTML summary (every value escaped)."""
+                   agreement: dict[str, Any], signatures: list[dict[str, Any]], figures: list[str] = ()) -> str:
+    """The HTML summary (every value escaped); ``figures`` are the agreement PNGs, relative to ``data/``."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(_TEMPLATE).render(n=numbers, readers=readers, guidelines=guidelines,
-                                             agreement=agreement, signatures=signatures)
+                                             agreement=agreement, signatures=signatures, figures=list(figures))
+
+
+def render_pdf(html: str, base: Path, target: Path) -> str | None:
+    """SUMMARY.pdf from the HTML (figures resolved under ``base``) with WeasyPrint; the reason when it cannot run
+    here (WeasyPrint or its Pango library missing), so the package says so instead of silently lacking the PDF."""
+    try:
+        from weasyprint import HTML
+    except (ImportError, OSError) as exc:
+        return f"SUMMARY.pdf not made: WeasyPrint cannot run here ({exc}); pip install weasyprint and the Pango library"
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    HTML(string=html, base_url=str(base)).write_pdf(str(target))
+    return None

@@ -109,7 +109,7 @@ def verify_package(root: Path, certificate: Path | None = None, use_dciodvfy: bo
             raise _fail(f"{relative}: changed: sha256 {actual[relative][:12]}... but the manifest records "
                         f"{digest[:12]}...")
     _check_results(root, use_dciodvfy, result, workers if workers is not None else (os.cpu_count() or 1))
-    _check_deid(root, result)
+    _check_deid(root, result, workers if workers is not None else (os.cpu_count() or 1))
     result.signatures = len(signatures)
     return result
 
@@ -378,19 +378,37 @@ def _check_results(root: Path, use_dciodvfy: bool, result: Verification, workers
                 raise _fail(f"{relative}: {row['kind']} SEG with no reader SEGs it was made from")
 
 
-def _check_deid(root: Path, result: Verification) -> None:
-    from medannot.package.deid_seam import DEID_NOT_INSTALLED
-
+def _gate_findings(path: Path) -> list[str]:
     import medannot.package
+
+    return medannot.package._deid_gate(path)
+
+
+def _check_deid(root: Path, result: Verification, workers: int = 1) -> None:
+    """Every DICOM file of the package through the de-identification gate, on ``workers`` processes (the gate
+    parses every nested item of every SEG: the slowest check of a verify)."""
+    from medannot.package.deid_seam import DEID_NOT_INSTALLED
 
     report = _load_json(root, "data/deid-report.json")
     if report.get("status") == "not-checked":
         result.notes.append(f"data/deid-report.json: {report.get('message')}")
         return
-    for path in sorted((root / "data").rglob("*.dcm")):
-        findings = medannot.package._deid_gate(path)
-        if findings == [DEID_NOT_INSTALLED]:
-            result.notes.append(f"the package was checked for PHI at build; {DEID_NOT_INSTALLED}")
-            return
-        if findings:
-            raise _fail(f"{path.relative_to(root).as_posix()}: fails the de-identification gate: {findings[0]}")
+    paths = sorted((root / "data").rglob("*.dcm"))
+    if workers <= 1 or len(paths) < 8 * workers:
+        verdicts = map(_gate_findings, paths)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        verdicts = pool.map(_gate_findings, paths, chunksize=max(1, len(paths) // (workers * 8)))
+    try:
+        for path, findings in zip(paths, verdicts):
+            if findings == [DEID_NOT_INSTALLED]:
+                result.notes.append(f"the package was checked for PHI at build; {DEID_NOT_INSTALLED}")
+                return
+            if findings:
+                raise _fail(f"{path.relative_to(root).as_posix()}: fails the de-identification gate: {findings[0]}")
+    finally:
+        if workers > 1 and len(paths) >= 8 * workers:
+            pool.shutdown(cancel_futures=True)

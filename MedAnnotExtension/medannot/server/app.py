@@ -70,6 +70,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPIOffline(title="MedAnnot task server", version=medannot.__version__,
                          description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
     app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
+    app.state.store = store
 
     def db() -> Iterator[Session]:
         # the transaction (BEGIN IMMEDIATE on SQLite) starts at the first query, after authentication
@@ -111,7 +112,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   submissions.SubmissionConflict: 409, review.ReviewNotFound: 404, review.NotInReview: 409,
                   review.ReviewRefused: 403, review.DecisionRejected: 422, signatures.WrongPassword: 403,
                   signatures.SignatureRefused: 403, signatures.SignatureNotFound: 404,
-                  project_service.ProjectError: 404, SourceImageError: 502}.get(type(exc), 400)
+                  project_service.ProjectError: 404, project_service.NotAMember: 403,
+                  SourceImageError: 502}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
@@ -129,21 +131,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return Response(status_code=204)
 
     @api.get("/projects", tags=["projects"])
-    def list_projects(session: DB, _user: AnyUser) -> list[dict[str, object]]:
-        return [project_service.project_summary(session, p) for p in session.scalars(select(Project).order_by(Project.id))]
+    def list_projects(session: DB, user: AnyUser) -> list[dict[str, object]]:
+        """The projects you are a member of (an admin: all)."""
+        return [project_service.project_summary(session, p) for p in project_service.member_projects(session, user)]
 
     @api.get("/projects/{project_id}/guideline", response_class=PlainTextResponse, tags=["projects"])
-    def project_guideline(project_id: int, session: DB, _user: AnyUser) -> PlainTextResponse:
-        project = project_service.get_project(session, project_id)
+    def project_guideline(project_id: int, session: DB, user: AnyUser) -> PlainTextResponse:
+        project = project_service.project_for(session, user, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
         return PlainTextResponse(version.yaml_text, media_type="text/yaml",
                                  headers={"X-Guideline-Version": version.version, "X-Guideline-Sha256": version.sha256})
 
     @api.get("/projects/{project_id}/guideline/files", tags=["projects"])
-    def project_guideline_files(project_id: int, session: DB, _user: AnyUser) -> list[dict[str, object]]:
+    def project_guideline_files(project_id: int, session: DB, user: AnyUser) -> list[dict[str, object]]:
         """The files of the current guideline version (reference images), to put next to its YAML."""
-        project = project_service.get_project(session, project_id)
+        project = project_service.project_for(session, user, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
         return [{"name": name, "sha256": digest, "size": size}
@@ -151,8 +154,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/projects/{project_id}/guideline/files/{name:path}", tags=["projects"],
              response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
-    def project_guideline_file(project_id: int, name: str, session: DB, _user: AnyUser) -> Response:
-        project = project_service.get_project(session, project_id)
+    def project_guideline_file(project_id: int, name: str, session: DB, user: AnyUser) -> Response:
+        project = project_service.project_for(session, user, project_id)
         version = project_service.current_version(session, project)
         assert version is not None
         stored = project_service.guideline_file(session, version, name)
@@ -173,7 +176,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.post("/projects/{project_id}/claim", tags=["tasks"], responses={204: {"description": "nothing left"}})
     def claim(project_id: int, session: DB, user: Annotator) -> Response:
-        project = project_service.get_project(session, project_id)
+        project = project_service.project_for(session, user, project_id)
         claimed = queue.claim_next_task(session, user, project.id, settings.lease_seconds)
         if claimed is None:
             return Response(status_code=204)
@@ -229,10 +232,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return FileResponse(archive, media_type="application/zip", filename=f"{name}.zip",
                             background=BackgroundTask(shutil.rmtree, workdir, True))
 
-    @api.get("/projects/{project_id}/reviews", tags=["review"])
-    def list_reviews(project_id: int, session: DB, _user: ReviewerOrAdmin) -> list[dict[str, object]]:
-        """Review rounds of the project's cases (a case appears only once all its reads are in)."""
+    @api.get("/projects/{project_id}/archive", tags=["projects"])
+    def list_archive(project_id: int, session: DB, _user: Admin) -> dict[str, object]:
+        """The project's results archive and its outbox: each final file, sent or waiting (attempts, last error)."""
+        from medannot.server.archive import outbox_rows
+
         project = project_service.get_project(session, project_id)
+        return {"results_dicomweb": project.results_dicomweb, "files": outbox_rows(session, project.id)}
+
+    @api.get("/projects/{project_id}/reviews", tags=["review"])
+    def list_reviews(project_id: int, session: DB, user: ReviewerOrAdmin) -> list[dict[str, object]]:
+        """Review rounds of the project's cases (a case appears only once all its reads are in)."""
+        project = project_service.project_for(session, user, project_id)
         rows = session.scalars(select(review.Review).where(review.Review.project_id == project.id)
                                .order_by(review.Review.id))
         return [review.review_summary(session, r) for r in rows]
@@ -244,15 +255,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @api.post("/projects/{project_id}/reviews/claim", tags=["review"],
               responses={204: {"description": "nothing left to review"}})
     def claim_review(project_id: int, session: DB, user: Reviewer) -> Response:
-        project = project_service.get_project(session, project_id)
+        project = project_service.project_for(session, user, project_id)
         claimed = review.claim_next_review(session, user, project.id, settings.lease_seconds)
         if claimed is None:
             return Response(status_code=204)
         return JSONResponse(review_task_body(claimed, session))
 
     @api.get("/reviews/{review_id}", tags=["review"])
-    def get_review(review_id: int, session: DB, _user: ReviewerOrAdmin) -> dict[str, object]:
-        return review.review_detail(session, review.get_review(session, review_id))
+    def get_review(review_id: int, session: DB, user: ReviewerOrAdmin) -> dict[str, object]:
+        found = review.get_review(session, review_id)
+        project_service.project_for(session, user, found.project_id)
+        return review.review_detail(session, found)
 
     @api.post("/reviews/{review_id}/heartbeat", tags=["review"])
     def review_heartbeat(review_id: int, session: DB, user: Reviewer, lease: LeaseToken = None) -> dict[str, object]:

@@ -283,6 +283,94 @@ def project_guideline(project_id: int, guideline: Path, db: str | None) -> None:
         click.echo(f"project {project_id} now follows {version.guideline_id} {version.version}")
 
 
+@admin_project.command("members", context_settings=CONTEXT)
+@click.argument("project_id", type=int)
+@click.option("--add", "add", multiple=True, help="User to add (repeatable).")
+@click.option("--remove", "remove", multiple=True, help="User to remove (repeatable).")
+@DB_OPTION
+def project_members(project_id: int, add: tuple[str, ...], remove: tuple[str, ...], db: str | None) -> None:
+    """Show, add or remove PROJECT_ID's members: annotators claim and reviewers review only in their projects
+    (admins work in every project)."""
+    from medannot.server.db import transaction
+    from medannot.server.projects import set_members
+
+    with transaction(_factory(db)) as session:
+        members = set_members(session, project_id, list(add), list(remove), actor="cli")
+    click.echo(f"project {project_id} members: {', '.join(members) or 'none'}")
+
+
+@admin_project.command("archive", context_settings=CONTEXT)
+@click.argument("project_id", type=int)
+@click.argument("url", required=False)
+@click.option("--none", "clear", is_flag=True, help="Stop sending this project's results to an archive.")
+@DB_OPTION
+@DATA_OPTION
+def project_archive(project_id: int, url: str | None, clear: bool, db: str | None, data_dir: Path | None) -> None:
+    """Send PROJECT_ID's final results (SEG + SR, consensus) to the DICOMweb archive URL (e.g. the lab's PACS,
+    https://pacs.example.org/dicom-web). Cases already final are queued now. Credentials: the server's
+    MEDANNOT_RESULTS_DICOMWEB_USER / _PASSWORD environment, never the URL."""
+    from medannot.server.archive import set_archive
+    from medannot.server.config import resolve_settings
+    from medannot.server.db import transaction
+    from medannot.server.storage import ObjectStore
+
+    if clear == (url is not None):
+        raise click.UsageError("give the archive URL, or --none to stop sending")
+    settings = resolve_settings(db, data_dir)
+    with transaction(_factory(db, data_dir)) as session:
+        queued = set_archive(session, ObjectStore(settings.data_dir), project_id, url, actor="cli")
+    click.echo(f"project {project_id}: results archive {url or 'none'}" + (f"; {queued} file(s) of final cases "
+                                                                            "queued" if url else ""))
+
+
+@admin.group("archive", cls=MedAnnotGroup, context_settings=CONTEXT)
+def admin_archive() -> None:
+    """The outbox of final results for the lab's PACS: what is sent, what waits and why."""
+
+
+@admin_archive.command("list", context_settings=CONTEXT)
+@click.option("--project", "project_id", type=int, default=None, help="Only this project.")
+@click.option("--pending", is_flag=True, help="Only files not sent yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@DB_OPTION
+def archive_list(project_id: int | None, pending: bool, as_json: bool, db: str | None) -> None:
+    """List the outbox: each file, its state, attempts and last error."""
+    import json
+
+    from medannot.server.archive import outbox_rows
+    from medannot.server.db import transaction
+
+    with transaction(_factory(db)) as session:
+        rows = [r for r in outbox_rows(session, project_id) if not pending or r["status"] != "sent"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        error = f"  {r['last_error']}" if r["last_error"] else ""
+        click.echo(f"{r['id']:>5} project {r['project_id']} {r['case']} {r['kind']:<13} {r['status']:<7} "
+                   f"attempts {r['attempts']}{error}")
+    click.echo(f"{len(rows)} file(s)", err=True)
+
+
+@admin_archive.command("send", context_settings=CONTEXT)
+@DB_OPTION
+@DATA_OPTION
+def archive_send(db: str | None, data_dir: Path | None) -> None:
+    """Send every queued file that is due now (the server does this every 15 s); exit 1 when any failed."""
+    from medannot.server.archive import send_due
+    from medannot.server.config import resolve_settings
+    from medannot.server.storage import ObjectStore
+
+    settings = resolve_settings(db, data_dir)
+    results = send_due(_factory(db, data_dir), ObjectStore(settings.data_dir))
+    for r in results:
+        click.echo(f"{r.sop_uid}: {'sent' if r.sent else 'NOT sent: ' + (r.error or '')}")
+    click.echo(f"{sum(r.sent for r in results)} sent, {sum(not r.sent for r in results)} failed (kept, retried)",
+               err=True)
+    if any(not r.sent for r in results):
+        sys.exit(1)
+
+
 @admin.group("cases", cls=MedAnnotGroup, context_settings=CONTEXT)
 def admin_cases() -> None:
     """Cases of a project."""

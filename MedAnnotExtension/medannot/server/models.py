@@ -61,6 +61,8 @@ class Project(Base):
     current_guideline_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     readers_per_case: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # the lab's archive final results are sent to (DICOMweb root); credentials stay in the server's environment
+    results_dicomweb: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
 
 class GuidelineVersion(Base):
@@ -234,3 +236,39 @@ class Signature(Base):
     signed_at: Mapped[datetime] = mapped_column(DateTime)
     # an "approved" signature: the SEG's SR reissued with VerificationFlag VERIFIED by this signer at this time
     verified_sr_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ArchiveSend(Base):
+    """One final result file to send to the project's archive (STOW-RS), kept until the archive has it: sent only
+    when the archive lists its SOP Instance UID and a WADO read-back matches byte for byte."""
+
+    __tablename__ = "archive_outbox"
+    __table_args__ = (UniqueConstraint("project_id", "sha256", "archive_url"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | verified-sr | consensus-seg | consensus-sr
+    sha256: Mapped[str] = mapped_column(String(64))
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64))
+    archive_url: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16))  # pending | sent
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ProjectMember(Base):
+    """A user an admin made a member of a project: annotators claim and reviewers review only in their projects."""
+
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    added_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

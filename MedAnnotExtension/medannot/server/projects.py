@@ -13,11 +13,68 @@ from sqlalchemy.orm import Session
 from medannot.errors import MedAnnotError
 from medannot.guideline import Guideline, load_guideline, parse_guideline
 from medannot.server.audit import append_audit
-from medannot.server.models import TASK_SUBMITTED, Case, GuidelineFile, GuidelineVersion, Project, Task, utcnow
+from medannot.server.models import (TASK_SUBMITTED, Case, GuidelineFile, GuidelineVersion, Project, ProjectMember,
+                                    Task, User, utcnow)
 
 
 class ProjectError(MedAnnotError):
     """A project, guideline version or case import cannot be done as asked."""
+
+
+class NotAMember(ProjectError):
+    """The user is not a member of the project (admins are members of every project)."""
+
+
+def is_member(session: Session, user: User, project_id: int) -> bool:
+    """Whether ``user`` may work in the project: admins always, others when an admin added them."""
+    if user.role == "admin":
+        return True
+    return session.scalar(select(ProjectMember.id).where(ProjectMember.project_id == project_id,
+                                                         ProjectMember.user_id == user.id)) is not None
+
+
+def project_for(session: Session, user: User, project_id: int) -> Project:
+    """The project, when ``user`` is a member of it (``NotAMember`` otherwise, which says whom to ask)."""
+    project = session.get(Project, project_id)
+    if project is None or not is_member(session, user, project_id):
+        if project is not None and user.role != "admin":
+            raise NotAMember(f"you are not a member of project {project_id}; ask an admin to add you "
+                             f"('medannot admin project members {project_id} --add {user.username}')")
+        raise ProjectError(f"no project {project_id}; list them with 'medannot client projects'")
+    return project
+
+
+def member_projects(session: Session, user: User) -> list[Project]:
+    """The projects ``user`` sees in the worklist: their own (all, for an admin)."""
+    query = select(Project).order_by(Project.id)
+    if user.role != "admin":
+        query = query.where(Project.id.in_(select(ProjectMember.project_id).where(ProjectMember.user_id == user.id)))
+    return list(session.scalars(query))
+
+
+def set_members(session: Session, project_id: int, add: list[str], remove: list[str], actor: str) -> list[str]:
+    """Add and remove members of a project by user name; returns the member names after the change."""
+    get_project(session, project_id)
+    by_name = {u.username: u for u in session.scalars(select(User).where(User.username.in_([*add, *remove])))}
+    for name in [*add, *remove]:
+        if name not in by_name:
+            raise ProjectError(f"no user {name!r}; list them with 'medannot admin user list'")
+    for name in add:
+        user = by_name[name]
+        if user.role == "admin":
+            continue  # an admin works in every project
+        if not is_member(session, user, project_id):
+            session.add(ProjectMember(project_id=project_id, user_id=user.id, added_by=actor))
+            append_audit(session, actor, "project.member.add", f"project:{project_id}", None, {"user": name})
+    for name in remove:
+        member = session.scalar(select(ProjectMember).where(ProjectMember.project_id == project_id,
+                                                            ProjectMember.user_id == by_name[name].id))
+        if member is not None:
+            session.delete(member)
+            append_audit(session, actor, "project.member.remove", f"project:{project_id}", {"user": name}, None)
+    session.flush()
+    return sorted(session.scalars(select(User.username).join(ProjectMember, ProjectMember.user_id == User.id)
+                                  .where(ProjectMember.project_id == project_id)))
 
 
 def create_project(session: Session, guideline_path: str | Path, name: str | None = None,

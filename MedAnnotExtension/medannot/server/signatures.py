@@ -103,7 +103,18 @@ def sign(factory: sessionmaker[Session], store: ObjectStore, user_id: int, passw
                      {"signature": signature.id, "meaning": meaning, "printed_name": signature.printed_name,
                       "sha256": file_sha, "signed_at": signature.signed_at,
                       "verified_sr_sha256": signature.verified_sr_sha256})
+        _queue_if_final(session, store, case_id)
         return signature
+
+
+def _queue_if_final(session: Session, store: ObjectStore, case_id: int) -> None:
+    """The signature that makes a case final queues its result for the project's archive (same transaction)."""
+    from medannot.server.archive import enqueue_final
+    from medannot.server.review import current_review
+
+    review = current_review(session, case_id)
+    if review is not None:
+        enqueue_final(session, store, review)
 
 
 def _check_signer(session: Session, user: User, meaning: str, subject: str, case_id: int, author_id: int | None,

@@ -18,12 +18,12 @@ from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 import medannot
 from medannot.errors import MedAnnotError
 from medannot.server import accounts, security
+from medannot.server import projects as project_service
 from medannot.server.config import ServerSettings
 from medannot.server.db import transaction
 from medannot.server.models import Case, Project, User
@@ -202,14 +202,21 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             visitor = signed_in(session, request)
             # an annotator sees the counts and their own leases; who else holds what is for reviewers and admins
             reader_id = None if visitor.is_staff else visitor.user_id
+            viewer = session.get(User, visitor.user_id)
+            assert viewer is not None
             rows = [progress.project_progress(session, p, reader_id)
-                    for p in session.scalars(select(Project).order_by(Project.id))]
+                    for p in project_service.member_projects(session, viewer)]
             return render("projects.html", visitor=visitor, projects=rows, statuses=progress.CASE_STATUSES)
 
-    def _project(session: Session, project_id: int) -> Project:
+    def _project(session: Session, project_id: int, visitor: Visitor) -> Project:
+        """The project, when the visitor is a member of it (admins are members of every project)."""
         project = session.get(Project, project_id)
         if project is None:
             raise PageError(404, f"There is no project {project_id}.")
+        viewer = session.get(User, visitor.user_id)
+        if viewer is None or not project_service.is_member(session, viewer, project_id):
+            raise PageError(403, f"You are not a member of project {project_id}; ask an admin to add you "
+                                 f"('medannot admin project members {project_id} --add {visitor.username}').")
         return project
 
     @router.get("/projects/{project_id}", response_class=HTMLResponse)
@@ -218,7 +225,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             require_role(visitor, "reviewer", "admin")
-            project = _project(session, project_id)
+            project = _project(session, project_id, visitor)
             if status and status not in progress.CASE_STATUSES:
                 raise PageError(400, f"Unknown case status {status!r}: use one of "
                                      f"{', '.join(progress.CASE_STATUSES)}.")
@@ -239,7 +246,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             case = session.get(Case, case_id)
             if case is None:
                 raise PageError(404, f"There is no case {case_id}.")
-            project = _project(session, case.project_id)
+            project = _project(session, case.project_id, visitor)
             status = next(r.status for r in progress.case_rows(session, project) if r.case_id == case.id)
             viewer = session.get(User, visitor.user_id)
             assert viewer is not None
@@ -251,7 +258,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             require_role(visitor, "admin")
-            project = _project(session, project_id)
+            project = _project(session, project_id, visitor)
             counts = progress.project_progress(session, project).counts
             return render("package.html", visitor=visitor, project=project, counts=counts,
                           packages=packages.built_packages(settings.data_dir, project.id))
@@ -263,7 +270,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             visitor = signed_in(session, request)
             require_role(visitor, "admin")
             check_form(visitor, csrf)
-            _project(session, project_id)
+            _project(session, project_id, visitor)
         from medannot.package import PackageBuildError
 
         try:
@@ -279,7 +286,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             require_role(visitor, "admin")
-            _project(session, project_id)
+            _project(session, project_id, visitor)
         built = packages.built_package(settings.data_dir, project_id, name)
         if built is None:
             raise PageError(404, f"Project {project_id} has no package {name!r}; build one on the package page.")
