@@ -243,14 +243,51 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     """Export a label map as one DICOM-SEG and one companion SR with provenance; prints their paths."""
     if (labels is None) == (not probabilities):
         raise click.UsageError("give either --labels or one or more --probability SEGMENT=PATH")
-    _import_pydicom_offline()
-    from medannot._parallel import InThread
-    from medannot.imaging import load_source, read_label_map, read_probability_map
+    import numpy  # noqa: F401 - needed here anyway; imported before the fork, the helper need not import it again
 
-    # SimpleITK reads (and inflates) the label map without holding the GIL: read it on the other core while this
-    # thread imports highdicom and reads the guideline and the source headers. Its errors are raised where they
-    # were raised before: after those of the guideline, the options and the source.
-    label_map = InThread(read_label_map, labels) if labels is not None else None
+    from medannot._parallel import InChildProcess
+    from medannot.dicomseg._highdicom_setup import module_table_index
+    from medannot.guideline import load_guideline
+
+    # A helper process on the other core loads the guideline (with its schema validator), indexes highdicom's table
+    # of the standard and reads the label map (with SimpleITK), while this process imports pydicom and highdicom and
+    # reads the source headers. Errors are raised where they were raised before: the guideline's first, then those
+    # of the options and the source, then the label map's.
+    calls = {"guideline": (load_guideline, (guideline_path,)), "highdicom": (module_table_index, ())}
+    if labels is not None:
+        calls["labels"] = (_read_label_map, (labels,))
+    helper = InChildProcess(calls)
+    try:
+        _seg_export(helper, source, labels, probabilities, reader_name, reader_id, reader_role, institution,
+                    confidence, algorithm, task_id, interpolation_json, answers, replaces, output)
+    finally:
+        helper.close()
+
+
+def _read_label_map(path: Path) -> Any:
+    from medannot._parallel import KeepInChild
+    from medannot.imaging.labelmap import read_label_map_view
+
+    array, geometry, image = read_label_map_view(path)  # no copy: the helper shares the image's own buffer
+    return array, geometry, KeepInChild(image)
+
+
+def _seg_export(helper: Any, source: Path, labels: Path | None, probabilities: tuple[str, ...], reader_name: str,
+                reader_id: str, reader_role: str, institution: str | None, confidence: tuple[str, ...],
+                algorithm: tuple[str, ...], task_id: str | None, interpolation_json: Path | None,
+                answers: tuple[str, ...], replaces: Path | None, output: Path) -> None:
+    from medannot._parallel import InThread
+
+    label_map = None
+    if labels is not None and not helper.running:
+        # No helper process here (not Linux): SimpleITK reads (and inflates) the label map without holding the
+        # GIL, so it is read in a thread on the other core instead.
+        from medannot.imaging.labelmap import read_label_map
+
+        label_map = InThread(read_label_map, labels)
+    _import_pydicom_offline()
+    from medannot.dicomseg._highdicom_setup import prepare_highdicom
+    from medannot.imaging import load_source
 
     from dataclasses import replace
 
@@ -261,9 +298,8 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
         parse_algorithm,
     )
     from medannot.errors import ProvenanceError
-    from medannot.guideline import load_guideline
 
-    g = load_guideline(guideline_path)
+    g = helper.value("guideline")
     reader = ReaderInfo(name=reader_name, reader_id=reader_id, role=reader_role, institution=institution)
     provenance: dict[int, SegmentProvenance] = {}
     if interpolation_json is not None:
@@ -283,12 +319,23 @@ def seg_export(source: Path, labels: Path | None, probabilities: tuple[str, ...]
     src = load_source(source)
     array = geometry = None
     maps = None
-    if label_map is not None:
-        array, geometry = label_map.value()
+    if labels is not None:
+        if label_map is not None:
+            array, geometry = label_map.value()
+        else:
+            array, geometry, _kept = helper.value("labels")  # _kept: the image the array views, if read here
     else:
+        from medannot.imaging.labelmap import read_probability_map
+
         maps = {}
         for key, path in _pairs(probabilities, "--probability"):
             maps[key], geometry = read_probability_map(Path(path))
+    try:
+        index = helper.value("highdicom")
+    except Exception as exc:  # noqa: BLE001 - the index only saves time: without it highdicom's table is indexed here
+        logger.debug("highdicom's table was not indexed by the helper: %s", exc)
+        index = None
+    prepare_highdicom(index)
     result = export_segmentation(
         src, array, geometry, g, reader, output,
         segments=provenance, task_id=task_id, probabilities=maps, replaces=replaces,

@@ -286,8 +286,10 @@ class ClientStats:
 
 def client_loop(url: str, headers: dict[str, str], project_id: int, exports: dict[tuple[str, int | None], tuple[bytes, bytes]],
                 max_rounds: int, deadline: list[float], start: threading.Barrier, stats: ClientStats,
-                timeout: float) -> None:
+                timeout: float, reader: str) -> None:
     import requests
+
+    import harness
 
     session = requests.Session()
     session.headers.update(headers)
@@ -317,6 +319,7 @@ def client_loop(url: str, headers: dict[str, str], project_id: int, exports: dic
             task = r.json()
             stats.claims.append((task["task_id"], task["case_id"]))
             seg, sr = exports.get((task["case_id"], task["slot"])) or exports[(task["case_id"], None)]
+            seg, sr = harness.as_reader(seg, sr, reader)  # the server takes a result only from the reader it names
             t0 = time.perf_counter()
             try:
                 r = session.post(f"{url}/api/v1/tasks/{task['task_id']}/submit", timeout=timeout,
@@ -442,7 +445,7 @@ def run_server(backend: Backend, lab, exports: dict[tuple[str, int | None], tupl
         timeout = max(30.0, seconds + 30.0)
         def body(i: int) -> None:
             client_loop(servers[i % procs].url, headers[i], lab.project_id, exports, max_rounds,
-                        deadline, start, stats[i], timeout)
+                        deadline, start, stats[i], timeout, f"r{i + 1}")
 
         threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(clients)]
         for t in threads:

@@ -33,6 +33,20 @@ def test_every_module_of_the_standard_reads_as_highdicom_parses_it():
         table["no-such-module"]
 
 
+def test_a_table_indexed_in_a_helper_process_reads_as_highdicom_parses_it():
+    from medannot.dicomseg._highdicom_setup import _table_of, module_table_index
+
+    index = module_table_index()  # what seg export's helper process computes, without importing highdicom
+    assert index is not None
+    whole = json.loads(pkgutil.get_data("highdicom", "_standard/module_attribute_map.json"))
+    table = _table_of(index)
+    assert table is not None and list(table) == list(whole)
+    assert all(table[key] == whole[key] for key in whole)
+    path, size, mtime_ns, spans = index
+    assert _table_of((path, size + 1, mtime_ns, spans)) is None  # not the file highdicom reads now: not used
+    assert _table_of(("/elsewhere/module_attribute_map.json", size, mtime_ns, spans)) is None
+
+
 def test_a_module_table_laid_out_otherwise_is_left_to_highdicom():
     table = {"first": [{"keyword": "A", "type": "1", "path": []}], "empty": [], "last": [{"keyword": "B"}]}
     assert LazyModuleTable.index(json.dumps(table).encode()) is None  # not indented: highdicom parses it whole
@@ -79,8 +93,10 @@ run(source, np.load(labels_path), source.geometry, load_guideline(guideline_path
 """
 
 # Values that differ between two exports by design (new UIDs, the time of writing).
-# highdicom stamps its own Contributing Equipment item with the time of writing.
-_PER_RUN = {"InstanceCreationDate", "InstanceCreationTime", "SeriesDate", "SeriesTime", "ContributionDateTime"}
+# highdicom stamps its own Contributing Equipment item with the time of writing. The file meta group length counts
+# the SOP Instance UID's characters, and highdicom's random UIDs are 60 to 64 characters long.
+_PER_RUN = {"InstanceCreationDate", "InstanceCreationTime", "SeriesDate", "SeriesTime", "ContributionDateTime",
+            "FileMetaInformationGroupLength"}
 
 
 def _generated_uids(seg: pydicom.Dataset, sr: pydicom.Dataset) -> dict[str, str]:

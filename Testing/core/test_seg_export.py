@@ -285,3 +285,22 @@ def test_seg_of_frames_stored_head_to_feet_reads_back_on_the_source_grid(ct_case
     record = read_segmentation(result.seg_path)
     np.testing.assert_array_equal(record.labels, labels)
     assert record.geometry is not None and source.geometry.mismatches(record.geometry) == []
+
+
+@pytest.mark.parametrize(("kind", "stored", "plain"), [
+    ("DA", b"20260304", True), ("DA", b"19970424 ", True), ("DA", b"", True), ("DA", b"2004.01.19", False),
+    ("DA", b"20261399", False), ("DA", b"00000101", False), ("DA", b"2026030", False), ("DA", b"20260304\\20260305", False),
+    ("TM", b"102030.5 ", True), ("TM", b"1020", True), ("TM", b"10", True), ("TM", b"235959.123456", True),
+    ("TM", b"14:04:38", False), ("TM", b"24", False), ("TM", b"102060", False), ("TM", b"1020305", False),
+])
+def test_dates_and_times_read_as_stored_are_recognised_without_converting_them(kind, stored, plain):
+    from pydicom.dataelem import RawDataElement
+
+    from medannot.dicomseg._seg_builder import _as_dicom_date_or_time, _is_plain_date_or_time
+
+    tag = 0x00080020 if kind == "DA" else 0x00080030
+    raw = RawDataElement(tag, kind, len(stored), stored, 0, False, True)
+    assert _is_plain_date_or_time(raw, kind) is plain
+    if plain and stored:
+        text = stored.decode().strip()
+        assert _as_dicom_date_or_time(text, kind) == text  # what the full check would have kept as it is

@@ -84,6 +84,36 @@ class Lab:
         return result.seg_path, result.sr_path
 
 
+def as_reader(seg: bytes, sr: bytes, user: str) -> tuple[bytes, bytes]:
+    """The exported SEG + SR with reader ``user`` (id, and name ``user^Test``) wherever they name their reader:
+    the server accepts a result only from the reader it names."""
+    import io
+
+    from pydicom import dcmread
+
+    from medannot.dicomseg.reader import _walk
+
+    name = f"{user}^Test"
+    seg_ds, sr_ds = dcmread(io.BytesIO(seg)), dcmread(io.BytesIO(sr))
+    for holder in [seg_ds, *seg_ds.SegmentSequence]:
+        holder.ContentCreatorName = name
+        for creator in holder.get("ContentCreatorIdentificationCodeSequence", []):
+            for person in creator.PersonIdentificationCodeSequence:
+                person.CodeValue, person.CodeMeaning = user, name
+    for item in _walk(sr_ds.ContentSequence):
+        code = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else None
+        if code == "121008":
+            item.PersonName = name
+        elif code == "128774":
+            item.TextValue = user
+    out = []
+    for ds in (seg_ds, sr_ds):
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out[0], out[1]
+
+
 def make_lab(db_url: str, root: Path, cases: int = 3, annotators: int = 2, extra_users: dict[str, str] | None = None,
              via_cli: bool = False, deidentified: bool = True) -> Lab:
     """Users (admin + annotators r1..rN + extras), a project from the liver guideline (2 readers/case), cases.

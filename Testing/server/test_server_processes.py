@@ -127,7 +127,7 @@ def test_a_case_served_by_orthanc_over_dicomweb_reaches_the_lease_holder(orthanc
                 if task.case_id == "pacs-case":
                     tasks[name] = task
                     break
-                seg, sr = lab.export_for(str(task.case_id), tmp_path / name)
+                seg, sr = lab.export_for(str(task.case_id), tmp_path / name, reader=name)
                 client.submit(task.task_id, task.lease_token, seg, sr, f"{name}-{task.task_id}")
         folder = clients["r1"].download_instances(tasks["r1"].task_id, tasks["r1"].lease_token, tmp_path / "got")
         got = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in Path(folder).rglob("*.dcm")}

@@ -111,7 +111,7 @@ def test_claims_give_each_reader_one_slot_per_case_and_return_the_held_lease(lab
                 break
             body = task.json()
             seen[name].append(body["case_id"])
-            seg, sr = lab.export_for(body["case_id"], tmp_path / name / body["case_id"])
+            seg, sr = lab.export_for(body["case_id"], tmp_path / name / body["case_id"], reader=name)
             assert submit(client, headers, body, seg, sr, str(uuid.uuid4())).status_code == 201
     assert sorted(seen["r1"]) == sorted(seen["r2"]) == ["case-001", "case-002", "case-003"]
     projects = client.get("/api/v1/projects", headers=r1).json()

@@ -88,6 +88,12 @@ DISTRIBUTIONS = {"yaml": "PyYAML", "cv2": "opencv-python-headless", "jsonschema"
                  "packaging": "packaging", "PIL": "pillow", "scipy": "scipy"}
 SLICER_APPLICATION = {"slicer", "qt", "ctk", "vtk", "DICOMLib", "SegmentEditorEffects", "mrml"}
 OPTIONAL = {"itk": "the morphological interpolation, offered only where itk-morphologicalcontourinterpolation is"}
+# MedAnnotExport's "Build package" / "Verify package" (admins only) need the lab server's packages; its logic says
+# to install them with slicer.util.pip_install('medannot[server]') when one is missing, and never installs them
+_PACKAGE_TOOLS = ("alembic", "bagit", "cryptography", "dicomanonymizer", "dicomweb_client", "jinja2", "matplotlib",
+                  "sqlalchemy", "weasyprint")
+OPTIONAL.update({name: "the submission package buttons (medannot[server], installed on request)"
+                 for name in _PACKAGE_TOOLS})
 
 
 def _third_party_imports() -> dict[str, set[str]]:

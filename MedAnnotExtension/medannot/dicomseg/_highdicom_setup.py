@@ -25,9 +25,12 @@ Both replacements are made once, by :func:`prepare_highdicom`, only when highdic
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import inspect
 import json
 import logging
+import os
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -50,7 +53,7 @@ class LazyModuleTable(Mapping[str, list[dict[str, Any]]]):
     does not parse, the whole file is parsed as highdicom would and used from then on.
     """
 
-    def __init__(self, data: bytes, spans: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, data: bytes | TableFile, spans: dict[str, tuple[int, int]]) -> None:
         self._data = data
         self._spans = spans
         self._parsed: dict[str, list[dict[str, Any]]] = {}
@@ -59,24 +62,7 @@ class LazyModuleTable(Mapping[str, list[dict[str, Any]]]):
     @classmethod
     def index(cls, data: bytes) -> LazyModuleTable | None:
         """Find each module's entry in the indented file; ``None`` when the file is not laid out as expected."""
-        if not data.startswith(b'{' + _KEY_LINE) or not data.rstrip().endswith(b"}"):
-            return None
-        starts: list[int] = []
-        position = data.find(_KEY_LINE)
-        while position != -1:
-            starts.append(position + 3)
-            position = data.find(_KEY_LINE, position + len(_KEY_LINE))
-        spans: dict[str, tuple[int, int]] = {}
-        ends = [start - 3 for start in starts[1:]] + [data.rstrip().rfind(b"}")]
-        for start, end in zip(starts, ends):
-            close = data.find(b'": ', start + 1)
-            key = data[start + 1:close]
-            if close == -1 or close > end or b"\\" in key or b'"' in key or data[close + 3:close + 4] != b"[":
-                return None
-            value_end = data.rfind(b"]", close, end) + 1
-            if value_end == 0:
-                return None
-            spans[key.decode("utf-8")] = (close + 3, value_end)
+        spans = _module_spans(data)
         return cls(data, spans) if spans else None
 
     def __getitem__(self, key: str) -> list[dict[str, Any]]:
@@ -89,7 +75,7 @@ class LazyModuleTable(Mapping[str, list[dict[str, Any]]]):
                 value = json.loads(self._data[start:end])
             except ValueError:
                 logger.debug("module %r of highdicom's table did not parse alone; parsing the whole table", key)
-                self._whole = json.loads(self._data)
+                self._whole = json.loads(self._data[:])  # [:]: the whole file also from a TableFile
                 return self._whole[key]
             self._parsed[key] = value
         return value
@@ -102,6 +88,64 @@ class LazyModuleTable(Mapping[str, list[dict[str, Any]]]):
 
     def __len__(self) -> int:
         return len(self._spans)
+
+
+class TableFile:
+    """highdicom's table file read a slice at a time (``[start:end]``, ``[:]`` for all of it), for a table indexed
+    elsewhere (:func:`module_table_index`): the 23 MB are not read to parse the few modules a SEG and SR need."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __getitem__(self, span: slice) -> bytes:
+        with open(self.path, "rb") as fp:
+            start = span.start or 0
+            fp.seek(start)
+            return fp.read() if span.stop is None else fp.read(span.stop - start)
+
+
+def module_table_index() -> tuple[str, int, int, dict[str, tuple[int, int]]] | None:
+    """Path, size, modification time and module spans of highdicom's table, found without importing highdicom.
+
+    For a helper process: indexing the 23 MB file takes about 25 ms of scanning, which the process exporting a SEG
+    then need not do (:func:`prepare_highdicom` takes the result). ``None`` when the file is not found as a plain
+    file or not laid out as expected.
+    """
+    spec = importlib.util.find_spec("highdicom")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], *_MODULE_TABLE.split("/"))
+    try:
+        with open(path, "rb") as fp:
+            stat = os.fstat(fp.fileno())
+            data = fp.read()
+    except OSError:
+        return None
+    spans = _module_spans(data)
+    return (path, stat.st_size, stat.st_mtime_ns, spans) if spans else None
+
+
+def _module_spans(data: bytes) -> dict[str, tuple[int, int]] | None:
+    """Where each module's entry lies in the indented file; ``None`` when it is not laid out as expected."""
+    if not data.startswith(b'{' + _KEY_LINE) or not data.rstrip().endswith(b"}"):
+        return None
+    starts: list[int] = []
+    position = data.find(_KEY_LINE)
+    while position != -1:
+        starts.append(position + 3)
+        position = data.find(_KEY_LINE, position + len(_KEY_LINE))
+    spans: dict[str, tuple[int, int]] = {}
+    ends = [start - 3 for start in starts[1:]] + [data.rstrip().rfind(b"}")]
+    for start, end in zip(starts, ends):
+        close = data.find(b'": ', start + 1)
+        key = data[start + 1:close]
+        if close == -1 or close > end or b"\\" in key or b'"' in key or data[close + 3:close + 4] != b"[":
+            return None
+        value_end = data.rfind(b"]", close, end) + 1
+        if value_end == 0:
+            return None
+        spans[key.decode("utf-8")] = (close + 3, value_end)
+    return spans or None
 
 
 def _memoized(lookup: Callable[..., bool]) -> Callable[..., bool]:
@@ -119,15 +163,16 @@ def _memoized(lookup: Callable[..., bool]) -> Callable[..., bool]:
     return is_attribute_in_iod
 
 
-def _install_lazy_module_table(standard: Any) -> None:
-    import importlib
-
+def _install_lazy_module_table(standard: Any, index: tuple[str, int, int, dict[str, tuple[int, int]]] | None
+                                ) -> None:
     loader = getattr(standard, "get_module_attribute_map", None)
     cache_info = getattr(loader, "cache_info", None)
     if loader is None or getattr(loader, "medannot_lazy", False) or cache_info is None or cache_info().currsize:
         return  # already ours, or highdicom has parsed its table already
-    data = pkgutil.get_data("highdicom", _MODULE_TABLE)
-    table = LazyModuleTable.index(data) if data else None
+    table = _table_of(index)
+    if table is None:
+        data = pkgutil.get_data("highdicom", _MODULE_TABLE)
+        table = LazyModuleTable.index(data) if data else None
     if table is None:
         logger.debug("highdicom's %s is not laid out as expected; highdicom parses it whole", _MODULE_TABLE)
         return
@@ -143,10 +188,28 @@ def _install_lazy_module_table(standard: Any) -> None:
             module.get_module_attribute_map = get_module_attribute_map
 
 
-def prepare_highdicom() -> None:
+def _table_of(index: tuple[str, int, int, dict[str, tuple[int, int]]] | None) -> LazyModuleTable | None:
+    """The table of an index made by :func:`module_table_index`, if it is of the file highdicom reads, unchanged."""
+    if index is None:
+        return None
+    import highdicom
+
+    path, size, mtime_ns, spans = index
+    expected = os.path.join(os.path.dirname(highdicom.__file__ or ""), *_MODULE_TABLE.split("/"))
+    try:
+        stat = os.stat(expected)
+    except OSError:
+        return None
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) or os.path.realpath(path) != os.path.realpath(expected):
+        return None
+    return LazyModuleTable(TableFile(path), spans)
+
+
+def prepare_highdicom(index: tuple[str, int, int, dict[str, tuple[int, int]]] | None = None) -> None:
     """Load highdicom's tables of the standard (collector paused, modules on demand) and remember its IOD look-ups.
 
-    Idempotent and cheap after the first call. When a highdicom version lacks these functions or changed their
+    ``index``: :func:`module_table_index`'s answer, from a helper process, to use instead of indexing the table
+    here. Idempotent and cheap after the first call. When a highdicom version lacks these functions or changed their
     signature, nothing is changed and highdicom simply does its own, slower, first use.
     """
     try:
@@ -154,7 +217,7 @@ def prepare_highdicom() -> None:
     except ImportError:  # pragma: no cover - a highdicom without the module: nothing to prepare
         return
     with paused_gc():
-        _install_lazy_module_table(standard)
+        _install_lazy_module_table(standard, index)
         for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
             loader = getattr(standard, name, None)
             if callable(loader):

@@ -14,12 +14,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.valuerep import DA, TM
@@ -114,13 +117,17 @@ def _as_highdicom_reads(source: SourceImage) -> SourceImage:
     """
     datasets: list[Dataset] = []
     for ds in source.datasets:
-        fixes: dict[str, str | None] = {keyword: "" for keyword in _TYPE2_READ_BY_HIGHDICOM if keyword not in ds}
-        charset = ds.get("SpecificCharacterSet", None)
-        values = [charset] if charset is None or isinstance(charset, str) else list(charset)
-        if "SpecificCharacterSet" in ds and not any(str(v or "").strip() for v in values):
-            fixes["SpecificCharacterSet"] = None
-        for keyword, kind in _DATES_AND_TIMES.items():
-            if keyword in ds and keyword not in fixes and ds[keyword].value not in (None, ""):
+        elements = ds._dict  # looked up by tag: a 300-slice series makes thousands of these checks
+        fixes: dict[str, str | None] = {keyword: "" for keyword, tag in _TYPE2_TAGS if tag not in elements}
+        if _CHARSET_TAG in elements:
+            charset = ds.get("SpecificCharacterSet", None)
+            values = [charset] if charset is None or isinstance(charset, str) else list(charset)
+            if not any(str(v or "").strip() for v in values):
+                fixes["SpecificCharacterSet"] = None
+        for keyword, tag, kind in _DATE_AND_TIME_TAGS:
+            if tag not in elements or keyword in fixes or _is_plain_date_or_time(elements[tag], kind):
+                continue
+            if ds[keyword].value not in (None, ""):
                 fixed = _as_dicom_date_or_time(str(ds[keyword].value), kind)
                 if fixed != str(ds[keyword].value):
                     fixes[keyword] = fixed
@@ -143,6 +150,37 @@ def _as_highdicom_reads(source: SourceImage) -> SourceImage:
 
 _DATES_AND_TIMES = {"StudyDate": "DA", "StudyTime": "TM", "PatientBirthDate": "DA", "SeriesDate": "DA",
                     "SeriesTime": "TM", "ContentDate": "DA", "ContentTime": "TM"}
+
+
+_TYPE2_TAGS = tuple((keyword, int(Tag(keyword))) for keyword in _TYPE2_READ_BY_HIGHDICOM)
+_DATE_AND_TIME_TAGS = tuple((keyword, int(Tag(keyword)), kind) for keyword, kind in _DATES_AND_TIMES.items())
+_CHARSET_TAG = 0x00080005
+# Values that DA / TM read as they are (so _as_dicom_date_or_time keeps them), as stored: at most one pad space.
+_PLAIN = {"DA": re.compile(rb"(\d{4})(\d{2})(\d{2}) ?"),
+          "TM": re.compile(rb"([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)? ?")}
+
+
+def _is_plain_date_or_time(element: DataElement | RawDataElement, kind: str) -> bool:
+    """Whether a DA / TM element certainly needs no fix, decided from its bytes without converting it.
+
+    ``False`` only means "look closer" (the element is then converted and checked as before).
+    """
+    value = element.value
+    if isinstance(value, str):
+        value = value.encode("latin-1", "replace")
+    if not isinstance(value, bytes):
+        return False  # deferred, multi-valued or a date object: the full check
+    if not value:
+        return True  # empty: nothing to fix
+    match = _PLAIN[kind].fullmatch(value)
+    if match is None:
+        return False
+    if kind == "DA":
+        try:
+            date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            return False
+    return True
 
 
 def _as_dicom_date_or_time(value: str, kind: str) -> str:

@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence as DicomSequence
 import medannot
 from medannot._gc import with_paused_gc
 from medannot.dicomseg import codes
+from medannot.dicomseg._file_writer import save_dataset
 from medannot.dicomseg._fractional_frames import MAX_FRACTIONAL_VALUE, quantise
 from medannot.dicomseg._highdicom_setup import prepare_highdicom
 from medannot.dicomseg._seg_builder import build_seg
@@ -189,8 +190,60 @@ def export_segmentation(
     GeometryMismatchError, SegmentContentError, LabelMapError
         Before anything is written.
     """
-    prepare_highdicom()  # before highdicom is first used, so that its tables are read the fast way
+    built = _build_seg_and_sr(
+        source, labels, labels_geometry, guideline, reader, segments=segments, task_id=task_id,
+        probabilities=probabilities, replaces=replaces, content_datetime=content_datetime, labels_name=labels_name,
+        checklist=checklist, derived_from=derived_from,
+    )
+    seg, sr = built.seg, built.sr
+    seg_uid, sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
     output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DicomSegError(f"{output_dir}: cannot create the output folder ({exc.strerror or exc}); choose a "
+                            "folder you can write") from exc
+    seg_path = output_dir / f"seg-{seg_uid[-12:]}.dcm"
+    sr_path = output_dir / f"sr-{sr_uid[-12:]}.dcm"
+    _write_together([(seg, seg_path), (sr, sr_path)])
+    logger.info("wrote %s and %s", seg_path, sr_path)
+    summary = [
+        {"number": s.number, "label": s.spec.label, "name": s.spec.name,
+         "algorithm_type": s.provenance.algorithm_type, "confidence": s.provenance.confidence,
+         "voxels": built.counts.get(s.spec.label, 0), "tracking_uid": s.tracking_uid}
+        for s in built.segments
+    ]
+    return ExportResult(seg_path, sr_path, seg_uid, sr_uid, summary)
+
+
+@dataclass(frozen=True)
+class _Built:
+    """The SEG and SR of an export before they are written, what the SR says per segment, and voxel counts."""
+
+    seg: hd.seg.Segmentation
+    sr: hd.sr.Comprehensive3DSR
+    segments: list[SrSegment]
+    counts: dict[int, int]
+
+
+def _build_seg_and_sr(
+    source: SourceImage,
+    labels: np.ndarray | None,
+    labels_geometry: Geometry | None,
+    guideline: Guideline,
+    reader: ReaderInfo,
+    *,
+    segments: Mapping[str | int, SegmentProvenance] | None,
+    task_id: str | None,
+    probabilities: Mapping[str | int, np.ndarray] | None,
+    replaces: str | Path | None,
+    content_datetime: datetime | None,
+    labels_name: str,
+    checklist: Mapping[str, str | bool] | None,
+    derived_from: Sequence[ConsensusInput],
+) -> _Built:
+    """Check the inputs and build the SEG and SR of :func:`export_segmentation` (which see), writing nothing."""
+    prepare_highdicom()  # before highdicom is first used, so that its tables are read the fast way
     provenance = _resolve_provenance(guideline, segments)
     answers = checklist_answers(guideline, checklist or {})
     content_datetime = content_datetime or datetime.now(timezone.utc)
@@ -314,23 +367,8 @@ def export_segmentation(
         series_instance_uid=hd.UID(), sop_instance_uid=sr_uid,
         contributing_equipment=[equipment], software_version=software, derived_from=derived_from,
     )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DicomSegError(f"{output_dir}: cannot create the output folder ({exc.strerror or exc}); choose a "
-                            "folder you can write") from exc
     _carry_deidentification(source.first, (seg, sr))
-    seg_path = output_dir / f"seg-{seg_uid[-12:]}.dcm"
-    sr_path = output_dir / f"sr-{sr_uid[-12:]}.dcm"
-    _write_together([(seg, seg_path), (sr, sr_path)])
-    logger.info("wrote %s and %s", seg_path, sr_path)
-    summary = [
-        {"number": s.number, "label": s.spec.label, "name": s.spec.name,
-         "algorithm_type": s.provenance.algorithm_type, "confidence": s.provenance.confidence,
-         "voxels": counts.get(s.spec.label, 0), "tracking_uid": s.tracking_uid}
-        for s in sr_segments
-    ]
-    return ExportResult(seg_path, sr_path, seg_uid, sr_uid, summary)
+    return _Built(seg, sr, sr_segments, counts)
 
 
 def _family(prov: SegmentProvenance) -> hd.sr.CodedConcept:
@@ -408,7 +446,7 @@ def _write_together(items: list[tuple[Dataset, Path]]) -> None:
         for ds, path in items:
             tmp = path.with_name(path.name + ".partial")
             temps.append((tmp, path))
-            ds.save_as(tmp, enforce_file_format=True)
+            save_dataset(ds, tmp)  # the bytes of ds.save_as(tmp, enforce_file_format=True), faster
         for tmp, path in temps:
             os.replace(tmp, path)
     except OSError as exc:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from medannot.errors import GuidelineError
 from medannot.guideline.rules import RULE_KINDS, Rule, parse_rules
+
+if TYPE_CHECKING:
+    import jsonschema
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
 
 
 def _validate_schema(doc: dict[str, Any], origin: str) -> None:
+    import jsonschema  # here, not at the top: a guideline that arrives already loaded (pickled) needs no validator
+
     validator = jsonschema.Draft202012Validator(guideline_schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
@@ -332,6 +334,8 @@ def parse_guideline(data: bytes, origin: str = "<guideline>", path: Path | None 
     GuidelineError
         Naming the file and key path of the first problem found.
     """
+    import yaml
+
     try:
         doc = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

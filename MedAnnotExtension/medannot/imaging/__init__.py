@@ -1,18 +1,43 @@
-"""Image loading: DICOM series and multi-frame sources, label maps, and their geometry."""
+"""Image loading: DICOM series and multi-frame sources, label maps, and their geometry.
 
-from medannot.imaging.geometry import Geometry
-from medannot.imaging.labelmap import read_label_map, read_probability_map, write_label_map
-from medannot.imaging.pixels import grey_frames, modality_volume, rgb_to_grey
-from medannot.imaging.source import SourceImage, load_source
+The names below are imported from their modules when first used, so that importing one module (a label map reader
+without pydicom, a DICOM loader without SimpleITK) does not import all of them.
+"""
 
-__all__ = [
-    "Geometry",
-    "SourceImage",
-    "grey_frames",
-    "load_source",
-    "modality_volume",
-    "read_label_map",
-    "read_probability_map",
-    "rgb_to_grey",
-    "write_label_map",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medannot.imaging.geometry import Geometry
+    from medannot.imaging.labelmap import read_label_map, read_probability_map, write_label_map
+    from medannot.imaging.pixels import grey_frames, modality_volume, rgb_to_grey
+    from medannot.imaging.source import SourceImage, load_source
+
+_MODULE_OF = {
+    "Geometry": "geometry",
+    "SourceImage": "source",
+    "grey_frames": "pixels",
+    "load_source": "source",
+    "modality_volume": "pixels",
+    "read_label_map": "labelmap",
+    "read_probability_map": "labelmap",
+    "rgb_to_grey": "pixels",
+    "write_label_map": "labelmap",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # only its images are taken and given here: SimpleITK is imported by those who read them
+    import SimpleITK as sitk
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,19 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
     LabelMapError
         If the file is unreadable, not scalar, or holds non-integer or negative values.
     """
-    path = Path(path)
+    array, geometry, _ = _read_label_map(Path(path), view=False)
+    return array, geometry
+
+
+def read_label_map_view(path: str | Path) -> tuple[np.ndarray, Geometry, sitk.Image]:
+    """:func:`read_label_map` without copying the voxels out of SimpleITK's image: the array is a view of the
+    image's buffer (except for a map of non-integer type), valid only as long as the returned image is kept."""
+    return _read_label_map(Path(path), view=True)
+
+
+def _read_label_map(path: Path, view: bool) -> tuple[np.ndarray, Geometry, sitk.Image]:
     image = _read(path)
-    array = sitk.GetArrayFromImage(image)
+    array = sitk.GetArrayViewFromImage(image) if view else sitk.GetArrayFromImage(image)
     if image.GetPixelID() not in _INTEGER_TYPES:
         if not np.all(np.equal(np.mod(array, 1), 0)):
             raise LabelMapError(f"{path}: holds non-integer values ({image.GetPixelIDTypeAsString()}); "
@@ -52,7 +62,7 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise LabelMapError(f"{path}: holds negative label value {int(array.min())}")
     if array.ndim == 2:
         array = array[np.newaxis]
-    return array, Geometry.from_sitk(image)
+    return array, Geometry.from_sitk(image), image
 
 
 def read_probability_map(path: str | Path) -> tuple[np.ndarray, Geometry]:

@@ -6,12 +6,16 @@ import logging
 from dataclasses import dataclass, field
 import os
 import struct
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+from pydicom.uid import UID
 from pydicom.pixels.utils import get_expected_length
 
 from medannot.errors import SourceImageError
@@ -125,13 +129,39 @@ def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, path: Path) -> None:
                                f"{size - value_at}; the file is truncated. Copy or download it again")
     _number_of_frames(ds, path)  # a damaged NumberOfFrames is said as such, not as a wrong length
     try:
-        expected = int(get_expected_length(ds)) if tag == 0x7FE00010 else 0
+        expected = _expected_length(ds) if tag == 0x7FE00010 else 0
     except (TypeError, ValueError, AttributeError, KeyError):
         return  # attributes the size depends on are missing or odd: reading the pixels will say so
     if length < expected:
         raise SourceImageError(f"{path}: Pixel Data (7FE0,0010) holds {length} bytes, fewer than the {expected} its "
                                "Rows, Columns, SamplesPerPixel, NumberOfFrames and BitsAllocated need; the file is "
                                "truncated or damaged")
+
+
+# The elements pydicom's get_expected_length reads. The slices of a series store the same bytes for them, so the
+# length is computed once per distinct set of stored values (as read, with their encoding), not once per file.
+_LENGTH_TAGS = (0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008, 0x00280004)
+_expected_lengths: dict[tuple[object, ...], int] = {}
+
+
+def _expected_length(ds: Dataset) -> int:
+    """``get_expected_length(ds)`` (bytes of native Pixel Data), remembered for the values the file stores."""
+    elements = ds._dict
+    key: list[object] = []
+    for tag in _LENGTH_TAGS:
+        element = elements.get(tag)  # type: ignore[call-overload]
+        if isinstance(element, RawDataElement) and element.value is not None:
+            key.append((element.VR, element.is_implicit_VR, element.is_little_endian, element.value))
+        elif element is None:
+            key.append(None)
+        else:
+            return int(get_expected_length(ds))  # converted already (or deferred): as pydicom computes it
+    found = _expected_lengths.get(tuple(key))
+    if found is None:
+        found = int(get_expected_length(ds))
+        if len(_expected_lengths) < 64:
+            _expected_lengths[tuple(key)] = found
+    return found
 
 
 def _has_trailing_elements(path: Path) -> bool:
@@ -192,12 +222,23 @@ _FRAME_OF_REFERENCE_REQUIRED = {
 }
 
 
+_REQUIRED_TAGS = tuple((keyword, int(Tag(keyword))) for keyword in _REQUIRED)
+
+
+@lru_cache(maxsize=64)
+def _sop_class_facts(sop_class: str) -> tuple[str, bool]:
+    """The name of a SOP Class UID (the UID itself when unknown) and whether it is retired."""
+    uid = UID(sop_class)
+    return getattr(uid, "name", sop_class) or sop_class, bool(getattr(uid, "is_retired", False))
+
+
 def _check_required(ds: Dataset, path: Path) -> None:
     sop_class = str(ds.get("SOPClassUID", ""))
     what = _NOT_SEGMENTABLE.get(sop_class)
     if what:
         raise SourceImageError(f"{path}: is {what}")
-    missing = [k for k in _REQUIRED if k not in ds]
+    elements = ds._dict  # by tag: these checks run for every file of a series
+    missing = [keyword for keyword, tag in _REQUIRED_TAGS if tag not in elements]
     if missing and set(missing) <= {"Rows", "Columns"} and "SOPClassUID" in ds:
         name = getattr(ds.SOPClassUID, "name", sop_class)
         raise SourceImageError(f"{path}: is a {name} object without pixels (no Rows, Columns), not an image; give "
@@ -205,8 +246,8 @@ def _check_required(ds: Dataset, path: Path) -> None:
     if missing:
         raise SourceImageError(f"{path}: missing {', '.join(missing)}; this is not an image MedAnnot can segment")
     frames = _number_of_frames(ds, path)
-    name = getattr(ds.SOPClassUID, "name", sop_class)
-    if getattr(ds.SOPClassUID, "is_retired", False):
+    name, retired = _sop_class_facts(sop_class)
+    if retired:
         raise SourceImageError(
             f"{path}: uses the retired SOP Class {name} ({sop_class}), which the SEG IOD's references do not cover; "
             "have it converted to the current class (re-export it from the PACS or the scanner)"
@@ -217,7 +258,7 @@ def _check_required(ds: Dataset, path: Path) -> None:
             "reference its frames conformantly; have it stored as a multi-frame class (e.g. Ultrasound Multi-frame "
             "Image Storage) or as one file per frame"
         )
-    if sop_class in _FRAME_OF_REFERENCE_REQUIRED and "FrameOfReferenceUID" not in ds:
+    if sop_class in _FRAME_OF_REFERENCE_REQUIRED and 0x00200052 not in elements:
         raise SourceImageError(
             f"{path}: has no FrameOfReferenceUID (0020,0052), which every {name} must have; the file was damaged "
             "or stripped on its way (e.g. by an anonymiser). Fetch the original from the PACS or the scanner"
@@ -315,8 +356,12 @@ def _series_from_datasets(datasets: list[Dataset], paths: list[Path]) -> SourceI
                 raise SourceImageError(f"{p}: missing {key}; cannot place this slice in the volume")
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    for ds, p in zip(datasets, paths):
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
+    orientations = [np.asarray(ds.ImageOrientationPatient, dtype=float) for ds in datasets]
+    same = [o.shape == iop.shape for o in orientations]
+    if all(same):  # one comparison for the whole series (np.allclose per slice costs more than reading it)
+        same = list(np.isclose(np.stack(orientations), iop, atol=1e-4).all(axis=1))
+    for p, alike in zip(paths, same):
+        if not alike:
             raise SourceImageError(f"{p}: ImageOrientationPatient differs from the other slices; not one volume")
     positions = np.array([np.asarray(d.ImagePositionPatient, dtype=float) for d in datasets])
     order = np.argsort(positions @ normal, kind="stable")

@@ -7,9 +7,9 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
@@ -17,11 +17,12 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 import medannot
 from medannot.errors import MedAnnotError
 from medannot.server import projects as project_service
-from medannot.server import queue, review, security, signatures, submissions
+from medannot.server import queue, review, security, signatures, submissions, uploads
 from medannot.server.audit import audit_entries
 from medannot.server.config import ServerSettings
 from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
@@ -56,6 +57,45 @@ class LoginResponse(BaseModel):
     access_token: str
     expires_at: str
     token_type: str = "bearer"
+
+
+def _files_body(*names: str) -> dict[str, object]:
+    """The OpenAPI request body of an upload read by the route itself (after its checks, not before them)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": list(names),
+        "properties": {name: {"type": "string", "format": "binary"} for name in names}}}}}}
+
+
+class BodyLimit:
+    """Refuse any request whose declared body is larger than the limit before it is read (HTTP 413), and stop one
+    that grows past it while streaming in (routes reading uploads apply their own limit after their checks)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            response = JSONResponse({"detail": f"the request body is {int(length) / 1048576:g} MiB, more than this "
+                                               f"server accepts ({self.limit / 1048576:g} MiB)"}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise uploads.UploadTooLarge(f"the request body grew past {self.limit / 1048576:g} MiB, more "
+                                                 "than this server accepts")
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -113,7 +153,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   review.ReviewRefused: 403, review.DecisionRejected: 422, signatures.WrongPassword: 403,
                   signatures.SignatureRefused: 403, signatures.SignatureNotFound: 404,
                   project_service.ProjectError: 404, project_service.NotAMember: 403,
-                  SourceImageError: 502}.get(type(exc), 400)
+                  SourceImageError: 502, uploads.UploadTooLarge: 413,
+                  uploads.UploadMalformed: 422}.get(type(exc), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
@@ -195,14 +236,25 @@ def create_app(settings: ServerSettings) -> FastAPI:
         queue.release(session, user, task_id, lease)
         return Response(status_code=204)
 
-    @api.post("/tasks/{task_id}/submit", status_code=201, tags=["tasks"])
-    def submit(task_id: int, user: Annotator, seg: Annotated[UploadFile, File()], sr: Annotated[UploadFile, File()],
-               lease: LeaseToken = None,
-               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
-        result = submissions.submit(factory, store, user.id, task_id, lease, idempotency_key or "",
-                                    seg.file.read(), sr.file.read())
+    limit = settings.max_upload_bytes
+
+    @api.post("/tasks/{task_id}/submit", status_code=201, tags=["tasks"], openapi_extra=_files_body("seg", "sr"))
+    async def submit(task_id: int, request: Request, user: Annotator, lease: LeaseToken = None,
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
+        """Send the SEG and SR (multipart files ``seg`` and ``sr``). Login, the task, the lease and the size are
+        checked before the body is read; nothing is stored unless every check passes."""
+        key = idempotency_key or ""
+        result = await run_in_threadpool(submissions.begin_submit, factory, user.id, task_id, lease, key)
+        if result is None:
+            files = await uploads.receive_files(request, ("seg", "sr"), limit)
+            try:
+                result = await run_in_threadpool(submissions.submit, factory, store, user.id, task_id, lease, key,
+                                                 files["seg"].file, files["sr"].file, limit)
+            finally:
+                for upload in files.values():
+                    await upload.close()
         if result.review_id is not None:  # the case's last read: measure it for review (failures are stored)
-            review.prepare_review(factory, store, result.review_id)
+            await run_in_threadpool(review.prepare_review, factory, store, result.review_id)
         body = {"submission_id": result.submission.id, "task_id": result.submission.task_id,
                 "seg_sha256": result.submission.seg_sha256, "sr_sha256": result.submission.sr_sha256,
                 "replaces": result.submission.replaces_id, "replayed": result.replayed}
@@ -217,7 +269,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             case = session.get(Case, task.case_id)
             assert case is not None
             source_text = case.source
-            name = case.case_key
+            name, case_id = case.case_key, case.id
         import shutil
 
         workdir = Path(tempfile.mkdtemp(prefix="medannot-instances-"))
@@ -225,6 +277,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             files = pacs.fetch_series(pacs.parse_source(source_text), workdir / "files",
                                       pacs.DicomWebSettings.from_env())
             archive = pacs.zip_series(files, workdir / "instances.zip")
+            # what the reader got is what their SEG may reference (files are named <SOPInstanceUID>.dcm)
+            submissions.remember_instances(factory, case_id, [f.name[:-len(".dcm")] for f in files])
         except BaseException:  # a failed fetch leaves no patient images behind in the temporary folder
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -286,14 +340,27 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              "submission_id": d.submission_id, "reason": d.reason, "replayed": result.replayed},
                             status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
-    @api.post("/reviews/{review_id}/decide/edited", status_code=201, tags=["review"])
-    def decide_edited(review_id: int, user: Reviewer, seg: Annotated[UploadFile, File()],
-                      sr: Annotated[UploadFile, File()], lease: LeaseToken = None,
-                      idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> JSONResponse:
-        """Decide with an edited segmentation: a new SEG + SR that references the read or consensus SEG it was
-        edited from (``export_segmentation(replaces=...)``)."""
-        edited = review.parse_edited(store, seg.file.read(), sr.file.read())
-        result = review.decide(factory, user.id, review_id, lease, idempotency_key or "", "edited", edited=edited)
+    def held_review_check(user_id: int, review_id: int, lease: str | None) -> None:
+        with transaction(factory) as session:
+            review.held_review(session, session.get(User, user_id), review_id, lease)  # type: ignore[arg-type]
+
+    @api.post("/reviews/{review_id}/decide/edited", status_code=201, tags=["review"],
+              openapi_extra=_files_body("seg", "sr"))
+    async def decide_edited(review_id: int, request: Request, user: Reviewer, lease: LeaseToken = None,
+                            idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
+                            ) -> JSONResponse:
+        """Decide with an edited segmentation (multipart files ``seg`` and ``sr``): a new SEG + SR that references
+        the read or consensus SEG it was edited from (``export_segmentation(replaces=...)``). The review lease and
+        the size are checked before the body is read."""
+        await run_in_threadpool(held_review_check, user.id, review_id, lease)
+        files = await uploads.receive_files(request, ("seg", "sr"), limit)
+        try:
+            edited = await run_in_threadpool(review.parse_edited, store, files["seg"].file, files["sr"].file, limit)
+        finally:
+            for upload in files.values():
+                await upload.close()
+        result = await run_in_threadpool(review.decide, factory, user.id, review_id, lease, idempotency_key or "",
+                                         "edited", edited=edited)
         d = result.decision
         return JSONResponse({"decision_id": d.id, "review_id": d.review_id, "action": d.action,
                              "seg_sha256": edited.seg_sha256, "edited_from_uid": edited.edited_from_uid,
@@ -368,12 +435,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                      "'approved' signature reissues the SR as VERIFIED")
         return _file(sig.verified_sr_sha256, "sr")
 
-    @api.post("/signatures/{signature_id}/verify", tags=["signatures"])
-    def verify_signature_file(signature_id: int, file: Annotated[UploadFile, File()], session: DB,
-                              _user: AnyUser) -> dict[str, object]:
-        """Whether an uploaded file is exactly the bytes the signature was made over."""
-        sig = signatures.get_signature(session, signature_id)
-        result = signatures.verify_bytes(sig, file.file.read())
+    def signature_of(signature_id: int) -> "signatures.Signature":
+        with transaction(factory) as session:
+            return signatures.get_signature(session, signature_id)
+
+    @api.post("/signatures/{signature_id}/verify", tags=["signatures"], openapi_extra=_files_body("file"))
+    async def verify_signature_file(signature_id: int, request: Request, _user: AnyUser) -> dict[str, object]:
+        """Whether an uploaded file (multipart file ``file``) is exactly the bytes the signature was made over."""
+        sig = await run_in_threadpool(signature_of, signature_id)
+        files = await uploads.receive_files(request, ("file",), limit)
+        try:
+            result = await run_in_threadpool(signatures.verify_file, sig, files["file"].file)
+        finally:
+            await files["file"].close()
         return {**signatures.signature_body(sig), "valid": result.valid, "detail": result.detail}
 
     @api.get("/audit", tags=["admin"])
@@ -397,4 +471,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
     from medannot.server.web import install_dashboard
 
     install_dashboard(app, settings, factory)
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app

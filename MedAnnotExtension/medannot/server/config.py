@@ -14,6 +14,8 @@ from medannot.errors import MedAnnotError
 DEFAULT_LEASE_SECONDS = 30 * 60
 IDLE_TOKEN_SECONDS = 30 * 60
 ABSOLUTE_TOKEN_SECONDS = 12 * 60 * 60
+# A large CT's SEG: 1000 slices of 512 x 512, FRACTIONAL (one byte a voxel) is 250 MiB per segment; two fit.
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 
 class ConfigurationError(MedAnnotError):
@@ -22,12 +24,17 @@ class ConfigurationError(MedAnnotError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Database URL, data folder for stored results, lease length, and whether the server is reached over TLS
-    (a proxy in front terminates it): then the dashboard's session cookie is marked Secure."""
+    """Database URL, data folder for stored results, lease length, the largest upload accepted, and whether the
+    server is reached over TLS (a proxy in front terminates it): then the dashboard's session cookie is Secure.
+
+    ``max_upload_bytes`` bounds a request body (checked on Content-Length and while it streams in) and what a
+    compressed (deflated) upload may inflate to.
+    """
 
     db_url: str
     data_dir: Path
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     behind_tls: bool = False
 
     @property
@@ -36,9 +43,10 @@ class ServerSettings:
 
 
 def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
-                     lease_seconds: int | None = None, behind_tls: bool | None = None) -> ServerSettings:
+                     lease_seconds: int | None = None, max_upload_mb: int | None = None,
+                     behind_tls: bool | None = None) -> ServerSettings:
     """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``, ``MEDANNOT_LEASE_SECONDS``,
-    ``MEDANNOT_BEHIND_TLS``), then defaults.
+    ``MEDANNOT_MAX_UPLOAD_MB``, ``MEDANNOT_BEHIND_TLS``), then defaults.
 
     The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
     """
@@ -62,9 +70,17 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     if lease_seconds is None and not (text.isdigit() and int(text) > 0):
         raise ConfigurationError(f"MEDANNOT_LEASE_SECONDS={text!r}: give the lease length as whole seconds, e.g. 1800")
     lease = lease_seconds or int(text)
+    limit_text = os.environ.get("MEDANNOT_MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_BYTES // (1024 * 1024)))
+    if max_upload_mb is None and not (limit_text.isdigit() and int(limit_text) > 0):
+        raise ConfigurationError(f"MEDANNOT_MAX_UPLOAD_MB={limit_text!r}: give the largest upload as whole MiB, "
+                                 "e.g. 512")
+    if max_upload_mb is not None and max_upload_mb <= 0:
+        raise ConfigurationError(f"--max-upload-mb {max_upload_mb}: give the largest upload as whole MiB, e.g. 512")
+    limit = (max_upload_mb or int(limit_text)) * 1024 * 1024
     if behind_tls is None:
         flag = os.environ.get("MEDANNOT_BEHIND_TLS", "0").strip().lower()
         if flag not in ("0", "1", "true", "false", "yes", "no", ""):
             raise ConfigurationError(f"MEDANNOT_BEHIND_TLS={flag!r}: use 1 (a TLS proxy is in front) or 0")
         behind_tls = flag in ("1", "true", "yes")
-    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, behind_tls=behind_tls)
+    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, max_upload_bytes=limit,
+                          behind_tls=behind_tls)

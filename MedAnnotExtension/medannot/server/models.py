@@ -101,6 +101,8 @@ class Case(Base):
     # a gold case: the reference SEG (never shown to readers) and its sha256 at import
     gold_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     gold_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # JSON list of the series' SOP Instance UIDs (None until known: a DICOMweb case before its first download)
+    instance_uids: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Task(Base):

@@ -163,11 +163,52 @@ def _parse_url(text: str) -> CaseSource:
 
 
 def series_uid_of(source: CaseSource) -> tuple[str, str]:
-    """Return ``(StudyInstanceUID, SeriesInstanceUID)`` of a source, from the URL or the local files' headers."""
+    """Return ``(StudyInstanceUID, SeriesInstanceUID)`` of a source, from the URL or the local files' headers.
+
+    A local source's UIDs are checked as a DICOMweb server's are: each must be a DICOM UID (a SOP Instance UID names
+    a file on the server, so ``../`` in one must never reach a path)."""
     if source.kind == "dicomweb":
         return str(source.study_uid), str(source.series_uid)
     image = load_source(_local_path(source))  # reads headers only for series; checks there is exactly one series
+    _check_local_uids(source, image.datasets, image.paths)
     return image.study_uid, image.series_uid
+
+
+def instance_uids(source: CaseSource, settings: DicomWebSettings | None = None) -> list[str]:
+    """The SOP Instance UIDs of the source series: the local files' headers, or the DICOMweb series metadata.
+
+    Raises
+    ------
+    SourceImageError
+        If the source cannot be read or a UID is not a DICOM UID.
+    """
+    if source.kind == "local":
+        image = load_source(_local_path(source))
+        _check_local_uids(source, image.datasets, image.paths)
+        return [str(ds.SOPInstanceUID) for ds in image.datasets]
+    settings = settings or DicomWebSettings.from_env()
+    client = _client(source, settings)
+    with _dicomweb_errors(source, settings, "reading the series metadata"):
+        metadata = client.retrieve_series_metadata(str(source.study_uid), str(source.series_uid))
+    listed = _listed_instances(source, metadata)
+    for uid in listed:
+        if not _is_uid(uid):
+            raise SourceImageError(f"{source.url}: the series metadata lists an instance whose SOP Instance UID "
+                                   f"{uid!r} is invalid")
+    return sorted(listed)
+
+
+def _is_uid(text: str) -> bool:
+    return bool(_UID.match(text)) and len(text) <= 64
+
+
+def _check_local_uids(source: CaseSource, datasets: Iterable[Dataset], paths: Iterable[Path]) -> None:
+    for ds, path in zip(datasets, paths):
+        for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            uid = str(ds.get(name, ""))
+            if not _is_uid(uid):
+                raise SourceImageError(f"{path}: {name} {uid!r} is not a DICOM UID (digits and dots, at most 64 "
+                                       f"characters); fix the file in case source {source.path} or leave it out")
 
 
 def fetch_series(source: CaseSource, dest_dir: Path, settings: DicomWebSettings | None = None) -> list[Path]:
@@ -226,6 +267,7 @@ def _local_path(source: CaseSource) -> Path:
 
 def _copy_local(source: CaseSource, dest_dir: Path) -> list[Path]:
     image = load_source(_local_path(source))
+    _check_local_uids(source, image.datasets, image.paths)  # a UID names a file here: "../" must never reach a path
     copied = []
     for ds, path in zip(image.datasets, image.paths):
         target = dest_dir / f"{ds.SOPInstanceUID}.dcm"
@@ -309,7 +351,7 @@ def _json_value(item: Any, tag: str) -> str | None:
 
 def _check_instance(source: CaseSource, ds: Dataset, seen: set[str]) -> str:
     uid = str(ds.get("SOPInstanceUID", ""))
-    if not _UID.match(uid) or len(uid) > 64:
+    if not _is_uid(uid):
         raise SourceImageError(f"{source.url}: the server sent an instance whose SOP Instance UID {uid!r} is invalid")
     if uid in seen:
         raise SourceImageError(f"{source.url}: the server sent instance {uid} twice")

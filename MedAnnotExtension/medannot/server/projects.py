@@ -187,7 +187,9 @@ def import_cases(session: Session, project_id: int, manifest: str | Path, actor:
     Each case gets ``readers_per_case`` task slots. A source is a local series folder or multi-frame file, or a
     DICOMweb series URL ``.../studies/{uid}/series/{uid}``.
     """
-    from medannot.server.pacs import parse_source, series_uid_of
+    import json
+
+    from medannot.server.pacs import instance_uids, parse_source, series_uid_of
 
     project = get_project(session, project_id)
     manifest = Path(manifest)
@@ -214,11 +216,13 @@ def import_cases(session: Session, project_id: int, manifest: str | Path, actor:
             source_text = str(source.path)
         try:
             study_uid, series_uid = series_uid_of(source)
+            # a DICOMweb case's instances are listed at its first download (import needs no PACS)
+            instances = json.dumps(instance_uids(source)) if source.kind == "local" else None
         except MedAnnotError as exc:
             raise ProjectError(f"{manifest}:{line}: case {key!r}: {exc}") from exc
         gold_path, gold_sha = _gold_reference(manifest, line, key, row.get("gold", ""), series_uid)
         case = Case(project_id=project.id, case_key=key, source=source_text, study_uid=study_uid,
-                    series_uid=series_uid, gold_path=gold_path, gold_sha256=gold_sha)
+                    series_uid=series_uid, gold_path=gold_path, gold_sha256=gold_sha, instance_uids=instances)
         session.add(case)
         session.flush()
         for slot in range(1, project.readers_per_case + 1):

@@ -8,6 +8,7 @@ reviewers and admins see it. A reviewer never gets a case they read themselves. 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from sqlalchemy import and_, exists, or_, select
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.errors import MedAnnotError
 from medannot.server.audit import append_audit
+from medannot.server.config import DEFAULT_MAX_UPLOAD_BYTES
 from medannot.server.db import transaction
 from medannot.server.models import (
     REVIEW_DECIDED, REVIEW_FAILED, REVIEW_LEASED, REVIEW_OPEN, REVIEW_PENDING, REVIEW_RETURNED, TASK_RETURNED,
@@ -345,28 +348,31 @@ class EditedUpload:
     edited_from_uid: str | None
 
 
-def parse_edited(store: ObjectStore, seg_bytes: bytes, sr_bytes: bytes) -> EditedUpload:
+def parse_edited(store: ObjectStore, seg_bytes: bytes | BinaryIO, sr_bytes: bytes | BinaryIO,
+                 max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> EditedUpload:
     """Read an edited SEG + SR (as a reader's upload is read) and the SEG it says it was edited from (the SR's
     "replaces" item, written by ``export_segmentation(replaces=...)``), then store both files."""
-    import io
     import re
 
     from medannot.dicomseg import codes
     from medannot.dicomseg.reader import _key, parse_sr
     from medannot.server.submissions import SubmissionRejected, parse_upload
 
-    upload = parse_upload(seg_bytes, sr_bytes)
+    upload = parse_upload(seg_bytes, sr_bytes, max_bytes)  # bounded: a deflated file cannot inflate past the cap
+    assert upload.seg is not None and upload.sr is not None
+    seg = upload.seg
     try:
-        root = parse_sr(dcmread(io.BytesIO(sr_bytes)))["root"]
-        seg = dcmread(io.BytesIO(seg_bytes), stop_before_pixels=True)
+        root = parse_sr(upload.sr)["root"]
     except Exception as exc:  # noqa: BLE001 - an unreadable upload is the uploader's problem (422)
         raise SubmissionRejected(f"the edited upload is not a readable SEG + SR ({type(exc).__name__}: {exc})") from exc
     found = root.get(_key(codes.REPLACES_SEG))
     if not found:
         match = re.search(r"replaces SEG ([0-9.]+)", str(seg.get("DerivationDescription", "")))
         found = match[1] if match else None
-    return EditedUpload(store.put(seg_bytes), store.put(sr_bytes), upload.seg_uid, upload.series_uids,
-                        upload.guideline, str(found) if found else None)
+    seg_sha, sr_sha = (store.put_file(io.BytesIO(data) if isinstance(data, bytes) else data)[0]
+                       for data in (seg_bytes, sr_bytes))
+    return EditedUpload(seg_sha, sr_sha, upload.seg_uid, upload.series_uids, upload.guideline,
+                        str(found) if found else None)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -185,12 +186,24 @@ def get_signature(session: Session, signature_id: int) -> Signature:
 
 def verify_bytes(signature: Signature, data: bytes) -> Verification:
     """Whether ``data`` are exactly the bytes ``signature`` was made over."""
-    actual = _sha256(data)
+    return _verdict(signature, _sha256(data))
+
+
+def _verdict(signature: Signature, actual: str) -> Verification:
     if actual != signature.file_sha256:
         return Verification(False, f"signature {signature.id} is over sha256 {signature.file_sha256}, but the "
                                    f"file has sha256 {actual}: the file was changed after signing")
     return Verification(True, f"signature {signature.id}: {signature.meaning} by {signature.printed_name} "
                               f"({signature.username}) at {signature.signed_at.isoformat()}Z over sha256 {actual}")
+
+
+def verify_file(signature: Signature, upload: BinaryIO) -> Verification:
+    """Whether an uploaded file (read in pieces) holds exactly the bytes ``signature`` was made over."""
+    digest = hashlib.sha256()
+    upload.seek(0)
+    while chunk := upload.read(1024 * 1024):
+        digest.update(chunk)
+    return _verdict(signature, digest.hexdigest())
 
 
 def verify(session: Session, store: ObjectStore, signature: Signature) -> Verification:

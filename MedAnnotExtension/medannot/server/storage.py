@@ -6,6 +6,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
+
+_CHUNK = 1024 * 1024
 
 
 class ObjectStore:
@@ -41,6 +44,41 @@ class ObjectStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return digest
+
+    def put_file(self, source: BinaryIO) -> tuple[str, bool]:
+        """Store the contents of an open file (read in pieces, never whole); returns its sha256 and whether this
+        call created the object (False: the same bytes were stored before)."""
+        staging = self.root / "objects" / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=staging)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                source.seek(0)
+                while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            sha = digest.hexdigest()
+            target = self.path_of(sha)
+            if target.exists():
+                return sha, False
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return sha, True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def remove(self, sha256: str) -> None:
+        """Remove an object no row refers to (a submission refused after its files were written)."""
+        self.path_of(sha256).unlink(missing_ok=True)
 
     def get(self, sha256: str) -> bytes:
         return self.path_of(sha256).read_bytes()
