@@ -1,5 +1,6 @@
-"""Server test fixtures: a real Orthanc (DICOMweb) per test module. Tests that need Orthanc or PostgreSQL skip
-with one line saying what to install where it is absent, and fail on CI (which installs both)."""
+"""Server test fixtures: a real Orthanc (DICOMweb) per test module, and a headless Chromium for the dashboard.
+Tests that need Orthanc, PostgreSQL or Chromium skip with one line saying what to install where it is absent, and
+fail on CI (which installs all three)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import _pg_available  # noqa: E402
 from medannot_testing import require_tool, skip_unless_available  # noqa: E402
+from browser import chromium_binary, chromium_problem  # noqa: E402
 from orthanc import OrthancServer, orthanc_problem, start_orthanc  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_unless_available(items, lambda item: "orthanc" in getattr(item, "fixturenames", ()), orthanc_problem)
+    skip_unless_available(items, lambda item: "browser" in getattr(item, "fixturenames", ()), chromium_problem)
     skip_unless_available(
         items, lambda item: getattr(getattr(item, "callspec", None), "params", {}).get("db_url") == "postgresql",
         pg_problem)
@@ -44,3 +47,18 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, driven by Playwright; one per test module (each test opens its own context,
+    so cookies never carry over)."""
+    require_tool(chromium_problem())
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_binary(), headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()

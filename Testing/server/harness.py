@@ -18,6 +18,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from medannot_testing import CLI_ENV, require_tool, run_medannot
+from medannot.client import TaskServerClient
 from medannot.deid import DeidOptions, apply_tree
 from medannot.demo_data import ct_geometry, ct_phantom, make_ct_series
 from medannot.dicomseg import ReaderInfo, export_segmentation
@@ -222,3 +223,30 @@ def login(url: str, username: str, password: str = PASSWORD) -> dict[str, str]:
                              timeout=30)
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def reader(server: ServerProcess, name: str) -> TaskServerClient:
+    """A task-server client logged in as ``name``."""
+    client = TaskServerClient(server.url)
+    client.login(name, PASSWORD)
+    return client
+
+
+def read_case(lab: Lab, server: ServerProcess, name: str, tmp_path: Path) -> int:
+    """``name`` claims the next slot and submits a result for it; returns the submission id."""
+    client = reader(server, name)
+    task = client.claim(lab.project_id)
+    assert task is not None
+    seg, sr = lab.export_for(str(task.case_id), tmp_path / f"{name}-{task.task_id}", reader=name)
+    return client.submit(task.task_id, task.lease_token, seg, sr, str(uuid.uuid4())).submission_id
+
+
+def make_final(lab: Lab, server: ServerProcess) -> int:
+    """The reviewer decides the next review by the consensus and signs it reviewed; the admin signs it approved."""
+    rev, admin = reader(server, "rev"), reader(server, "admin")
+    claimed = rev.claim_review(lab.project_id)
+    assert claimed is not None
+    rev.decide(claimed["review_id"], claimed["lease_token"], str(uuid.uuid4()), "consensus")
+    rev.sign_review(claimed["review_id"], "consensus", PASSWORD, "reviewed", "Rita Reviewer")
+    admin.sign_review(claimed["review_id"], "consensus", PASSWORD, "approved", "Ada Admin")
+    return int(claimed["review_id"])

@@ -200,3 +200,29 @@ def test_reference_images_travel_with_the_guideline_and_are_checked(db_url, tmp_
         assert not (tmp_path / "second" / "guideline.yaml").exists()  # nothing half-done is left to load
     finally:
         server.stop()
+
+
+def test_a_sqlite_server_keeps_its_writes_visible_after_another_process_opens_and_closes_the_database(tmp_path):
+    # `medannot serve` once opened and closed the database file after its first connections were open, which
+    # dropped their POSIX locks: the next process to close the database (any `medannot admin` command) deleted
+    # the -wal file under the server, and every later write of the server was lost to other processes.
+    import sqlite3
+
+    lab = make_lab(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "lab")
+    server = ServerProcess(lab.db_url, tmp_path / "data").start()
+
+    def failed_logins() -> int:
+        connection = sqlite3.connect(tmp_path / "s.db")  # another process reads, then closes
+        try:
+            return int(connection.execute("SELECT failed_logins FROM users WHERE username = 'r1'").fetchone()[0])
+        finally:
+            connection.close()
+
+    try:
+        for expected in (1, 2, 3):
+            assert requests.post(f"{server.url}/api/v1/auth/login", json={"username": "r1", "password": "not it, no"},
+                                 timeout=30).status_code == 401
+            assert failed_logins() == expected
+        assert (tmp_path / "s.db-wal").exists()
+    finally:
+        server.stop()

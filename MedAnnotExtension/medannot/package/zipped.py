@@ -25,15 +25,20 @@ def _stream(handle: IO[bytes]) -> Iterator[bytes]:
         handle.close()
 
 
+def folder_zip(root: Path, filename: str) -> StreamingResponse:
+    """Answer a package folder as a zip download (spooled to disk past 64 MB), its paths relative to ``root``."""
+    spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+    with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(root).as_posix())
+    return StreamingResponse(_stream(spool), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 def package_zip(session: Session, data_dir: Path, project_id: int, require_final: bool = False) -> StreamingResponse:
     """Build the package in a temporary folder and answer it as a zip (spooled to disk past 64 MB)."""
-    spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
     with tempfile.TemporaryDirectory(prefix="medannot-package-") as work:
         root = Path(work) / f"project-{project_id}-package"
         build_package(session, data_dir, project_id, root, require_final=require_final)
-        with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(root.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(root).as_posix())
-    return StreamingResponse(_stream(spool), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="project-{project_id}-package.zip"'})
+        return folder_zip(root, f"project-{project_id}-package.zip")

@@ -1,4 +1,5 @@
-"""The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``. Routes stay thin: the work is in the modules."""
+"""The REST API (FastAPI) under ``/api/v1``; OpenAPI at ``/docs``; the lab dashboard at ``/``. Routes stay thin: the
+work is in the modules."""
 
 
 import asyncio
@@ -535,6 +536,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"status": "ok", "version": medannot.__version__}
 
     app.include_router(api)
+    from medannot.server.web import install_dashboard
+
+    install_dashboard(app, settings, factory)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a refused upload (413) gets the headers too
     return app

@@ -38,26 +38,31 @@ def _factory(db: str | None, data_dir: Path | None = None):  # type: ignore[no-u
 @click.option("--max-upload-mb", default=None, type=click.IntRange(min=1),
               help="Largest upload (request body, and what a deflated file may inflate to) in MiB (default 512; env "
                    "MEDANNOT_MAX_UPLOAD_MB).")
+@click.option("--behind-tls/--no-behind-tls", default=None,
+              help="A TLS proxy is in front: the dashboard's session cookie is sent over HTTPS only "
+                   "(env MEDANNOT_BEHIND_TLS=1).")
 def serve(host: str, port: int, db: str | None, data_dir: Path | None, lease_minutes: float | None,
-          workers: int, max_upload_mb: int | None) -> None:
-    """Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."""
+          workers: int, max_upload_mb: int | None, behind_tls: bool | None) -> None:
+    """Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs, the lab dashboard at /)."""
     import os
 
     import uvicorn
 
     from medannot.server.config import resolve_settings
 
-    settings = resolve_settings(db, data_dir, int(lease_minutes * 60) if lease_minutes else None, max_upload_mb)
+    settings = resolve_settings(db, data_dir, int(lease_minutes * 60) if lease_minutes else None, max_upload_mb,
+                                behind_tls=behind_tls)
     if workers > 1 and settings.is_sqlite:
         raise click.UsageError("several workers need PostgreSQL (--db postgresql://...); SQLite serves one process")
     os.environ["MEDANNOT_DB"] = settings.db_url
     os.environ["MEDANNOT_DATA"] = str(settings.data_dir)
     os.environ["MEDANNOT_LEASE_SECONDS"] = str(settings.lease_seconds)
     os.environ["MEDANNOT_MAX_UPLOAD_MB"] = str(settings.max_upload_bytes // (1024 * 1024))
+    os.environ["MEDANNOT_BEHIND_TLS"] = "1" if settings.behind_tls else "0"
     from medannot.server.app import create_app
 
     create_app(settings)  # migrate and fail fast with a clear message before binding the port
-    click.echo(f"MedAnnot server on http://{host}:{port} (docs /docs), database "
+    click.echo(f"MedAnnot server on http://{host}:{port} (dashboard /, docs /docs), database "
                f"{settings.db_url.split('@')[-1]}, data {settings.data_dir}", err=True)
     uvicorn.run("medannot.server.asgi:app", host=host, port=port, workers=workers, log_level="warning")
 

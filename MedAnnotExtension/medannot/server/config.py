@@ -24,7 +24,9 @@ class ConfigurationError(MedAnnotError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Database URL, data folder for stored results, lease length, the largest upload accepted and login limits.
+    """Database URL, data folder for stored results, lease length, the largest upload accepted, login limits, and
+    whether the server is reached over TLS (a proxy in front terminates it): then the dashboard's session cookie is
+    Secure.
 
     ``max_upload_bytes`` bounds a request body (checked on Content-Length and while it streams in) and what a
     compressed (deflated) upload may inflate to.
@@ -37,6 +39,7 @@ class ServerSettings:
     # concurrent argon2 checks (64 MiB each); logins beyond them wait briefly, then get 503 (None: from the cores)
     password_checks: int | None = None
     login_client_failures: int = 5  # failed logins from one client address before that client is throttled
+    behind_tls: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -44,9 +47,10 @@ class ServerSettings:
 
 
 def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
-                     lease_seconds: int | None = None, max_upload_mb: int | None = None) -> ServerSettings:
+                     lease_seconds: int | None = None, max_upload_mb: int | None = None,
+                     behind_tls: bool | None = None) -> ServerSettings:
     """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``, ``MEDANNOT_LEASE_SECONDS``,
-    ``MEDANNOT_MAX_UPLOAD_MB``), then defaults.
+    ``MEDANNOT_MAX_UPLOAD_MB``, ``MEDANNOT_BEHIND_TLS``), then defaults.
 
     The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
     """
@@ -80,8 +84,13 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     checks = _positive_env("MEDANNOT_PASSWORD_CHECKS", None, "concurrent password checks, e.g. 2")
     client_failures = _positive_env("MEDANNOT_LOGIN_CLIENT_FAILURES", 5,
                                     "failed logins from one client before it is throttled, e.g. 5")
+    if behind_tls is None:
+        flag = os.environ.get("MEDANNOT_BEHIND_TLS", "0").strip().lower()
+        if flag not in ("0", "1", "true", "false", "yes", "no", ""):
+            raise ConfigurationError(f"MEDANNOT_BEHIND_TLS={flag!r}: use 1 (a TLS proxy is in front) or 0")
+        behind_tls = flag in ("1", "true", "yes")
     return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, max_upload_bytes=limit,
-                          password_checks=checks, login_client_failures=client_failures or 5)
+                          password_checks=checks, login_client_failures=client_failures or 5, behind_tls=behind_tls)
 
 
 def _positive_env(name: str, default: int | None, what: str) -> int | None:

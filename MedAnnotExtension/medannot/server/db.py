@@ -35,8 +35,13 @@ def make_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # the database holds password hashes and patient case lists: readable by the server's user only
-            # (SQLite gives its -wal and -shm files the database file's mode)
-            os.close(os.open(parsed.database, os.O_CREAT | os.O_WRONLY, 0o600))
+            # (SQLite gives its -wal and -shm files the database file's mode). Only a new file is touched: closing
+            # any descriptor of a file drops every POSIX lock this process holds on it, so opening and closing an
+            # existing database here (as a second create_app in `medannot serve` did) silently released the
+            # locks of connections already open; the next process to close the database then took it for unused
+            # and deleted its -wal file, and every later write of the server went to the deleted file.
+            if not Path(parsed.database).exists():
+                os.close(os.open(parsed.database, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
 
         @event.listens_for(engine, "connect")

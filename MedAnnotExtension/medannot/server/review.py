@@ -14,14 +14,16 @@ import logging
 import secrets
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.errors import MedAnnotError
@@ -482,53 +484,98 @@ def return_reason(session: Session, task_id: int) -> str | None:
     return decision.reason if decision else None
 
 
-def _result(session: Session, review: Review) -> dict[str, object] | None:
-    """What the decision made the case's result: a submission or the consensus (None while undecided)."""
-    if review.status != REVIEW_DECIDED:
-        return None
-    decision = session.scalar(select(ReviewDecision).where(ReviewDecision.review_id == review.id)
-                              .order_by(ReviewDecision.id.desc()).limit(1))
-    if decision is None or decision.action == "consensus":  # no decision row: decided automatically
-        return {"kind": "consensus", "review_id": review.id, "seg_sha256": review.consensus_seg_sha256}
-    if decision.action == "edited":
-        return {"kind": "edited", "review_id": review.id, "seg_sha256": review.edited_seg_sha256,
-                "edited_from_uid": review.edited_from_uid}
-    submission = session.get(Submission, decision.submission_id)
-    assert submission is not None
-    return {"kind": "submission", "submission_id": submission.id, "seg_sha256": submission.seg_sha256}
+@dataclass(frozen=True)
+class SignOff:
+    """Where a review round stands on sign-off: the result its decision made (None while undecided), the
+    signatures its guideline version requires (``review.signatures``) and those on the result's exact bytes."""
+
+    result: dict[str, object] | None
+    required: tuple[str, ...]
+    signed: tuple[str, ...]
+
+    @property
+    def final(self) -> bool:
+        return self.result is not None and set(self.required) <= set(self.signed)
 
 
-def _required_signatures(session: Session, review: Review) -> tuple[str, ...]:
+@lru_cache(maxsize=64)
+def _signatures_of_guideline(sha256: str, yaml_text: str) -> tuple[str, ...]:
+    # a guideline version's text never changes (a change is a new version), so its parse is kept by its hash
     from medannot.guideline import parse_guideline
 
-    first = session.get(Submission, json.loads(review.submission_ids)[0])
-    assert first is not None
-    version = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == review.project_id,
-                                                            GuidelineVersion.version == first.guideline_version))
-    assert version is not None
-    return parse_guideline(version.yaml_text.encode("utf-8")).review.signatures
+    return parse_guideline(yaml_text.encode("utf-8")).review.signatures
+
+
+def sign_offs(session: Session, reviews: Sequence[Review]) -> dict[int, SignOff]:
+    """The :class:`SignOff` of each review, by review id, in a fixed number of queries whatever their number (the
+    dashboard asks it for every case of a project).
+
+    The result is what the round's last decision chose: the consensus (also when it was decided automatically,
+    with no decision row), the reviewer's edited SEG, or one reader's submission.
+    """
+    from medannot.server.models import Signature
+
+    ids = [r.id for r in reviews]
+    if not ids:
+        return {}
+    last = {d.review_id: d for d in session.execute(  # the last decision of each round (columns only)
+        select(ReviewDecision.review_id, ReviewDecision.action, ReviewDecision.submission_id)
+        .where(ReviewDecision.review_id.in_(ids)).order_by(ReviewDecision.id))}
+    first_reads = {r.id: json.loads(r.submission_ids)[0] for r in reviews}
+    wanted = set(first_reads.values()) | {d.submission_id for d in last.values() if d.action == "accept"}
+    reads = {row.id: row for row in session.execute(
+        select(Submission.id, Submission.seg_sha256, Submission.guideline_version)
+        .where(Submission.id.in_(wanted - {None})))}
+    versions = {(v.project_id, v.version): v for v in session.scalars(
+        select(GuidelineVersion).where(GuidelineVersion.project_id.in_({r.project_id for r in reviews})))}
+    accepted = [d.submission_id for d in last.values() if d.action == "accept" and d.submission_id is not None]
+    signatures = session.execute(select(Signature.review_id, Signature.submission_id, Signature.subject,
+                                        Signature.file_sha256, Signature.meaning)
+                                 .where(or_(Signature.review_id.in_(ids), Signature.submission_id.in_(accepted or [-1]))))
+    by_review: dict[int, list[tuple[str, str, str]]] = {}
+    by_submission: dict[int, list[tuple[str, str]]] = {}
+    for sig in signatures:
+        if sig.review_id is not None:
+            by_review.setdefault(sig.review_id, []).append((sig.subject, sig.file_sha256, sig.meaning))
+        if sig.submission_id is not None:
+            by_submission.setdefault(sig.submission_id, []).append((sig.file_sha256, sig.meaning))
+    found: dict[int, SignOff] = {}
+    for review in reviews:
+        version = versions[(review.project_id, reads[first_reads[review.id]].guideline_version)]
+        required = _signatures_of_guideline(version.sha256, version.yaml_text)
+        result: dict[str, object] | None = None
+        signed: set[str] = set()
+        if review.status == REVIEW_DECIDED:
+            decision = last.get(review.id)
+            if decision is None or decision.action == "consensus":  # no decision row: decided automatically
+                result = {"kind": "consensus", "review_id": review.id, "seg_sha256": review.consensus_seg_sha256}
+            elif decision.action == "edited":
+                result = {"kind": "edited", "review_id": review.id, "seg_sha256": review.edited_seg_sha256,
+                          "edited_from_uid": review.edited_from_uid}
+            else:
+                read = reads[decision.submission_id]  # type: ignore[index]
+                result = {"kind": "submission", "submission_id": read.id, "seg_sha256": read.seg_sha256}
+            if result["kind"] == "submission":
+                signed = {meaning for sha, meaning in by_submission.get(int(result["submission_id"]), [])  # type: ignore[arg-type]
+                          if sha == result["seg_sha256"]}
+            else:
+                signed = {meaning for subject, sha, meaning in by_review.get(review.id, [])
+                          if subject == result["kind"] and sha == result["seg_sha256"]}
+        found[review.id] = SignOff(result, tuple(required), tuple(sorted(signed)))
+    return found
 
 
 def review_summary(session: Session, review: Review) -> dict[str, object]:
     """A review round as listed: its state and, once decided, its result and whether the signatures the guideline
     requires (``review.signatures``) are on the result's exact bytes (``final``)."""
-    from medannot.server.models import Signature
-
     reviewer = session.get(User, review.reviewer_id) if review.reviewer_id else None
-    result = _result(session, review)
-    required = _required_signatures(session, review)
-    signed: list[str] = []
-    if result is not None:
-        query = select(Signature.meaning).where(Signature.file_sha256 == result["seg_sha256"])
-        query = (query.where(Signature.submission_id == result["submission_id"]) if result["kind"] == "submission"
-                 else query.where(Signature.review_id == review.id, Signature.subject == result["kind"]))
-        signed = sorted(set(session.scalars(query)))
+    sign_off = sign_offs(session, [review])[review.id]
     return {"review_id": review.id, "case_id": _case_key(session, review), "round": review.round,
             "status": review.status, "consensus_method": review.consensus_method,
             "disagreement": json.loads(review.disagreement) if review.disagreement else None,
-            "reviewer": reviewer.username if reviewer else None, "error": review.error, "result": result,
-            "signatures_required": list(required), "signatures": signed,
-            "final": result is not None and set(required) <= set(signed)}
+            "reviewer": reviewer.username if reviewer else None, "error": review.error, "result": sign_off.result,
+            "signatures_required": list(sign_off.required), "signatures": list(sign_off.signed),
+            "final": sign_off.final}
 
 
 def review_detail(session: Session, review: Review) -> dict[str, object]:
