@@ -411,3 +411,27 @@ def test_after_sign_in_only_a_path_on_this_server_is_followed(target, expected):
     from medannot.server.web.sessions import local_path
 
     assert local_path(target) == expected
+
+
+def test_the_package_page_shows_the_results_archive_outbox_with_its_errors(lab, server, page, tmp_path):
+    import socket
+
+    from harness import medannot
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    proc = medannot("admin", "project", "archive", lab.project_id, f"http://127.0.0.1:{closed}/dicom-web",
+                    "--data-dir", tmp_path / "data", db=lab.db_url)
+    assert proc.returncode == 0, proc.stderr
+    read_case(lab, server, "r1", tmp_path)
+    read_case(lab, server, "r2", tmp_path)
+    make_final(lab, server)  # the signature that makes case-001 final queues its files
+    proc = medannot("admin", "archive", "send", "--data-dir", tmp_path / "data", db=lab.db_url)
+    assert proc.returncode == 1  # the archive is down: kept, retried
+    sign_in(page, server.url, "admin", path=f"/projects/{lab.project_id}/package")
+    rows = page.locator("table.outbox tbody tr")
+    assert rows.count() == 3
+    states = [rows.nth(i).locator("td").nth(2).inner_text() for i in range(3)]
+    assert states == ["pending"] * 3
+    assert all("cannot reach the archive" in rows.nth(i).inner_text() for i in range(3))

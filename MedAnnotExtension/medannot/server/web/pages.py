@@ -260,8 +260,11 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             require_role(visitor, "admin")
             project = _project(session, project_id, visitor)
             counts = progress.project_progress(session, project).counts
+            from medannot.server.archive import outbox_rows
+
             return render("package.html", visitor=visitor, project=project, counts=counts,
-                          packages=packages.built_packages(settings.data_dir, project.id))
+                          packages=packages.built_packages(settings.data_dir, project.id),
+                          outbox=outbox_rows(session, project.id))
 
     @router.post("/projects/{project_id}/package")
     def build_package(request: Request, project_id: int, csrf: Annotated[str, Form()] = "",
