@@ -188,6 +188,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     security.set_password_check_limit(settings.password_checks or security.default_password_checks())
     throttle = security.ClientThrottle(free_failures=settings.login_client_failures)
+    app.state.login_throttle = throttle  # the dashboard's sign-in counts against the same per-client brake
     # logins wait for a password check here, in the event loop: a waiting login holds no thread and no database
     # connection, and at most a few wait; the rest are told to come back (503) instead of queueing without limit
     login_slots = anyio.CapacityLimiter(security.password_checks.permits)

@@ -176,8 +176,14 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
         if not same_token(request.cookies.get(SIGNIN_COOKIE), csrf):
             logger.warning("dashboard: refused a sign-in post without a valid CSRF token")
             return signin_page(request, next, 403, STALE_FORM, username)
-        # the API's own login: the same throttling, the same audit records (login.ok / login.failed)
-        issued = security.login(factory, username.strip(), password)
+        # the API's own login: the same throttling (per client, then per account), the same audit records
+        client = request.client.host if request.client else "unknown"
+        throttle = request.app.state.login_throttle
+        wait = throttle.retry_after(client)
+        if wait:
+            return signin_page(request, next, 429, f"Too many failed sign-ins from this computer: try again in "
+                                                   f"{wait} s.", username)
+        issued = security.login(factory, username.strip(), password, client, throttle)
         if issued is None:
             return signin_page(request, next, 401, "Invalid user name or password.", username)
         response = RedirectResponse(local_path(next), status_code=303)
