@@ -33,7 +33,8 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 LAZY_COMMANDS = {
     "interpolate": ("medannot.interpolation.cli:interpolate",
                     "Interpolate a label map between keyframes along time (cine) or slices (volume)."),
-    "serve": ("medannot.server.cli:serve", "Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs)."),
+    "serve": ("medannot.server.cli:serve", "Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs, "
+              "the lab dashboard at /)."),
     "admin": ("medannot.server.cli:admin", "Administer users, projects and cases directly on the database."),
     "audit": ("medannot.server.cli:audit", "The tamper-evident audit trail."),
     "package": ("medannot.package.cli:package",

@@ -91,7 +91,7 @@ OPTIONAL = {"itk": "the morphological interpolation, offered only where itk-morp
 # MedAnnotExport's "Build package" / "Verify package" (admins only) need the lab server's packages; its logic says
 # to install them with slicer.util.pip_install('medannot[server]') when one is missing, and never installs them
 _PACKAGE_TOOLS = ("alembic", "bagit", "cryptography", "dicomanonymizer", "dicomweb_client", "jinja2", "matplotlib",
-                  "sqlalchemy", "weasyprint")
+                  "sqlalchemy", "starlette", "weasyprint")
 OPTIONAL.update({name: "the submission package buttons (medannot[server], installed on request)"
                  for name in _PACKAGE_TOOLS})
 
