@@ -49,3 +49,26 @@ def us_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _, labels = cine_phantom()
     return {"path": path, "labels": labels}
 
+
+
+@pytest.fixture(scope="session")
+def enhanced_ct_path(ct_case, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CT series as one enhanced multi-frame image (highdicom's legacy conversion), frames in slice order."""
+    import highdicom as hd
+    import numpy as np
+    import pydicom
+
+    from medannot.imaging import load_source
+
+    series = [pydicom.dcmread(path) for path in load_source(ct_case["folder"]).paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=7,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    z = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+         for item in enhanced.PerFrameFunctionalGroupsSequence]
+    order = np.argsort(z)
+    pixels = enhanced.pixel_array[order]
+    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
+    enhanced.PixelData = pixels.tobytes()
+    path = tmp_path_factory.mktemp("enhanced") / "ct.dcm"
+    pydicom.Dataset.save_as(enhanced, path, enforce_file_format=True)
+    return path

@@ -37,23 +37,6 @@ def _ours(ds: Dataset) -> bytes:
     return b"".join(parts)
 
 
-@pytest.fixture(scope="module")
-def enhanced_ct(ct_case, tmp_path_factory) -> Path:
-    """The CT series as one enhanced multi-frame image (highdicom's legacy conversion), frames in slice order."""
-    series = [pydicom.dcmread(path) for path in load_source(ct_case["folder"]).paths]
-    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=7,
-                                                        sop_instance_uid=hd.UID(), instance_number=1)
-    z = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
-         for item in enhanced.PerFrameFunctionalGroupsSequence]
-    order = np.argsort(z)
-    pixels = enhanced.pixel_array[order]
-    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
-    enhanced.PixelData = pixels.tobytes()
-    path = tmp_path_factory.mktemp("enhanced") / "ct.dcm"
-    Dataset.save_as(enhanced, path, enforce_file_format=True)
-    return path
-
-
 def _cases(ct_case: dict, us_case: dict, enhanced: Path, liver: Path, echo: Path) -> dict[str, dict]:
     ct = load_source(ct_case["folder"])
     one_segment = (ct_case["labels"] == 1).astype(np.uint8)
@@ -73,10 +56,10 @@ CASES = ["CT, two segments", "CT, one segment", "CT, FRACTIONAL", "US cine witho
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_seg_and_sr_as_built_are_written_byte_for_byte_as_pydicom_writes_them(case, ct_case, us_case, enhanced_ct,
+def test_seg_and_sr_as_built_are_written_byte_for_byte_as_pydicom_writes_them(case, ct_case, us_case, enhanced_ct_path,
                                                                             liver_guideline_path,
                                                                             echo_guideline_path):
-    spec = _cases(ct_case, us_case, enhanced_ct, liver_guideline_path, echo_guideline_path)[case]
+    spec = _cases(ct_case, us_case, enhanced_ct_path, liver_guideline_path, echo_guideline_path)[case]
     guideline = load_guideline(spec["guideline"])
     first = guideline.segments[0].name
     built = _build_seg_and_sr(

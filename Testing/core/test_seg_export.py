@@ -166,23 +166,6 @@ def _probability_maps(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     return maps
 
 
-@pytest.fixture(scope="module")
-def enhanced_ct_path(ct_case, tmp_path_factory) -> Path:
-    """The CT series as one enhanced multi-frame image (highdicom's legacy conversion), frames in slice order."""
-    series = [pydicom.dcmread(path) for path in load_source(ct_case["folder"]).paths]
-    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=7,
-                                                        sop_instance_uid=hd.UID(), instance_number=1)
-    z = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
-         for item in enhanced.PerFrameFunctionalGroupsSequence]
-    order = np.argsort(z)
-    pixels = enhanced.pixel_array[order]
-    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
-    enhanced.PixelData = pixels.tobytes()
-    path = tmp_path_factory.mktemp("enhanced") / "ct.dcm"
-    pydicom.Dataset.save_as(enhanced, path, enforce_file_format=True)
-    return path
-
-
 @pytest.mark.parametrize("case", ["ct", "enhanced ct", "us"])
 def test_fractional_frames_store_round_p_times_255_only_where_the_segment_is(case, ct_case, us_case,
                                                                            enhanced_ct_path,
