@@ -6,7 +6,6 @@ import io
 from datetime import datetime, timezone
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
