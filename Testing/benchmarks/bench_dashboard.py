@@ -70,7 +70,7 @@ def fill(db_url: str, cases: int, readers: int = 3) -> int:
                                            guideline_version="1.0.0", created_at=now))
                 elif share in (6, 7) and k == submitted:
                     task.status, task.reader_id = TASK_LEASED, who[k].id
-                    task.lease_token, task.lease_expires_at = f"t{c}", now + timedelta(hours=1)
+                    task.lease_sha256, task.lease_expires_at = f"t{c}", now + timedelta(hours=1)
             session.add_all(subs)
             session.flush()
             if share >= 6:

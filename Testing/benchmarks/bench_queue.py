@@ -371,7 +371,7 @@ def reset_queue(engine, project_id: int) -> int:  # type: ignore[no-untyped-def]
     with engine.begin() as c:
         c.execute(text("DELETE FROM idempotency_keys"))
         c.execute(text("DELETE FROM submissions"))
-        c.execute(text("UPDATE tasks SET status = 'open', reader_id = NULL, lease_token = NULL, "
+        c.execute(text("UPDATE tasks SET status = 'open', reader_id = NULL, lease_sha256 = NULL, "
                        "lease_expires_at = NULL, claimed_at = NULL, submitted_at = NULL WHERE project_id = :p"),
                   {"p": project_id})
         return int(c.execute(text("SELECT COALESCE(MAX(seq), 0) FROM audit_records")).scalar_one())

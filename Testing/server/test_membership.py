@@ -86,3 +86,45 @@ def test_upgrading_a_lab_keeps_its_readers_in_its_existing_projects(db_url: str,
                                           "u.id = m.user_id")).scalars().all()
     engine.dispose()
     assert members == ["old_reader"]
+
+
+def test_upgrading_hashes_the_lease_tokens_in_place_so_held_leases_keep_working(db_url: str,  # noqa: F811
+                                                                                 tmp_path: Path) -> None:
+    """Migration 0012 (#14 I5): a token stored in clear before the upgrade is replaced by its digest, and the
+    reader holding it can still beat and submit with it."""
+    import hashlib
+    from datetime import timedelta
+    from importlib import resources
+
+    from alembic import command
+    from alembic.config import Config
+
+    from medannot.server.db import make_engine, session_factory, transaction, upgrade_database
+    from medannot.server.models import User, utcnow
+    from medannot.server.queue import heartbeat
+
+    engine = make_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("medannot.server") / "migrations"))
+    with engine.begin() as connection:  # a lab database as it was before digests, with a lease held
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0011")
+        connection.execute(text("INSERT INTO users (username, role, password_hash, created_at, failed_logins) "
+                                "VALUES ('reader', 'annotator', 'x', CURRENT_TIMESTAMP, 0)"))
+        connection.execute(text("INSERT INTO projects (name, guideline_id, readers_per_case, created_at) "
+                                "VALUES ('p', 'liver-ct', 1, CURRENT_TIMESTAMP)"))
+        connection.execute(text("INSERT INTO cases (project_id, case_key, source, study_uid, series_uid) "
+                                "VALUES (1, 'case-1', '{}', '1.2.3', '1.2.3.4')"))
+        connection.execute(text("INSERT INTO tasks (project_id, case_id, slot, status, reader_id, lease_token, "
+                                "lease_expires_at) VALUES (1, 1, 0, 'leased', 1, 'old-clear-token', :t)"),
+                           {"t": utcnow() + timedelta(hours=1)})
+    upgrade_database(engine)
+    with engine.begin() as connection:
+        columns = connection.execute(text("SELECT * FROM tasks")).mappings().one()
+    assert "lease_token" not in columns
+    assert columns["lease_sha256"] == hashlib.sha256(b"old-clear-token").hexdigest()
+    factory = session_factory(engine)
+    with transaction(factory) as session:
+        reader = session.query(User).filter_by(username="reader").one()
+        assert heartbeat(session, reader, columns["id"], "old-clear-token", 600).id == columns["id"]
+    engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from medannot.imaging import load_source
 from medannot.server.app import create_app
 from medannot.server.config import resolve_settings
 from medannot.server.db import make_engine, session_factory, transaction
+from medannot.server.models import utcnow
 from medannot.server.projects import add_guideline_version
 
 REVIEW_BLOCK = """review:
@@ -210,7 +212,9 @@ def test_a_reviewer_cannot_claim_or_sign_a_case_they_read(lab, tmp_path):
 def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_review(lab, tmp_path):
     client = client_for(lab, tmp_path)
     rev = auth(client, "rev")
-    assert decide(client, rev, {"review_id": 999, "lease_token": "x"}, action="consensus").status_code == 404
+    # a review that does not exist is refused as one whose token is wrong: review ids cannot be probed (#14 I3)
+    missing = decide(client, rev, {"review_id": 999, "lease_token": "x"}, action="consensus")
+    assert missing.status_code == 409 and "lease token is not" in missing.json()["detail"]
     a = read_and_submit(client, lab, "r1", tmp_path)
     b = read_and_submit(client, lab, "r2", tmp_path, grow=1)
     review = claim_review(client, lab, rev).json()
@@ -222,6 +226,12 @@ def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_re
     assert done.status_code == 201 and done.json()["replayed"] is False
     replay = decide(client, rev, review, key="d-1", action="accept", submission_id=b["submission_id"])
     assert replay.status_code == 201 and replay.json()["decision_id"] == done.json()["decision_id"]
+    # the same key with another decision, or without the lease it was made with, is refused (#14 I1)
+    other = decide(client, rev, review, key="d-1", action="accept", submission_id=a["submission_id"])
+    assert other.status_code == 422 and "differs in submission" in other.json()["detail"]
+    unleased = decide(client, rev, {**review, "lease_token": "forged"}, key="d-1", action="accept",
+                      submission_id=b["submission_id"])
+    assert unleased.status_code == 409 and "lease token is not" in unleased.json()["detail"]
     again = decide(client, rev, review, action="consensus")
     assert again.status_code == 409 and "not in review" in again.json()["detail"]
     assert client.get(f"/api/v1/reviews/{review['review_id']}", headers=rev).json()["status"] == "decided"
@@ -507,16 +517,22 @@ def test_a_round_that_cannot_be_measured_is_stored_as_failed_and_an_admin_can_re
 
 
 def test_an_expired_review_lease_goes_back_to_the_queue_and_its_token_is_refused(lab, tmp_path):
-    import time
-
-    client = TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data", 2)))
+    client = TestClient(create_app(resolve_settings(lab.db_url, tmp_path / "data")))
     read_and_submit(client, lab, "r1", tmp_path)
     read_and_submit(client, lab, "r2", tmp_path, grow=1)
     rev, rev2 = auth(client, "rev"), auth(client, "rev2")
-    first = claim_review(client, lab, rev).json()
+    stale = claim_review(client, lab, rev).json()
     assert claim_review(client, lab, rev2).status_code == 204  # leased to rev
-    assert claim_review(client, lab, rev).json()["lease_token"] == first["lease_token"]  # claiming again: the same
-    time.sleep(2.5)
+    # claiming again gives the same review with a new token (only digests are stored); the old one is dead
+    first = claim_review(client, lab, rev).json()
+    assert first["review_id"] == stale["review_id"] and first["lease_token"] != stale["lease_token"]
+    assert decide(client, rev, stale, action="consensus").status_code == 409
+    engine = create_engine(lab.db_url)  # the lease runs out (set in the database: no sleeping on a loaded machine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE reviews SET lease_expires_at = :t WHERE id = :i"),
+                           {"t": utcnow() - timedelta(minutes=1),
+                            "i": first["review_id"]})
+    engine.dispose()
     taken = claim_review(client, lab, rev2).json()
     assert taken["review_id"] == first["review_id"] and taken["lease_token"] != first["lease_token"]
     late = decide(client, rev, first, action="consensus")

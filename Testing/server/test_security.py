@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -108,7 +109,7 @@ def test_h1_a_deflated_sr_that_inflates_past_the_cap_is_refused_and_nothing_is_s
     assert len(bomb) < 100_000
     before = served.stored()
     # with no lease, to a task that does not exist: refused before a byte of it is read
-    refused(served.submit(headers, 99999, None, seg.read_bytes(), bomb), 404, "99999")
+    refused(served.submit(headers, 99999, None, seg.read_bytes(), bomb), 409, "99999")
     refused(served.submit(headers, task["task_id"], None, seg.read_bytes(), bomb), 409, "lease")
     refused(served.submit(headers, task["task_id"], task["lease_token"], seg.read_bytes(), bomb), 413, "'sr'",
             "inflates")
@@ -147,7 +148,7 @@ def test_m2_login_task_lease_and_size_are_checked_before_the_upload_is_read(serv
     before = served.stored()
     hundred_mb = 100 * 1024 * 1024  # under the default limit: only the order of the checks refuses these
     assert _raw_post(served.url, path.format(task["task_id"]), {}, hundred_mb)[0] == 401
-    assert _raw_post(served.url, path.format(99999), {**headers, "Idempotency-Key": "k"}, hundred_mb)[0] == 404
+    assert _raw_post(served.url, path.format(99999), {**headers, "Idempotency-Key": "k"}, hundred_mb)[0] == 409
     assert _raw_post(served.url, path.format(task["task_id"]), {**headers, "Idempotency-Key": "k"}, hundred_mb)[0] == 409
     status, body = _raw_post(served.url, path.format(task["task_id"]),
                              {**headers, "Idempotency-Key": "k", "X-Lease-Token": task["lease_token"]},
@@ -155,7 +156,7 @@ def test_m2_login_task_lease_and_size_are_checked_before_the_upload_is_read(serv
     assert status == 413 and "512 MiB" in json.loads(body)["detail"], body
     # files of another task are not stored before the task and lease are checked
     seg, sr = served.export(task["case_id"], tmp_path / "other", ReaderInfo("r1^Test", "r1"))
-    refused(served.submit(headers, 99999, task["lease_token"], seg.read_bytes(), sr.read_bytes()), 404)
+    refused(served.submit(headers, 99999, task["lease_token"], seg.read_bytes(), sr.read_bytes()), 409)
     assert served.stored() == before
     honest_submit(served, headers, task, "r1", tmp_path / "honest")
 
@@ -295,3 +296,130 @@ def test_h4_the_seg_references_exactly_the_case_and_the_sr_this_seg_with_the_gui
         refused(served.submit(headers, task["task_id"], task["lease_token"], seg, sr), 422, word, "nothing was stored")
     assert served.stored() == before
     honest_submit(served, headers, task, "r1", tmp_path / "honest")
+
+
+def _post_as(served: Served, headers: dict[str, str], task_id: object, lease: str, key: str, seg: bytes,
+             sr: bytes) -> requests.Response:
+    return requests.post(f"{served.url}/api/v1/tasks/{task_id}/submit", timeout=120,
+                         headers={**headers, "Idempotency-Key": key, "X-Lease-Token": lease},
+                         files={"seg": ("seg.dcm", seg), "sr": ("sr.dcm", sr)})
+
+
+def _audit_actions(served: Served, entity: str) -> list[str]:
+    records = requests.get(f"{served.url}/api/v1/audit", headers=login(served.url, "admin"), timeout=30,
+                           params={"limit": 1000}).json()
+    return [r["action"] for r in records if r["entity"] == entity]
+
+
+def test_i1_a_replayed_idempotency_key_must_carry_the_same_files_and_lease(served, tmp_path):
+    headers, task = served.claim("r1")
+    reader = ReaderInfo("r1^Test", "r1")
+    seg, sr = served.export(task["case_id"], tmp_path / "first", reader, task["task_id"])
+    first = _post_as(served, headers, task["task_id"], task["lease_token"], "key-1", seg.read_bytes(), sr.read_bytes())
+    assert first.status_code == 201 and first.json()["replayed"] is False, first.text
+    before = served.stored()
+    other_seg, other_sr = served.export(task["case_id"], tmp_path / "second", reader, task["task_id"])
+    changed = _post_as(served, headers, task["task_id"], task["lease_token"], "key-1", other_seg.read_bytes(),
+                       other_sr.read_bytes())
+    refused(changed, 422, "key-1", f"submission {first.json()['submission_id']}", "seg and sr", "nothing was stored")
+    wrong_lease = _post_as(served, headers, task["task_id"], "not-the-lease", "key-1", seg.read_bytes(),
+                           sr.read_bytes())
+    refused(wrong_lease, 409, "lease token is not")
+    assert served.stored() == before
+    replay = _post_as(served, headers, task["task_id"], task["lease_token"], "key-1", seg.read_bytes(), sr.read_bytes())
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true", replay.text
+    assert replay.json()["submission_id"] == first.json()["submission_id"]
+    assert served.stored() == before
+
+
+def test_i2_submit_pressed_twice_offline_makes_one_submission_not_a_correction(served, tmp_path):
+    headers, task = served.claim("r1")
+    seg, sr = served.export(task["case_id"], tmp_path / "once", ReaderInfo("r1^Test", "r1"), task["task_id"])
+    first = _post_as(served, headers, task["task_id"], task["lease_token"], "press-1", seg.read_bytes(),
+                     sr.read_bytes())
+    assert first.status_code == 201, first.text
+    before = served.stored()
+    second = _post_as(served, headers, task["task_id"], task["lease_token"], "press-2", seg.read_bytes(),
+                      sr.read_bytes())
+    assert second.status_code == 201 and second.json()["replayed"] is True, second.text
+    assert second.json()["submission_id"] == first.json()["submission_id"] and second.json()["replaces"] is None
+    assert served.stored() == before
+    assert _audit_actions(served, f"task:{task['task_id']}").count("task.submit") == 1
+    assert "task.correct" not in _audit_actions(served, f"task:{task['task_id']}")
+    # a real correction (other files) is still a correction
+    fixed_seg, fixed_sr = served.export(task["case_id"], tmp_path / "fixed", ReaderInfo("r1^Test", "r1"),
+                                        task["task_id"])
+    fixed = _post_as(served, headers, task["task_id"], task["lease_token"], "press-3", fixed_seg.read_bytes(),
+                     fixed_sr.read_bytes())
+    assert fixed.status_code == 201 and fixed.json()["replaces"] == first.json()["submission_id"], fixed.text
+
+
+def test_i3_a_task_that_does_not_exist_is_refused_as_one_that_is_not_yours(served, tmp_path):
+    headers, task = served.claim("r1")
+    other_headers, other_task = served.claim("r2")
+    answers = []
+    for task_id in (other_task["task_id"], 999999):
+        for method, path in (("post", "heartbeat"), ("post", "release"), ("get", "instances")):
+            response = requests.request(method, f"{served.url}/api/v1/tasks/{task_id}/{path}", timeout=30,
+                                        headers={**headers, "X-Lease-Token": task["lease_token"]})
+            answers.append((path, response.status_code, response.json()["detail"].replace(str(task_id), "N")))
+        submit = served.submit(headers, task_id, task["lease_token"], b"x", b"y")
+        answers.append(("submit", submit.status_code, submit.json()["detail"].replace(str(task_id), "N")))
+    half = len(answers) // 2
+    assert answers[:half] == answers[half:], answers
+    assert {status for _, status, _ in answers} == {409}
+    honest_submit(served, other_headers, other_task, "r2", tmp_path / "r2")
+
+
+def test_i5_the_database_keeps_only_digests_of_lease_tokens(served, tmp_path):
+    headers, task = served.claim("r1")
+    honest_submit(served, headers, task, "r1", tmp_path / "r1")
+    token = task["lease_token"]
+    engine = create_engine(served.lab.db_url)
+    with engine.connect() as connection:
+        digest = connection.execute(text("SELECT lease_sha256 FROM tasks WHERE id = :i"),
+                                    {"i": task["task_id"]}).scalar_one()
+        held = connection.execute(text("SELECT lease_sha256 FROM idempotency_keys")).scalars().all()
+        everything = [str(row) for table in ("tasks", "reviews", "idempotency_keys", "review_decisions",
+                                             "audit_records", "auth_tokens")
+                      for row in connection.execute(text(f"SELECT * FROM {table}")).all()]
+    engine.dispose()
+    assert digest == hashlib.sha256(token.encode()).hexdigest() and held == [digest]
+    assert not any(token in row for row in everything)
+
+
+def test_i6_corrections_are_accepted_only_within_the_correction_window(db_url, tmp_path):  # noqa: F811
+    for served in _serve(db_url, tmp_path, env={"MEDANNOT_CORRECTION_SECONDS": "3600"}):
+        headers, task = served.claim("r1")
+        honest_submit(served, headers, task, "r1", tmp_path / "first")
+        fix_seg, fix_sr = served.export(task["case_id"], tmp_path / "fix", ReaderInfo("r1^Test", "r1"),
+                                        task["task_id"])
+        fix = (fix_seg.read_bytes(), fix_sr.read_bytes())
+        inside = _post_as(served, headers, task["task_id"], task["lease_token"], "fix-1", *fix)
+        assert inside.status_code == 201 and inside.json()["replaces"] is not None, inside.text
+        engine = create_engine(served.lab.db_url)
+        with engine.begin() as connection:
+            submitted, closes = connection.execute(text("SELECT submitted_at, lease_expires_at FROM tasks "
+                                                        "WHERE id = :i"), {"i": task["task_id"]}).one()
+            # the window runs from the first submit (the correction did not extend it)
+            assert 3600 - 120 <= (_as_time(closes) - _as_time(submitted)).total_seconds() <= 3600
+            connection.execute(text("UPDATE tasks SET lease_expires_at = submitted_at WHERE id = :i"),
+                               {"i": task["task_id"]})  # ... and now it has closed
+        engine.dispose()
+        before = served.stored()
+        late_seg, late_sr = served.export(task["case_id"], tmp_path / "late", ReaderInfo("r1^Test", "r1"),
+                                          task["task_id"])
+        late = _post_as(served, headers, task["task_id"], task["lease_token"], "fix-2", late_seg.read_bytes(),
+                        late_sr.read_bytes())
+        refused(late, 409, "correction window", "closed", "return the case")
+        beat = requests.post(f"{served.url}/api/v1/tasks/{task['task_id']}/heartbeat", timeout=30,
+                             headers={**headers, "X-Lease-Token": task["lease_token"]})
+        assert beat.status_code == 409
+        assert served.stored() == before
+        # the answer to the correction made in time, if it was lost, is still given
+        again = _post_as(served, headers, task["task_id"], task["lease_token"], "fix-1", *fix)
+        assert again.status_code == 201 and again.json()["submission_id"] == inside.json()["submission_id"]
+
+
+def _as_time(value: object) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))

@@ -102,7 +102,12 @@ def test_claims_give_each_reader_one_slot_per_case_and_return_the_held_lease(lab
     r1, r2 = auth(client, "r1"), auth(client, "r2")
     first = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
     again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r1).json()
-    assert again["task_id"] == first["task_id"] and again["lease_token"] == first["lease_token"]
+    # the held slot comes back; only the token's digest is stored, so it comes with a new token and the old one
+    # stops working (#14 I5)
+    assert again["task_id"] == first["task_id"] and again["lease_token"] != first["lease_token"]
+    beat = f"/api/v1/tasks/{first['task_id']}/heartbeat"
+    assert client.post(beat, headers={**r1, "X-Lease-Token": first["lease_token"]}).status_code == 409
+    assert client.post(beat, headers={**r1, "X-Lease-Token": again["lease_token"]}).status_code == 200
     assert first["case_id"] == "case-001" and first["guideline_id"] == "liver-ct"
     other = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=r2).json()
     assert other["case_id"] == "case-001" and other["task_id"] != first["task_id"]  # second slot, other reader

@@ -131,7 +131,10 @@ def guideline(project_id: str, output_dir: Path) -> None:
 @click.option("--download", "download_dir", type=click.Path(path_type=Path), default=None,
               help="Also download the case's DICOM files into this folder.")
 def next_task(project_id: str, download_dir: Path | None) -> None:
-    """Claim the next task of PROJECT_ID and print it as JSON (nothing on stdout when none is left)."""
+    """Claim the next task of PROJECT_ID and print it as JSON (nothing on stdout when none is left).
+
+    If you already hold a task there, you get that task again with a new lease token; the old token stops
+    working (the server keeps only a digest of each token, so it cannot hand the old one out again)."""
     from medannot.client.errors import TaskServerError
 
     with _client() as client:

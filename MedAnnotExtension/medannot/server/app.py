@@ -269,10 +269,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         raise HTTPException(status_code=404, detail=f"guideline {version.guideline_id} {version.version} of "
                                                     f"project {project_id} has no file {name!r}")
 
-    def task_body(task: Task, case: Case, project: Project, session: Session) -> dict[str, object]:
+    def task_body(task: Task, case: Case, project: Project, session: Session, lease_token: str) -> dict[str, object]:
         version = project_service.current_version(session, project)
         return {"task_id": task.id, "case_id": case.case_key, "project_id": project.id, "slot": task.slot,
-                "lease_token": task.lease_token, "lease_expires_at": iso(task.lease_expires_at),
+                "lease_token": lease_token, "lease_expires_at": iso(task.lease_expires_at),
                 "study_uid": case.study_uid, "series_uid": case.series_uid,
                 "guideline_id": project.guideline_id, "guideline_version": version.version if version else None,
                 "guideline_sha256": version.sha256 if version else None,
@@ -284,7 +284,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         claimed = queue.claim_next_task(session, user, project.id, settings.lease_seconds)
         if claimed is None:
             return Response(status_code=204)
-        return JSONResponse(task_body(claimed.task, claimed.case, project, session))
+        return JSONResponse(task_body(claimed.task, claimed.case, project, session, claimed.lease_token))
 
     LeaseToken = Annotated[str | None, Header(alias="X-Lease-Token")]
 
@@ -307,15 +307,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """Send the SEG and SR (multipart files ``seg`` and ``sr``). Login, the task, the lease and the size are
         checked before the body is read; nothing is stored unless every check passes."""
         key = idempotency_key or ""
-        result = await run_in_threadpool(submissions.begin_submit, factory, user.id, task_id, lease, key)
-        if result is None:
-            files = await uploads.receive_files(request, ("seg", "sr"), limit)
-            try:
-                result = await run_in_threadpool(submissions.submit, factory, store, user.id, task_id, lease, key,
-                                                 files["seg"].file, files["sr"].file, limit)
-            finally:
-                for upload in files.values():
-                    await upload.close()
+        # a replay too: its files are read (bounded) only to be compared with what the key stored
+        await run_in_threadpool(submissions.begin_submit, factory, user.id, task_id, lease, key)
+        files = await uploads.receive_files(request, ("seg", "sr"), limit)
+        try:
+            result = await run_in_threadpool(submissions.submit, factory, store, user.id, task_id, lease, key,
+                                             files["seg"].file, files["sr"].file, limit,
+                                             settings.correction_seconds)
+        finally:
+            for upload in files.values():
+                await upload.close()
         if result.review_id is not None:  # the case's last read: measure it for review (failures are stored)
             await run_in_threadpool(review.prepare_review, factory, store, result.review_id)
         body = {"submission_id": result.submission.id, "task_id": result.submission.task_id,
@@ -368,8 +369,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                .order_by(review.Review.id))
         return [review.review_summary(session, r) for r in rows]
 
-    def review_task_body(r: "review.Review", session: Session) -> dict[str, object]:
-        return {**review.review_detail(session, r), "lease_token": r.lease_token,
+    def review_task_body(r: "review.Review", session: Session, lease_token: str) -> dict[str, object]:
+        return {**review.review_detail(session, r), "lease_token": lease_token,
                 "lease_expires_at": iso(r.lease_expires_at)}
 
     @api.post("/projects/{project_id}/reviews/claim", tags=["review"],
@@ -379,7 +380,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         claimed = review.claim_next_review(session, user, project.id, settings.lease_seconds)
         if claimed is None:
             return Response(status_code=204)
-        return JSONResponse(review_task_body(claimed, session))
+        held, token = claimed
+        return JSONResponse(review_task_body(held, session, token))
 
     @api.get("/reviews/{review_id}", tags=["review"])
     def get_review(review_id: RowId, session: DB, user: ReviewerOrAdmin) -> dict[str, object]:
@@ -406,10 +408,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              "submission_id": d.submission_id, "reason": d.reason, "replayed": result.replayed},
                             status_code=201, headers={"Idempotent-Replayed": str(result.replayed).lower()})
 
-    def held_review_check(user_id: int, review_id: int, lease: str | None) -> None:
-        with transaction(factory) as session:
-            review.held_review(session, session.get(User, user_id), review_id, lease)  # type: ignore[arg-type]
-
     @api.post("/reviews/{review_id}/decide/edited", status_code=201, tags=["review"],
               openapi_extra=_files_body("seg", "sr"))
     async def decide_edited(review_id: RowId, request: Request, user: Reviewer, lease: LeaseToken = None,
@@ -418,7 +416,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """Decide with an edited segmentation (multipart files ``seg`` and ``sr``): a new SEG + SR that references
         the read or consensus SEG it was edited from (``export_segmentation(replaces=...)``). The review lease and
         the size are checked before the body is read."""
-        await run_in_threadpool(held_review_check, user.id, review_id, lease)
+        await run_in_threadpool(review.begin_decision, factory, user.id, review_id, lease, idempotency_key or "")
         files = await uploads.receive_files(request, ("seg", "sr"), limit)
         try:
             edited = await run_in_threadpool(review.parse_edited, store, files["seg"].file, files["sr"].file, limit)

@@ -34,6 +34,9 @@ def _factory(db: str | None, data_dir: Path | None = None):  # type: ignore[no-u
 @DB_OPTION
 @DATA_OPTION
 @click.option("--lease-minutes", default=None, type=float, help="Lease length (default 30; env MEDANNOT_LEASE_SECONDS).")
+@click.option("--correction-hours", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="How long after a submit the reader may still send corrections with the same lease, until the "
+                   "case is in review (default 24; env MEDANNOT_CORRECTION_SECONDS).")
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes (use PostgreSQL for >1).")
 @click.option("--max-upload-mb", default=None, type=click.IntRange(min=1),
               help="Largest upload (request body, and what a deflated file may inflate to) in MiB (default 512; env "
@@ -42,7 +45,7 @@ def _factory(db: str | None, data_dir: Path | None = None):  # type: ignore[no-u
               help="A TLS proxy is in front: the dashboard's session cookie is sent over HTTPS only "
                    "(env MEDANNOT_BEHIND_TLS=1).")
 def serve(host: str, port: int, db: str | None, data_dir: Path | None, lease_minutes: float | None,
-          workers: int, max_upload_mb: int | None, behind_tls: bool | None) -> None:
+          correction_hours: float | None, workers: int, max_upload_mb: int | None, behind_tls: bool | None) -> None:
     """Run the task-queue server (REST API under /api/v1, OpenAPI docs at /docs, the lab dashboard at /)."""
     import os
 
@@ -50,6 +53,8 @@ def serve(host: str, port: int, db: str | None, data_dir: Path | None, lease_min
 
     from medannot.server.config import resolve_settings
 
+    if correction_hours is not None:
+        os.environ["MEDANNOT_CORRECTION_SECONDS"] = str(max(1, round(correction_hours * 3600)))
     settings = resolve_settings(db, data_dir, int(lease_minutes * 60) if lease_minutes else None, max_upload_mb,
                                 behind_tls=behind_tls)
     if workers > 1 and settings.is_sqlite:
@@ -57,6 +62,7 @@ def serve(host: str, port: int, db: str | None, data_dir: Path | None, lease_min
     os.environ["MEDANNOT_DB"] = settings.db_url
     os.environ["MEDANNOT_DATA"] = str(settings.data_dir)
     os.environ["MEDANNOT_LEASE_SECONDS"] = str(settings.lease_seconds)
+    os.environ["MEDANNOT_CORRECTION_SECONDS"] = str(settings.correction_seconds)
     os.environ["MEDANNOT_MAX_UPLOAD_MB"] = str(settings.max_upload_bytes // (1024 * 1024))
     os.environ["MEDANNOT_BEHIND_TLS"] = "1" if settings.behind_tls else "0"
     from medannot.server.app import create_app

@@ -12,6 +12,8 @@ from medannot.paths import medannot_home
 from medannot.errors import MedAnnotError
 
 DEFAULT_LEASE_SECONDS = 30 * 60
+# After a submit the reader may send corrections with the same lease for this long (or until the case is in review)
+DEFAULT_CORRECTION_SECONDS = 24 * 60 * 60
 IDLE_TOKEN_SECONDS = 30 * 60
 ABSOLUTE_TOKEN_SECONDS = 12 * 60 * 60
 # A large CT's SEG: 1000 slices of 512 x 512, FRACTIONAL (one byte a voxel) is 250 MiB per segment; two fit.
@@ -24,7 +26,8 @@ class ConfigurationError(MedAnnotError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Database URL, data folder for stored results, lease length, the largest upload accepted, login limits, and
+    """Database URL, data folder for stored results, lease length, how long after a submit a correction is still
+    accepted, the largest upload accepted, login limits, and
     whether the server is reached over TLS (a proxy in front terminates it): then the dashboard's session cookie is
     Secure.
 
@@ -35,6 +38,7 @@ class ServerSettings:
     db_url: str
     data_dir: Path
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    correction_seconds: int = DEFAULT_CORRECTION_SECONDS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # concurrent argon2 checks (64 MiB each); logins beyond them wait briefly, then get 503 (None: from the cores)
     password_checks: int | None = None
@@ -50,7 +54,7 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
                      lease_seconds: int | None = None, max_upload_mb: int | None = None,
                      behind_tls: bool | None = None) -> ServerSettings:
     """Settings from arguments, then environment (``MEDANNOT_DB``, ``MEDANNOT_DATA``, ``MEDANNOT_LEASE_SECONDS``,
-    ``MEDANNOT_MAX_UPLOAD_MB``, ``MEDANNOT_BEHIND_TLS``), then defaults.
+    ``MEDANNOT_CORRECTION_SECONDS``, ``MEDANNOT_MAX_UPLOAD_MB``, ``MEDANNOT_BEHIND_TLS``), then defaults.
 
     The data folder defaults to ``data/`` next to an SQLite file, or ``$MEDANNOT_HOME/server-data`` for PostgreSQL.
     """
@@ -89,7 +93,10 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
         if flag not in ("0", "1", "true", "false", "yes", "no", ""):
             raise ConfigurationError(f"MEDANNOT_BEHIND_TLS={flag!r}: use 1 (a TLS proxy is in front) or 0")
         behind_tls = flag in ("1", "true", "yes")
-    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease, max_upload_bytes=limit,
+    correction = _positive_env("MEDANNOT_CORRECTION_SECONDS", DEFAULT_CORRECTION_SECONDS,
+                               "seconds after a submit during which corrections are accepted, e.g. 86400")
+    return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease,
+                          correction_seconds=correction or DEFAULT_CORRECTION_SECONDS, max_upload_bytes=limit,
                           password_checks=checks, login_client_failures=client_failures or 5, behind_tls=behind_tls)
 
 

@@ -114,7 +114,9 @@ class Task(Base):
     slot: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=TASK_OPEN)
     reader_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
-    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the sha256 of the lease token the reader holds (the token itself is only ever in the claim's answer);
+    # after submit it stays valid for corrections until lease_expires_at (the correction window)
+    lease_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -141,6 +143,8 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(128))
     task_id: Mapped[int] = mapped_column(Integer)
     submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"))
+    # the sha256 of the lease token the submit was made with: a replay must present the same lease
+    lease_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -183,7 +187,7 @@ class Review(Base):
     edited_seg_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     edited_from_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
-    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # sha256 of the reviewer's token
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -221,6 +225,7 @@ class ReviewDecision(Base):
     submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id"), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     idempotency_key: Mapped[str] = mapped_column(String(128))
+    lease_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a replay must present this lease
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

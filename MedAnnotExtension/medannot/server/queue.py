@@ -7,6 +7,7 @@ SQLite write transactions are serialised (BEGIN IMMEDIATE).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,10 +30,35 @@ class TaskNotFound(MedAnnotError):
     """No such task."""
 
 
+def lease_digest(token: str) -> str:
+    """What the database keeps of a lease token: its sha256 (a copy of the database holds no live token)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_lease() -> tuple[str, str]:
+    """A fresh lease token (256 bits) and its digest; only the digest is stored, the token goes to the claimer."""
+    token = secrets.token_urlsafe(32)
+    return token, lease_digest(token)
+
+
+def lease_matches(stored_digest: str | None, token: str | None) -> bool:
+    """Whether ``token`` is the lease whose digest is stored (in constant time)."""
+    if not stored_digest or not token:
+        return False
+    return secrets.compare_digest(stored_digest.encode(), lease_digest(token).encode())
+
+
+def not_held(task_id: int) -> LeaseError:
+    """The one answer for a task that does not exist, is someone else's or whose token is wrong: a reader cannot
+    tell the three apart, so task ids cannot be probed (issue #14 I3)."""
+    return LeaseError(f"task {task_id}: this lease token is not (or no longer) valid; claim the task again")
+
+
 @dataclass(frozen=True)
 class Claim:
     task: Task
     case: Case
+    lease_token: str  # the token itself: handed out once, in the claim's answer
 
 
 def expire_leases(session: Session, project_id: int, now: datetime) -> int:
@@ -49,7 +75,7 @@ def expire_leases(session: Session, project_id: int, now: datetime) -> int:
         append_audit(session, None, "lease.expire", f"task:{task.id}",
                      {"status": TASK_LEASED, "reader": holder.username if holder else None,
                       "lease_expires_at": task.lease_expires_at}, {"status": status}, "lease expired")
-        task.status, task.lease_token, task.lease_expires_at = status, None, None
+        task.status, task.lease_sha256, task.lease_expires_at = status, None, None
         if not returned:
             task.reader_id = None
     return len(expired)
@@ -57,7 +83,10 @@ def expire_leases(session: Session, project_id: int, now: datetime) -> int:
 
 def claim_next_task(session: Session, user: User, project_id: int, lease_seconds: int) -> Claim | None:
     """Give ``user`` a leased slot in the project: their current one if they hold one, else the next free slot
-    of a case they have not read. Returns None when nothing is left for them."""
+    of a case they have not read. Returns None when nothing is left for them.
+
+    Only the lease token's digest is stored, so claiming a slot one already holds (a restarted client that lost
+    its token) hands out a new token for it; the old one stops working."""
     now = utcnow()
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -67,7 +96,12 @@ def claim_next_task(session: Session, user: User, project_id: int, lease_seconds
     held = session.scalar(select(Task).where(Task.project_id == project_id, Task.status == TASK_LEASED,
                                              Task.reader_id == user.id).limit(1))
     if held is not None:
-        return Claim(held, session.get(Case, held.case_id))  # type: ignore[arg-type]
+        token, held.lease_sha256 = new_lease()
+        held.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        append_audit(session, user.username, "task.claim", f"task:{held.id}", {"status": TASK_LEASED},
+                     {"status": TASK_LEASED, "reader": user.username, "lease_expires_at": held.lease_expires_at},
+                     "claimed again: a new lease token replaces the old one")
+        return Claim(held, session.get(Case, held.case_id), token)  # type: ignore[arg-type]
     returned = session.scalar(select(Task).where(Task.project_id == project_id, Task.status == TASK_RETURNED,
                                                  Task.reader_id == user.id).order_by(Task.id).limit(1))
     if returned is not None:  # a reviewer sent this read back: it comes before new work
@@ -87,12 +121,12 @@ def claim_next_task(session: Session, user: User, project_id: int, lease_seconds
         return None
     task.status = TASK_LEASED
     task.reader_id = user.id
-    task.lease_token = secrets.token_urlsafe(24)
+    token, task.lease_sha256 = new_lease()
     task.lease_expires_at = now + timedelta(seconds=lease_seconds)
     task.claimed_at = now
     append_audit(session, user.username, "task.claim", f"task:{task.id}", {"status": old_status},
                  {"status": TASK_LEASED, "reader": user.username, "lease_expires_at": task.lease_expires_at})
-    return Claim(task, session.get(Case, task.case_id))  # type: ignore[arg-type]
+    return Claim(task, session.get(Case, task.case_id), token)  # type: ignore[arg-type]
 
 
 def _task(session: Session, task_id: int, lock: bool = True) -> Task:
@@ -107,14 +141,20 @@ def _task(session: Session, task_id: int, lock: bool = True) -> Task:
 
 def held_lease(session: Session, user: User, task_id: int, lease_token: str | None,
                allow_submitted: bool = False) -> Task:
-    """The task, if ``user`` holds its lease with this token and it has not expired."""
-    task = _task(session, task_id)
+    """The task, if ``user`` holds its lease with this token and it has not expired. With ``allow_submitted`` a
+    submitted task is also returned while its correction window (``lease_expires_at`` after submit) is open."""
+    try:
+        task = _task(session, task_id)
+    except TaskNotFound:
+        raise not_held(task_id) from None
     now = utcnow()
-    # compared as bytes: compare_digest refuses a str with non-ASCII characters (a 500 for a garbled header)
-    if (not lease_token or task.reader_id != user.id
-            or not secrets.compare_digest((task.lease_token or "").encode(), lease_token.encode())):
-        raise LeaseError(f"task {task_id}: this lease token is not (or no longer) valid; claim the task again")
+    if task.reader_id != user.id or not lease_matches(task.lease_sha256, lease_token):
+        raise not_held(task_id)
     if task.status == TASK_SUBMITTED and allow_submitted:
+        if task.lease_expires_at is None or task.lease_expires_at <= now:
+            closed = f" at {task.lease_expires_at:%Y-%m-%d %H:%M} UTC" if task.lease_expires_at else ""
+            raise LeaseError(f"task {task_id}: the correction window of this submitted read closed{closed}; ask a "
+                             "reviewer to return the case to you if the read must change")
         return task
     if task.status != TASK_LEASED or task.lease_expires_at is None or task.lease_expires_at <= now:
         raise LeaseError(f"task {task_id}: the lease expired; claim again (your drawing is kept locally)")
@@ -141,7 +181,7 @@ def release(session: Session, user: User, task_id: int, lease_token: str | None,
     task = held_lease(session, user, task_id, lease_token)
     returned = session.scalar(select(Submission.id).where(Submission.task_id == task.id).limit(1)) is not None
     status = TASK_RETURNED if returned else TASK_OPEN
-    task.status, task.lease_token, task.lease_expires_at = status, None, None
+    task.status, task.lease_sha256, task.lease_expires_at = status, None, None
     if not returned:
         task.reader_id = None
     append_audit(session, user.username, "task.release", f"task:{task.id}", {"status": TASK_LEASED},

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from medannot.server.models import (
     REVIEW_DECIDED, REVIEW_FAILED, REVIEW_LEASED, REVIEW_OPEN, REVIEW_PENDING, REVIEW_RETURNED, TASK_RETURNED,
     TASK_SUBMITTED, Case, GuidelineVersion, Review, ReviewDecision, ReviewMetric, Submission, Task, User, utcnow,
 )
-from medannot.server.queue import LeaseError
+from medannot.server.queue import LeaseError, lease_digest, lease_matches, new_lease
 from medannot.server.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -272,13 +271,15 @@ def expire_review_leases(session: Session, project_id: int, now: datetime) -> in
         append_audit(session, None, "review.lease.expire", f"review:{review.id}",
                      {"status": REVIEW_LEASED, "reviewer": holder.username if holder else None},
                      {"status": REVIEW_OPEN}, "lease expired")
-        review.status, review.reviewer_id, review.lease_token, review.lease_expires_at = REVIEW_OPEN, None, None, None
+        review.status, review.reviewer_id, review.lease_sha256, review.lease_expires_at = REVIEW_OPEN, None, None, None
     return len(expired)
 
 
-def claim_next_review(session: Session, user: User, project_id: int, lease_seconds: int) -> Review | None:
-    """Give ``user`` a leased review in the project: the one they hold, else the oldest open review of a case
-    they did not read. None when nothing is left for them."""
+def claim_next_review(session: Session, user: User, project_id: int,
+                      lease_seconds: int) -> tuple[Review, str] | None:
+    """Give ``user`` a leased review in the project and its lease token: the one they hold (with a new token, as
+    only the digest is stored), else the oldest open review of a case they did not read. None when nothing is
+    left for them."""
     now = utcnow()
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -287,7 +288,12 @@ def claim_next_review(session: Session, user: User, project_id: int, lease_secon
     held = session.scalar(select(Review).where(Review.project_id == project_id, Review.status == REVIEW_LEASED,
                                                Review.reviewer_id == user.id).limit(1))
     if held is not None:
-        return held
+        token, held.lease_sha256 = new_lease()
+        held.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        append_audit(session, user.username, "review.claim", f"review:{held.id}", {"status": REVIEW_LEASED},
+                     {"status": REVIEW_LEASED, "reviewer": user.username, "lease_expires_at": held.lease_expires_at},
+                     "claimed again: a new lease token replaces the old one")
+        return held, token
     read_slot = exists().where(and_(Task.case_id == Review.case_id, Task.reader_id == user.id))
     authored = exists().where(and_(Task.case_id == Review.case_id, Submission.task_id == Task.id,
                                    Submission.user_id == user.id))
@@ -299,11 +305,11 @@ def claim_next_review(session: Session, user: User, project_id: int, lease_secon
     if review is None:
         return None
     review.status, review.reviewer_id = REVIEW_LEASED, user.id
-    review.lease_token = secrets.token_urlsafe(24)
+    token, review.lease_sha256 = new_lease()
     review.lease_expires_at = now + timedelta(seconds=lease_seconds)
     append_audit(session, user.username, "review.claim", f"review:{review.id}", {"status": REVIEW_OPEN},
                  {"status": REVIEW_LEASED, "reviewer": user.username, "lease_expires_at": review.lease_expires_at})
-    return review
+    return review, token
 
 
 def get_review(session: Session, review_id: int, lock: bool = False) -> Review:
@@ -321,16 +327,25 @@ def _case_key(session: Session, review: Review) -> str:
     return case.case_key if case else "?"
 
 
+def _review_not_held(review_id: int) -> LeaseError:
+    return LeaseError(f"review task {review_id}: this lease token is not (or no longer) valid; claim the review "
+                      "again with 'medannot client review next'")
+
+
 def held_review(session: Session, user: User, review_id: int, lease_token: str | None) -> Review:
-    """The review, if it is in review and ``user`` holds its lease with this token (not expired)."""
-    review = get_review(session, review_id, lock=True)
+    """The review, if it is in review and ``user`` holds its lease with this token (not expired). A review that
+    does not exist and one that is not the caller's get the same answer (ids cannot be probed)."""
+    try:
+        review = get_review(session, review_id, lock=True)
+    except ReviewNotFound:
+        raise _review_not_held(review_id) from None
+    if review.reviewer_id != user.id:
+        raise _review_not_held(review_id)
     if review.status not in (REVIEW_OPEN, REVIEW_LEASED):
         raise NotInReview(f"review task {review_id} (case {_case_key(session, review)}) is {review.status}, not in "
                           "review; nothing was stored")
-    if (not lease_token or review.reviewer_id != user.id
-            or not secrets.compare_digest((review.lease_token or "").encode(), lease_token.encode())):
-        raise LeaseError(f"review task {review_id}: this lease token is not (or no longer) valid; claim the review "
-                         "again with 'medannot client review next'")
+    if not lease_matches(review.lease_sha256, lease_token):
+        raise _review_not_held(review_id)
     if review.status != REVIEW_LEASED or review.lease_expires_at is None or review.lease_expires_at <= utcnow():
         raise LeaseError(f"review task {review_id}: the lease expired; claim the review again")
     return review
@@ -381,6 +396,54 @@ class DecisionResult:
     replayed: bool
 
 
+def _previous_decision(session: Session, user: User, review_id: int, lease_token: str | None,
+                       idempotency_key: str) -> ReviewDecision | None:
+    """The decision this Idempotency-Key already made, if any: a replay must be for the same review and present
+    the lease the decision was made with (the lease itself ended with the decision)."""
+    previous = session.scalar(select(ReviewDecision).where(ReviewDecision.user_id == user.id,
+                                                           ReviewDecision.idempotency_key == idempotency_key))
+    if previous is None:
+        return None
+    if previous.review_id != review_id:
+        raise DecisionRejected(f"Idempotency-Key {idempotency_key!r} was already used for review task "
+                               f"{previous.review_id}; use a new key for each decision")
+    if previous.lease_sha256 is not None and not lease_matches(previous.lease_sha256, lease_token):
+        raise _review_not_held(review_id)
+    return previous
+
+
+def _same_decision(session: Session, previous: ReviewDecision, idempotency_key: str, action: str,
+                   submission_id: int | None, reason: str | None, edited: EditedUpload | None) -> None:
+    """A replay must repeat the decision it replays; the same key with another decision is refused (422, as the
+    IETF Idempotency-Key draft asks) rather than answered with the first one as if it had been made."""
+    asked: dict[str, object] = {"action": action, "reason": (reason or "").strip() or None}
+    made: dict[str, object] = {"action": previous.action, "reason": (previous.reason or "").strip() or None}
+    if action in ("accept", "return"):
+        asked["submission"], made["submission"] = submission_id, previous.submission_id
+    if action == "edited" and previous.action == "edited":
+        review = session.get(Review, previous.review_id)
+        asked["seg_sha256"] = edited.seg_sha256 if edited else None
+        made["seg_sha256"] = review.edited_seg_sha256 if review else None
+    differs = [name for name in asked if asked[name] != made.get(name)]
+    if differs:
+        raise DecisionRejected(f"Idempotency-Key {idempotency_key!r} was already used for decision "
+                               f"{previous.id} on review task {previous.review_id} ({previous.action}); this "
+                               f"request differs in {', '.join(differs)}; use a new key for a new decision")
+
+
+def begin_decision(factory: sessionmaker[Session], user_id: int, review_id: int, lease_token: str | None,
+                   idempotency_key: str) -> bool:
+    """What is checked before an edited upload is read: a replay of a decision already made (True; its upload
+    is then compared with the first one's), else the caller's lease on the review."""
+    with transaction(factory) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        if idempotency_key and _previous_decision(session, user, review_id, lease_token, idempotency_key):
+            return True
+        held_review(session, user, review_id, lease_token)
+    return False
+
+
 def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_token: str | None,
            idempotency_key: str, action: str, submission_id: int | None = None,
            reason: str | None = None, edited: EditedUpload | None = None) -> DecisionResult:
@@ -394,12 +457,9 @@ def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_t
     with transaction(factory) as session:
         user = session.get(User, user_id)
         assert user is not None
-        previous = session.scalar(select(ReviewDecision).where(ReviewDecision.user_id == user.id,
-                                                               ReviewDecision.idempotency_key == idempotency_key))
+        previous = _previous_decision(session, user, review_id, lease_token, idempotency_key)
         if previous is not None:
-            if previous.review_id != review_id:
-                raise DecisionRejected(f"Idempotency-Key {idempotency_key!r} was already used for review task "
-                                       f"{previous.review_id}; use a new key for each decision")
+            _same_decision(session, previous, idempotency_key, action, submission_id, reason, edited)
             return DecisionResult(previous, True)
         review = held_review(session, user, review_id, lease_token)
         if user.id in _readers_of(session, review.case_id):
@@ -422,7 +482,7 @@ def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_t
             assert submission is not None
             task = session.get(Task, submission.task_id)
             assert task is not None
-            task.status, task.lease_token, task.lease_expires_at = TASK_RETURNED, None, None
+            task.status, task.lease_sha256, task.lease_expires_at = TASK_RETURNED, None, None
             task.reader_id = submission.user_id
             review.status = REVIEW_RETURNED
             append_audit(session, user.username, "task.return", f"task:{task.id}", {"status": TASK_SUBMITTED},
@@ -434,10 +494,11 @@ def decide(factory: sessionmaker[Session], user_id: int, review_id: int, lease_t
                 assert edited is not None
                 review.edited_seg_sha256, review.edited_sr_sha256 = edited.seg_sha256, edited.sr_sha256
                 review.edited_seg_uid, review.edited_from_uid = edited.seg_uid, edited.edited_from_uid
-        review.lease_token, review.lease_expires_at, review.decided_at = None, None, utcnow()
+        review.lease_sha256, review.lease_expires_at, review.decided_at = None, None, utcnow()
         decision = ReviewDecision(review_id=review.id, user_id=user.id, action=action,
                                   submission_id=submission_id if action in ("accept", "return") else None,
-                                  reason=reason, idempotency_key=idempotency_key, created_at=utcnow())
+                                  reason=reason, idempotency_key=idempotency_key,
+                                  lease_sha256=lease_digest(lease_token or ""), created_at=utcnow())
         session.add(decision)
         session.flush()
         append_audit(session, user.username, "review.decide", f"review:{review.id}", old,

@@ -3,9 +3,11 @@ stored content-addressed; a correction is a new submission that points at the on
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import BinaryIO
 
 from pydicom import Dataset
@@ -17,12 +19,12 @@ from medannot.dicomseg.reader import provenance_summary
 from medannot.errors import MedAnnotError
 from medannot.server import submission_checks as checks
 from medannot.server.audit import append_audit
-from medannot.server.config import DEFAULT_MAX_UPLOAD_BYTES
+from medannot.server.config import DEFAULT_CORRECTION_SECONDS, DEFAULT_MAX_UPLOAD_BYTES
 from medannot.server.db import transaction
 from medannot.server.models import (
     TASK_SUBMITTED, Case, GuidelineVersion, IdempotencyKey, Project, Submission, Task, User, utcnow,
 )
-from medannot.server.queue import held_lease
+from medannot.server.queue import held_lease, lease_digest, lease_matches, not_held
 from medannot.server.storage import ObjectStore
 from medannot.server.uploads import MAX_SR_BYTES, UploadTooLarge, check_decoded_size, read_dicom_bounded
 
@@ -42,7 +44,10 @@ class SubmitResult:
     review_id: int | None = None  # the review round this submission completed (to measure after the commit)
 
 
-def _existing(session: Session, user: User, key: str, task_id: int) -> Submission | None:
+def _existing(session: Session, user: User, key: str, task_id: int,
+              lease_token: str | None) -> Submission | None:
+    """The submission this Idempotency-Key already made, if any. A replay must be for the same task and present
+    the lease the submit was made with (the same refusal as any wrong token otherwise)."""
     record = session.scalar(select(IdempotencyKey).where(IdempotencyKey.user_id == user.id,
                                                          IdempotencyKey.key == key))
     if record is None:
@@ -50,7 +55,32 @@ def _existing(session: Session, user: User, key: str, task_id: int) -> Submissio
     if record.task_id != task_id:
         raise SubmissionConflict(f"Idempotency-Key {key!r} was already used for task {record.task_id}; "
                                  "use a new key for each submit")
+    if record.lease_sha256 is not None and not lease_matches(record.lease_sha256, lease_token):
+        raise not_held(task_id)
     return session.get(Submission, record.submission_id)
+
+
+def _sha256(data: bytes | BinaryIO) -> str:
+    """The sha256 of an upload, read in pieces and rewound (the object store names files by this digest)."""
+    stream = _as_file(data)
+    stream.seek(0)
+    digest = hashlib.sha256()
+    for piece in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(piece)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+def _same_upload(replay: SubmitResult, key: str, seg_data: bytes | BinaryIO, sr_data: bytes | BinaryIO) -> None:
+    """A replay must carry the files of the submit it replays: the same key with other files is refused (422, as
+    the IETF Idempotency-Key draft asks) instead of being answered as if those files had been stored."""
+    stored = replay.submission
+    differs = [name for name, data, sha in (("seg", seg_data, stored.seg_sha256), ("sr", sr_data, stored.sr_sha256))
+               if _sha256(data) != sha]
+    if differs:
+        raise SubmissionRejected(f"Idempotency-Key {key!r} was already used for submission {stored.id} of task "
+                                 f"{stored.task_id} with other files (this request's {' and '.join(differs)} "
+                                 "differ); use a new key for a new submit; nothing was stored")
 
 
 @dataclass(frozen=True)
@@ -170,7 +200,7 @@ def begin_submit(factory: sessionmaker[Session], user_id: int, task_id: int, lea
     with transaction(factory) as session:
         user = session.get(User, user_id)
         assert user is not None
-        previous = _existing(session, user, idempotency_key, task_id)
+        previous = _existing(session, user, idempotency_key, task_id, lease_token)
         if previous is not None:
             return SubmitResult(previous, True)
         task = held_lease(session, user, task_id, lease_token, allow_submitted=True)
@@ -180,15 +210,20 @@ def begin_submit(factory: sessionmaker[Session], user_id: int, task_id: int, lea
 
 def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, task_id: int, lease_token: str | None,
            idempotency_key: str, seg_data: bytes | BinaryIO, sr_data: bytes | BinaryIO,
-           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> SubmitResult:
+           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+           correction_seconds: int = DEFAULT_CORRECTION_SECONDS) -> SubmitResult:
     """Store a submission exactly once per (user, Idempotency-Key).
 
     The lease is checked first, then the files are read (bounded) and checked against the reader, the task, the
     case and the guideline; only then are they written (content-addressed, before the transaction, which holds just
-    the checks again and the rows). A refusal stores nothing.
+    the checks again and the rows). A refusal stores nothing. A replay of the key must carry the same files and
+    lease. The same files sent again under a new key (Submit pressed twice while offline) are answered with the
+    submission they already made, not stored as a "correction". After the first submit, corrections are accepted
+    with the same lease for ``correction_seconds`` (and only until the case goes to review).
     """
     replay = begin_submit(factory, user_id, task_id, lease_token, idempotency_key)
     if replay is not None:
+        _same_upload(replay, idempotency_key, seg_data, sr_data)
         return replay
     upload = parse_upload(seg_data, sr_data, max_upload_bytes)
     with transaction(factory) as session:
@@ -203,7 +238,8 @@ def submit(factory: sessionmaker[Session], store: ObjectStore, user_id: int, tas
                           upload, instances)
     (seg_sha, seg_new), (sr_sha, sr_new) = store.put_file(_as_file(seg_data)), store.put_file(_as_file(sr_data))
     try:
-        return _record(factory, user_id, task_id, lease_token, idempotency_key, upload, instances, seg_sha, sr_sha)
+        return _record(factory, user_id, task_id, lease_token, idempotency_key, upload, instances, seg_sha, sr_sha,
+                       correction_seconds)
     except MedAnnotError:
         # refused in the last moment (the lease expired meanwhile, the case went to review): nothing stays stored
         _forget_unreferenced(factory, store, [sha for sha, new in ((seg_sha, seg_new), (sr_sha, sr_new)) if new])
@@ -222,12 +258,13 @@ def _forget_unreferenced(factory: sessionmaker[Session], store: ObjectStore, sha
 
 def _record(factory: sessionmaker[Session], user_id: int, task_id: int, lease_token: str | None,
             idempotency_key: str, upload: ParsedUpload, instances: set[str], seg_sha: str,
-            sr_sha: str) -> SubmitResult:
+            sr_sha: str, correction_seconds: int = DEFAULT_CORRECTION_SECONDS) -> SubmitResult:
     with transaction(factory) as session:
         user = session.get(User, user_id)
         assert user is not None
         task = held_lease(session, user, task_id, lease_token, allow_submitted=True)
-        previous = _existing(session, user, idempotency_key, task_id)  # a replay that raced us to the row lock
+        # a replay that raced us to the row lock
+        previous = _existing(session, user, idempotency_key, task_id, lease_token)
         if previous is not None:
             return SubmitResult(previous, True)
         _check_submission(session, task, user, upload, instances)
@@ -236,22 +273,31 @@ def _record(factory: sessionmaker[Session], user_id: int, task_id: int, lease_to
         _refuse_in_review(session, task)
         replaces = session.scalar(select(Submission).where(Submission.task_id == task.id)
                                   .order_by(Submission.id.desc()).limit(1))
+        if (task.status == TASK_SUBMITTED and replaces is not None and replaces.user_id == user.id
+                and (replaces.seg_sha256, replaces.sr_sha256) == (seg_sha, sr_sha)):
+            # the very files of the current submission again, under a new key: the same submission, no correction
+            session.add(IdempotencyKey(user_id=user.id, key=idempotency_key, task_id=task.id,
+                                       submission_id=replaces.id, lease_sha256=lease_digest(lease_token or ""),
+                                       created_at=utcnow()))
+            return SubmitResult(replaces, True)
         submission = Submission(task_id=task.id, user_id=user.id, seg_sha256=seg_sha, sr_sha256=sr_sha,
                                 seg_sop_uid=upload.seg_uid, guideline_version=str(upload.guideline["version"]),
                                 replaces_id=replaces.id if replaces else None, created_at=utcnow())
         session.add(submission)
         session.flush()
         session.add(IdempotencyKey(user_id=user.id, key=idempotency_key, task_id=task.id,
-                                   submission_id=submission.id, created_at=utcnow()))
+                                   submission_id=submission.id, lease_sha256=lease_digest(lease_token or ""),
+                                   created_at=utcnow()))
         old_status = task.status
         task.status = TASK_SUBMITTED
         task.submitted_at = utcnow()
-        task.lease_expires_at = None
+        if old_status != TASK_SUBMITTED:  # the correction window runs from the first submit of this lease
+            task.lease_expires_at = task.submitted_at + timedelta(seconds=correction_seconds)
         try:
             session.flush()
         except IntegrityError:
             session.rollback()
-            previous = _existing(session, user, idempotency_key, task_id)
+            previous = _existing(session, user, idempotency_key, task_id, lease_token)
             if previous is None:
                 raise
             return SubmitResult(previous, True)
