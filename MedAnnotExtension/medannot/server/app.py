@@ -187,7 +187,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                        "character, or a number out of range); nothing was changed"}, status_code=422)
 
     security.set_password_check_limit(settings.password_checks or security.default_password_checks())
-    throttle = security.ClientThrottle(free_failures=settings.login_client_failures)
+    throttle = security.ClientThrottle(free_failures=settings.login_client_failures,
+                                       first_block_seconds=settings.login_client_block_seconds)
     app.state.login_throttle = throttle  # the dashboard's sign-in counts against the same per-client brake
     # logins wait for a password check here, in the event loop: a waiting login holds no thread and no database
     # connection, and at most a few wait; the rest are told to come back (503) instead of queueing without limit

@@ -43,6 +43,7 @@ class ServerSettings:
     # concurrent argon2 checks (64 MiB each); logins beyond them wait briefly, then get 503 (None: from the cores)
     password_checks: int | None = None
     login_client_failures: int = 5  # failed logins from one client address before that client is throttled
+    login_client_block_seconds: int = 1  # how long that client is first blocked (doubling with each failure)
     behind_tls: bool = False
 
     @property
@@ -88,6 +89,8 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
     checks = _positive_env("MEDANNOT_PASSWORD_CHECKS", None, "concurrent password checks, e.g. 2")
     client_failures = _positive_env("MEDANNOT_LOGIN_CLIENT_FAILURES", 5,
                                     "failed logins from one client before it is throttled, e.g. 5")
+    client_block = _positive_env("MEDANNOT_LOGIN_CLIENT_BLOCK_SECONDS", 1,
+                                 "seconds a throttled client is first blocked (it doubles), e.g. 1")
     if behind_tls is None:
         flag = os.environ.get("MEDANNOT_BEHIND_TLS", "0").strip().lower()
         if flag not in ("0", "1", "true", "false", "yes", "no", ""):
@@ -97,7 +100,8 @@ def resolve_settings(db: str | None = None, data_dir: str | Path | None = None,
                                "seconds after a submit during which corrections are accepted, e.g. 86400")
     return ServerSettings(db_url=url, data_dir=Path(data_dir), lease_seconds=lease,
                           correction_seconds=correction or DEFAULT_CORRECTION_SECONDS, max_upload_bytes=limit,
-                          password_checks=checks, login_client_failures=client_failures or 5, behind_tls=behind_tls)
+                          password_checks=checks, login_client_failures=client_failures or 5,
+                          login_client_block_seconds=client_block or 1, behind_tls=behind_tls)
 
 
 def _positive_env(name: str, default: int | None, what: str) -> int | None:

@@ -116,8 +116,9 @@ class ClientThrottle:
     keep their own: an attacker spreading over them gets that many times the attempts, still bounded)."""
 
     def __init__(self, free_failures: int = CLIENT_FREE_FAILURES, memory_seconds: float = CLIENT_MEMORY_SECONDS,
-                 max_clients: int = MAX_CLIENTS_REMEMBERED) -> None:
+                 max_clients: int = MAX_CLIENTS_REMEMBERED, first_block_seconds: float = 1.0) -> None:
         self.free_failures, self.memory_seconds, self.max_clients = free_failures, memory_seconds, max_clients
+        self.first_block_seconds = first_block_seconds  # the first block; each further failure doubles it
         self._clients: OrderedDict[str, _ClientRecord] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -144,7 +145,8 @@ class ClientThrottle:
             record.failures += 1
             record.last_failure = now
             if record.failures >= self.free_failures:
-                record.blocked_until = now + min(MAX_LOCK_SECONDS, 2 ** (record.failures - self.free_failures))
+                record.blocked_until = now + min(MAX_LOCK_SECONDS, self.first_block_seconds
+                                                 * 2 ** (record.failures - self.free_failures))
             self._clients[client] = record
             self._clients.move_to_end(client)
             while len(self._clients) > self.max_clients:
