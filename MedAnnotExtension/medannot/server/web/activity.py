@@ -22,6 +22,7 @@ from medannot.server.models import (
 
 # pyplot keeps global state: one figure at a time per process (the routes run in a thread pool)
 PLOT_LOCK = threading.Lock()
+CHART_DAYS = 14  # the chart shows at least the last two weeks
 TABLE_DAYS = 14  # the table beside the chart lists the last days on which cases became final
 
 
@@ -140,7 +141,7 @@ def completions(times: dict[int, datetime], today: date) -> Completions:
     if not times:
         return Completions((), (), ())
     per_day = Counter(t.date() for t in times.values())
-    first = min(per_day)
+    first = min(min(per_day), today - timedelta(days=CHART_DAYS - 1))  # a chart of at least two weeks
     days = tuple(first + timedelta(days=i) for i in range((max(today, max(per_day)) - first).days + 1))
     final = tuple(per_day.get(d, 0) for d in days)
     return Completions(days, final, tuple(int(c) for c in np.cumsum(final)))
@@ -179,15 +180,25 @@ def completions_png(title: str, days: tuple[date, ...], final: tuple[int, ...]) 
     with PLOT_LOCK:
         fig, ax = plt.subplots(figsize=(6.4, 2.6), dpi=100)
         try:
-            ax.bar(days, final, width=0.8, color="#9ecbff", label="final that day")
-            ax.step(days, cumulative, where="mid", color="#1a7f37", linewidth=2, label="final in all")
-            ax.set_ylim(0, max(1, int(cumulative[-1])) * 1.1)
+            # each day is the span [day, day + 1): its bar starts there, the running total steps up there
+            daily = ax.twinx()
+            daily.bar(days, final, width=0.85, align="edge", color="#9ecbff", label="final that day")
+            daily.set_ylim(0, max(1, max(final)) * 1.6)
+            daily.yaxis.get_major_locator().set_params(integer=True)
+            daily.set_ylabel("per day", color="#3b78c2")
+            ax.set_zorder(daily.get_zorder() + 1)
+            ax.patch.set_visible(False)
+            ax.step(days + (days[-1] + timedelta(days=1),), (*cumulative, cumulative[-1]), where="post",
+                    color="#1a7f37", linewidth=2, label="final in all")
+            ax.set_ylim(0, max(1, int(cumulative[-1])) * 1.3)
+            ax.set_xlim(days[0], days[-1] + timedelta(days=1))
             ax.yaxis.get_major_locator().set_params(integer=True)
+            ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7))
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
-            ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=6))
-            ax.set_ylabel("cases")
+            ax.set_ylabel("final in all", color="#1a7f37")
             ax.set_title(f"{title}: cases final over time (UTC days)", fontsize=10)
-            ax.legend(fontsize=8, loc="upper left")
+            handles = ax.get_legend_handles_labels()[0] + daily.get_legend_handles_labels()[0]
+            ax.legend(handles=handles, fontsize=8, loc="upper left")
             ax.grid(axis="y", alpha=0.3)
             fig.autofmt_xdate()
             fig.tight_layout()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from medannot.audit import AuditAnchor, AuditEntry, check_anchors, read_anchors, verify_chain
 from medannot.errors import MedAnnotError
 from medannot.server.audit import KEY_FILE_ENV, audit_key, check_seals
-from medannot.server.models import AuditRecord, Review, Submission, Task
+from medannot.server.models import AuditRecord, Review, Submission, Task, utcnow
 
 ANCHOR_FILE_ENV = "MEDANNOT_AUDIT_ANCHOR_FILE"  # the file 'medannot audit anchor --output' appends to
 PAGE_SIZE = 50
@@ -123,7 +124,7 @@ def trail_page(session: Session, chosen: TrailFilter, before: int | None = None,
 
 @dataclass(frozen=True)
 class Verification:
-    """What ``medannot audit verify`` would say of the trail now, and the anchors it was checked against."""
+    """What ``medannot audit verify`` said of the trail at ``checked_at``, and the anchors it was checked against."""
 
     records: int
     intact: bool
@@ -132,6 +133,43 @@ class Verification:
     anchors: int
     last_anchor: AuditAnchor | None
     anchor_problem: str | None  # the anchor file cannot be read
+    checked_at: datetime = field(default_factory=utcnow)
+
+
+# The last verification of this process, with the trail's head and the anchor file's state it was made for.
+# Checking a long trail takes seconds (100,000 records: about 4 s), so a page view within RECHECK_SECONDS of it
+# reuses it while nothing was appended and the anchor file is unchanged; "verify now" always checks again.
+RECHECK_SECONDS = 60
+_last: dict[str, tuple[tuple[object, ...], Verification]] = {}
+_last_lock = threading.Lock()
+
+
+def _state(session: Session) -> tuple[object, ...]:
+    head = session.execute(select(func.count(), func.max(AuditRecord.seq)).select_from(AuditRecord)).one()
+    digest = session.scalar(select(AuditRecord.hash).where(AuditRecord.seq == head[1])) if head[1] else None
+    path = os.environ.get(ANCHOR_FILE_ENV, "").strip()
+    try:
+        stat = os.stat(path) if path else None
+        anchor_state: object = (stat.st_size, stat.st_mtime_ns) if stat else None
+    except OSError:
+        anchor_state = "absent"
+    return (session.get_bind().url.render_as_string(hide_password=True), head[0], head[1], digest, path,
+            anchor_state, audit_key())
+
+
+def current_verification(session: Session, now: bool = False) -> Verification:
+    """The trail's verification: made again when ``now``, when the last one is older than RECHECK_SECONDS, or
+    when records were appended or the anchor file changed since."""
+    state = _state(session)
+    with _last_lock:
+        kept = _last.get("trail")
+    if (not now and kept is not None and kept[0] == state
+            and (utcnow() - kept[1].checked_at).total_seconds() < RECHECK_SECONDS):
+        return kept[1]
+    found = verify_trail(session)
+    with _last_lock:
+        _last["trail"] = (state, found)
+    return found
 
 
 def _stream(session: Session) -> Iterator[AuditEntry]:

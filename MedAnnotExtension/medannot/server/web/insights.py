@@ -95,7 +95,7 @@ def install_insights(router: APIRouter, settings: ServerSettings, factory: sessi
     @router.get("/audit", response_class=HTMLResponse)
     def audit_page(request: Request, actor: str = "", action: str = "", entity: str = "", since: str = "",
                    until: str = "", before: int | None = None, after: int | None = None,
-                   limit: int = audit_trail.PAGE_SIZE) -> HTMLResponse:
+                   limit: int = audit_trail.PAGE_SIZE, verify: str = "") -> HTMLResponse:
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             require_role(visitor, "admin")  # the API's /audit is for admins only
@@ -106,7 +106,7 @@ def install_insights(router: APIRouter, settings: ServerSettings, factory: sessi
             if not 1 <= limit <= audit_trail.MAX_PAGE_SIZE:
                 raise PageError(400, f"limit {limit}: show between 1 and {audit_trail.MAX_PAGE_SIZE} records a page.")
             shown = audit_trail.trail_page(session, chosen, before, after, limit)
-            verification = audit_trail.verify_trail(session)
+            verification = audit_trail.current_verification(session, now=verify == "now")
             query = {**chosen.query(), **({"limit": str(limit)} if limit != audit_trail.PAGE_SIZE else {})}
             return render("audit.html", visitor=visitor, chosen=chosen, page=shown, verification=verification,
                           query=query, anchor_env=audit_trail.ANCHOR_FILE_ENV)
