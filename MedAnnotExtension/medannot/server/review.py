@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from sqlalchemy import and_, exists, or_, select
@@ -641,9 +641,11 @@ def project_metric_rows(session: Session, project_id: int) -> list[dict[str, obj
     names = {review_id: {str(sid): authors.get(sid, str(sid)) for sid in json.loads(ids)}
              for review_id, ids in latest.values()}
     case_of = {review_id: case_id for case_id, (review_id, _) in latest.items()}
-    metrics: dict[int, list[ReviewMetric]] = {}
-    for m in session.scalars(select(ReviewMetric).where(ReviewMetric.review_id.in_(list(case_of)))
-                             .order_by(ReviewMetric.id)):
+    metrics: dict[int, list[Any]] = {}
+    for m in session.execute(select(ReviewMetric.review_id, ReviewMetric.segment, ReviewMetric.a, ReviewMetric.b,
+                                    ReviewMetric.dice, ReviewMetric.hd95_mm, ReviewMetric.nsd,
+                                    ReviewMetric.tolerance_mm, ReviewMetric.volume_a_ml, ReviewMetric.volume_b_ml)
+                             .where(ReviewMetric.review_id.in_(list(case_of))).order_by(ReviewMetric.id)):
         metrics.setdefault(m.review_id, []).append(m)
     rows: list[dict[str, object]] = []
     for case_id in sorted(latest):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medannot.server.config import ServerSettings
 from medannot.server.db import transaction
-from medannot.server.models import Project
+from medannot.server.models import Project, utcnow
 from medannot.server.web import activity, agreement, audit_trail
 from medannot.server.web.pages import PageError, Visitor, render, require_role, signed_in
 
@@ -61,7 +61,7 @@ def install_insights(router: APIRouter, settings: ServerSettings, factory: sessi
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             project = project_of(session, project_id, visitor)
-            done = activity.project_activity(session, project).completions
+            done = activity.completions(activity.final_times(session, project), utcnow().date())
             title = project.name
         if not done.days:
             raise PageError(404, f"No case of project {project_id} is final yet: there is no chart to draw.")
