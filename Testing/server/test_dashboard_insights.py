@@ -347,3 +347,10 @@ def test_only_admins_open_the_audit_page(lab, server, page):
     assert page.url == server.url + "/audit"
     assert "No anchors" not in page.locator(".verify").inner_text()  # the anchor file is set, but not written yet
     assert "cannot read audit anchors" in page.locator(".anchor-problem").inner_text()
+    # the whole trail on one page: no password, hash or token in it (the login records name only the client)
+    page.goto(server.url + "/audit?limit=500")
+    html = page.content()
+    secrets = [PASSWORD, *(c["value"] for c in page.context.cookies() if c["name"] == "medannot_session")]
+    secrets += [h for (h,) in sql(lab.db_url, "SELECT password_hash FROM users")]
+    secrets += [h for (h,) in sql(lab.db_url, "SELECT token_hash FROM auth_tokens")]
+    assert "login.ok" in html and all(secret not in html for secret in secrets)
