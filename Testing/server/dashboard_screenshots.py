@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from browser import chromium_binary, chromium_problem  # noqa: E402
-from harness import PASSWORD, ServerProcess, make_final, make_lab, read_case, reader  # noqa: E402
+from harness import PASSWORD, ServerProcess, make_final, make_lab, medannot, read_case, reader  # noqa: E402
+from test_dashboard_insights import read_shifted  # noqa: E402
 
 
 def main(out: Path) -> None:
@@ -27,16 +28,18 @@ def main(out: Path) -> None:
         root = Path(tmp)
         lab = make_lab(f"sqlite:///{root / 'server.db'}", root / "lab", cases=8, annotators=3,
                        extra_users={"rev": "reviewer"})
-        server = ServerProcess(lab.db_url, root / "data").start()
+        anchors = root / "anchors.jsonl"
+        server = ServerProcess(lab.db_url, root / "data", env={"MEDANNOT_AUDIT_ANCHOR_FILE": str(anchors)}).start()
         try:
-            for name in ("r1", "r2"):        # case-001: both reads in, decided, signed: final
-                read_case(lab, server, name, root)
+            for name, shift in (("r1", 0), ("r2", 1)):  # case-001: both reads in, decided, signed: final
+                read_shifted(lab, server, name, root, shift)
             make_final(lab, server)
-            for name in ("r2", "r1"):        # case-002: both reads in: in review
-                read_case(lab, server, name, root)
+            for name, shift in (("r2", 2), ("r1", 0)):  # case-002: both reads in: in review
+                read_shifted(lab, server, name, root, shift)
             read_case(lab, server, "r3", root)  # case-003: one read in ...
             reader(server, "r1").claim(lab.project_id)  # ... and r1 reads it now
             reader(server, "r2").claim(lab.project_id)  # case-004: r2 reads it now
+            medannot("audit", "anchor", "--output", anchors, db=lab.db_url)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=chromium_binary(), headless=True)
                 page = browser.new_page(viewport={"width": 1100, "height": 700}, device_scale_factor=1)
@@ -51,6 +54,10 @@ def main(out: Path) -> None:
                 page.screenshot(path=str(out / "dashboard-cases.png"), full_page=True)
                 page.goto(f"{server.url}/cases/1")
                 page.screenshot(path=str(out / "dashboard-case.png"), full_page=True)
+                page.goto(f"{server.url}/projects/{lab.project_id}/agreement")
+                page.screenshot(path=str(out / "dashboard-agreement.png"), full_page=True)
+                page.goto(f"{server.url}/audit?limit=12")
+                page.screenshot(path=str(out / "dashboard-audit.png"), full_page=True)
                 page.goto(f"{server.url}/projects/{lab.project_id}/package")
                 with page.expect_navigation():
                     page.get_by_role("button", name="Build package").click()

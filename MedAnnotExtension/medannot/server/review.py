@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from sqlalchemy import and_, exists, or_, select
@@ -684,25 +684,36 @@ def visible_submission(session: Session, user: User, submission: Submission) -> 
 def project_metric_rows(session: Session, project_id: int) -> list[dict[str, object]]:
     """The stored agreement of a project's cases, one row per case, segment and compared pair, for
     :func:`medannot.review.report.build_report`: the latest measured round of each case, reads named by their
-    reader's user name (the consensus and a gold reference as "consensus" and "gold")."""
+    reader's user name (the consensus and a gold reference as "consensus" and "gold").
+
+    Four queries whatever the number of cases (the dashboard's agreement page asks it on every view)."""
+    cases = {c.id: c for c in session.execute(select(Case.id, Case.case_key, Case.gold_path)
+                                               .where(Case.project_id == project_id))}
+    latest: dict[int, tuple[int, str]] = {}  # case id -> (review id, its JSON list of reads) of the highest round
+    for r in session.execute(select(Review.id, Review.case_id, Review.submission_ids)
+                             .where(Review.project_id == project_id, Review.status != REVIEW_FAILED,
+                                    Review.status != REVIEW_PENDING).order_by(Review.round)):
+        latest[r.case_id] = (r.id, r.submission_ids)
+    if not latest:
+        return []
+    read_ids = {sid for _, ids in latest.values() for sid in json.loads(ids)}
+    authors = dict(session.execute(select(Submission.id, User.username).join(User, User.id == Submission.user_id)
+                                   .where(Submission.id.in_(read_ids))).all())
+    names = {review_id: {str(sid): authors.get(sid, str(sid)) for sid in json.loads(ids)}
+             for review_id, ids in latest.values()}
+    case_of = {review_id: case_id for case_id, (review_id, _) in latest.items()}
+    metrics: dict[int, list[Any]] = {}
+    for m in session.execute(select(ReviewMetric.review_id, ReviewMetric.segment, ReviewMetric.a, ReviewMetric.b,
+                                    ReviewMetric.dice, ReviewMetric.hd95_mm, ReviewMetric.nsd,
+                                    ReviewMetric.tolerance_mm, ReviewMetric.volume_a_ml, ReviewMetric.volume_b_ml)
+                             .where(ReviewMetric.review_id.in_(list(case_of))).order_by(ReviewMetric.id)):
+        metrics.setdefault(m.review_id, []).append(m)
     rows: list[dict[str, object]] = []
-    cases = session.scalars(select(Case).where(Case.project_id == project_id).order_by(Case.id)).all()
-    for case in cases:
-        rounds = session.scalars(select(Review).where(Review.case_id == case.id, Review.status != REVIEW_FAILED,
-                                                      Review.status != REVIEW_PENDING)
-                                 .order_by(Review.round.desc())).all()
-        if not rounds:
-            continue
-        latest = rounds[0]
-        names: dict[str, str] = {}
-        for sid in json.loads(latest.submission_ids):
-            submission = session.get(Submission, sid)
-            author = session.get(User, submission.user_id) if submission is not None else None
-            names[str(sid)] = author.username if author is not None else str(sid)
-        for m in session.scalars(select(ReviewMetric).where(ReviewMetric.review_id == latest.id)
-                                 .order_by(ReviewMetric.id)):
+    for case_id in sorted(latest):
+        case, review_id = cases[case_id], latest[case_id][0]
+        for m in metrics.get(review_id, []):
             rows.append({"case": case.case_key, "gold_case": case.gold_path is not None, "segment": m.segment,
-                         "a": names.get(m.a, m.a), "b": names.get(m.b, m.b), "dice": m.dice, "hd95_mm": m.hd95_mm,
-                         "nsd": m.nsd, "tolerance_mm": m.tolerance_mm, "volume_a_ml": m.volume_a_ml,
-                         "volume_b_ml": m.volume_b_ml})
+                         "a": names[review_id].get(m.a, m.a), "b": names[review_id].get(m.b, m.b), "dice": m.dice,
+                         "hd95_mm": m.hd95_mm, "nsd": m.nsd, "tolerance_mm": m.tolerance_mm,
+                         "volume_a_ml": m.volume_a_ml, "volume_b_ml": m.volume_b_ml})
     return rows

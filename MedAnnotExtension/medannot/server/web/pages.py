@@ -27,7 +27,7 @@ from medannot.server import projects as project_service
 from medannot.server.config import ServerSettings
 from medannot.server.db import transaction
 from medannot.server.models import Case, Project, User
-from medannot.server.web import packages, progress
+from medannot.server.web import activity, packages, progress
 from medannot.server.web.case_record import audit_values, case_record
 from medannot.server.web.sessions import (
     SESSION_COOKIE, SIGNIN_COOKIE, csrf_token, local_path, new_signin_nonce, same_token,
@@ -212,7 +212,8 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             assert viewer is not None
             rows = [progress.project_progress(session, p, reader_id)
                     for p in project_service.member_projects(session, viewer)]
-            return render("projects.html", visitor=visitor, projects=rows, statuses=progress.CASE_STATUSES)
+            return render("projects.html", visitor=visitor, projects=rows, statuses=progress.CASE_STATUSES,
+                          activity={p.project.id: activity.project_activity(session, p.project) for p in rows})
 
     def _project(session: Session, project_id: int, visitor: Visitor) -> Project:
         """The project, when the visitor is a member of it (admins are members of every project)."""
@@ -320,4 +321,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
                 raise PageError(404, str(exc)) from exc
         return RedirectResponse("/users", status_code=303)
 
+    from medannot.server.web.insights import install_insights  # the chart, agreement and audit pages
+
+    install_insights(router, settings, factory, _project)
     app.include_router(router)
