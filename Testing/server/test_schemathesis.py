@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 from medannot_testing import CLI_ENV, require_tool
 
 SEED = int(os.environ.get("MEDANNOT_FUZZ_SEED", "20261203"))  # fixed: CI reruns the same requests
-EXAMPLES = int(os.environ.get("MEDANNOT_FUZZ_EXAMPLES", "8"))  # per operation and phase
+EXAMPLES = int(os.environ.get("MEDANNOT_FUZZ_EXAMPLES", "6"))  # random requests per operation
 LOGOUT = "/api/v1/auth/logout"  # would end the session the run is authenticated with: fuzzed without a login
 # the server's deliberate back-pressure (a password check waits at most 2 s for a free slot, then 503 + Retry-After)
 # is not a server error; every other 5xx is
