@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +45,12 @@ def _pg_available() -> str | None:
     return None
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: an SQLite file, or a new schema in PostgreSQL's `test` database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'server.db'}"
+@contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """A fresh, empty database of ``kind`` (sqlite: a file in ``folder``; postgresql: a new schema in the `test`
+    database, dropped afterwards); for the fixtures of any scope."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'server.db'}"
         return
     require_tool(_pg_available())
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -61,6 +63,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: an SQLite file, or a new schema in PostgreSQL's `test` database."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 def medannot(*args: object, stdin: str | None = None, db: str | None = None,

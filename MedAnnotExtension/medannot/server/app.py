@@ -63,7 +63,9 @@ class DecisionRequest(BaseModel):
 class SignRequest(BaseModel):
     password: str
     meaning: str  # authored | reviewed | approved
-    printed_name: str | None = None
+    # the signer's name as the signature shows it (and an approval's SR as VerifyingObserverName): one line of text
+    printed_name: Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$",
+                                       description="one line, no control characters")] | None = None
 
 
 class LoginResponse(BaseModel):
@@ -77,6 +79,27 @@ def _files_body(*names: str) -> dict[str, object]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": list(names),
         "properties": {name: {"type": "string", "format": "binary"} for name in names}}}}}}
+
+
+def document_refusal_details(app: FastAPI) -> None:
+    """Make the schema's 422 say what the server sends. FastAPI documents every 422 as its own validation error
+    (``detail``: a list of field errors), but the server also answers 422 with a one-line ``detail`` string: an
+    upload that is not the files asked for, a result or decision it refuses, a value the database cannot take. A
+    client generated from the schema must be able to read both."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # FastAPI builds it once and keeps it
+        error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if error is not None and "anyOf" not in error["properties"]["detail"]:
+            fields = error["properties"]["detail"]
+            error["properties"]["detail"] = {
+                "title": "Detail", "description": "what is wrong with the request: the invalid fields, or one line "
+                                                  "saying why the server refuses it and what to do",
+                "anyOf": [{"type": "string"}, {key: value for key, value in fields.items() if key != "title"}]}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodyLimit:
@@ -123,6 +146,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPIOffline(title="MedAnnot task server", version=medannot.__version__,
                          description="Claim leased annotation tasks, submit DICOM-SEG + SR results, keep an audit trail.")
     app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
+    document_refusal_details(app)
     app.state.store = store
 
     def db() -> Iterator[Session]:
