@@ -243,6 +243,9 @@ def test_decisions_are_audited_idempotent_and_refused_once_the_case_is_out_of_re
     assert second["case_id"] == c["case_id"] != a["case_id"]
     no_reason = decide(client, rev, second, action="return", submission_id=c["submission_id"])
     assert no_reason.status_code == 422
+    for bad in ("lesion\x00missed", "lesion\x1bmissed", "x" * 4001):
+        assert decide(client, rev, second, action="return", submission_id=c["submission_id"],
+                      reason=bad).status_code == 422
     back = decide(client, rev, second, action="return", submission_id=c["submission_id"], reason="lesion missed")
     assert back.status_code == 201
     again = client.post(f"/api/v1/projects/{lab.project_id}/claim", headers=auth(client, "r1")).json()

@@ -57,7 +57,9 @@ class LoginRequest(BaseModel):
 class DecisionRequest(BaseModel):
     action: str  # accept | consensus | return
     submission_id: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | None = None
-    reason: str | None = None
+    # a reason may span lines, but carries no other control character (a NUL would be stored by SQLite and end
+    # up in the reader's worklist and the audit trail; PostgreSQL cannot store it at all)
+    reason: Annotated[str, Field(max_length=4000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")] | None = None
 
 
 class SignRequest(BaseModel):
