@@ -274,19 +274,18 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
                                      f"{', '.join(progress.CASE_STATUSES)}.")
             if sort not in progress.SORTS:
                 raise PageError(400, f"Cases cannot be sorted by {sort!r}: use one of {', '.join(progress.SORTS)}.")
-            rows = progress.case_rows(session, project)
-            readers = sorted({name for row in rows for name in row.readers})
-            shown = progress.filter_and_sort(rows, status or None, reader or None, sort, order == "desc")
-            pages = max(1, -(-len(shown) // CASES_PER_PAGE))
+            first = (max(page, 1) - 1) * CASES_PER_PAGE
+            view = progress.cases_page(session, project, status or None, reader or None, sort, order == "desc",
+                                       first, CASES_PER_PAGE)
+            pages = max(1, -(-view.matching // CASES_PER_PAGE))
             if not 1 <= page <= pages:
                 raise PageError(404, f"There is no page {page} of these cases: they fill {pages} page(s).")
             chosen = {"status": status, "reader": reader, "sort": sort, "order": order}
             # the page links keep the filter and sort (only what differs from the default, for short addresses)
             query = {key: value for key, value in chosen.items() if value and value != {"sort": "case",
                                                                                           "order": "asc"}.get(key)}
-            first = (page - 1) * CASES_PER_PAGE
-            return render("cases.html", visitor=visitor, project=project, rows=shown[first:first + CASES_PER_PAGE],
-                          matching=len(shown), first=first, total=len(rows), readers=readers,
+            return render("cases.html", visitor=visitor, project=project, rows=view.rows, matching=view.matching,
+                          first=first, total=view.total, readers=view.readers,
                           statuses=progress.CASE_STATUSES, sorts=progress.SORTS, chosen=chosen, page=page,
                           pages=pages, page_link=lambda n: f"/projects/{project.id}?" + urlencode({**query, "page": n}))
 
@@ -299,7 +298,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             if case is None:
                 raise PageError(404, f"There is no case {case_id}.")
             project = _project(session, case.project_id, visitor)
-            status = next(r.status for r in progress.case_rows(session, project) if r.case_id == case.id)
+            status = progress.case_status(session, project, case.id)
             viewer = session.get(User, visitor.user_id)
             assert viewer is not None
             return render("case.html", visitor=visitor, project=project, record=case_record(session, case, viewer),
@@ -313,7 +312,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             visitor = signed_in(session, request)
             require_role(visitor, "admin")
             project = _project(session, project_id, visitor)
-            counts = progress.project_progress(session, project).counts
+            counts = progress.status_counts(session, project)
             outbox = outbox_rows(session, project.id)
             return render("package.html", visitor=visitor, project=project, counts=counts,
                           packages=packages.built_packages(settings.data_dir, project.id), outbox=outbox,
