@@ -117,7 +117,8 @@ def status_counts(session: Session, project: Project) -> dict[str, int]:
 
 
 def _status_rows(session: Session, project: Project) -> list[CaseRow]:
-    """Every case of the project with its status and latest round, by case id; no reads yet (:func:`_add_reads`)."""
+    """Every case of the project with its status and latest round, by case id; slots and Dice come after
+    (:func:`_add_slots`, :func:`_add_dice`)."""
     final = _final_reviews(session, project.id)
     return [CaseRow(case_id=case_id, case_key=case_key, status=CASE_FINAL if review_id in final else status, slots=0,
                     review_status=review_status, review_id=review_id)
@@ -125,25 +126,32 @@ def _status_rows(session: Session, project: Project) -> list[CaseRow]:
             in session.execute(_case_statuses(project.id).order_by(Case.id))]
 
 
-def _add_reads(session: Session, project: Project, rows: list[CaseRow], every_case: bool) -> None:
-    """Fill in the slots, readers and lowest Dice of ``rows`` (of all the project's cases when ``every_case``, else
-    of a page of them: then the queries ask for those cases only)."""
+def _add_slots(session: Session, project: Project, rows: list[CaseRow], every_case: bool) -> None:
+    """Fill in the slots, submitted reads and readers of ``rows`` (all the project's cases when ``every_case``, else
+    a page of them: then only those cases' slots are read)."""
     names = _usernames(session)
     tasks = select(Task.case_id, Task.status, Task.reader_id).where(Task.project_id == project.id)
-    metrics = (select(ReviewMetric.review_id, func.min(ReviewMetric.dice)).join(Review, Review.id == ReviewMetric.review_id)
-               .where(Review.project_id == project.id).group_by(ReviewMetric.review_id))
     if not every_case:
         tasks = tasks.where(Task.case_id.in_([r.case_id for r in rows]))
-        metrics = metrics.where(Review.id.in_([r.review_id for r in rows if r.review_id is not None]))
     slots: dict[int, list[tuple[str, int | None]]] = defaultdict(list)
     for task in session.execute(tasks.order_by(Task.case_id, Task.slot)):
         slots[task.case_id].append((task.status, task.reader_id))
-    dice = dict(session.execute(metrics).all())
     for row in rows:
         own = slots.get(row.case_id, [])
         row.slots = len(own)
         row.submitted = sum(1 for task_status, _ in own if task_status == TASK_SUBMITTED)
         row.readers = [names.get(reader, "?") for _, reader in own if reader is not None]
+
+
+def _add_dice(session: Session, project: Project, rows: list[CaseRow], every_case: bool) -> None:
+    """Fill in the lowest Dice of ``rows``' latest rounds (as :func:`_add_slots`: all, or a page's)."""
+    metrics = (select(ReviewMetric.review_id, func.min(ReviewMetric.dice))
+               .join(Review, Review.id == ReviewMetric.review_id).where(Review.project_id == project.id)
+               .group_by(ReviewMetric.review_id))
+    if not every_case:
+        metrics = metrics.where(Review.id.in_([r.review_id for r in rows if r.review_id is not None]))
+    dice = dict(session.execute(metrics).all())
+    for row in rows:
         row.lowest_dice = dice.get(row.review_id) if row.review_id is not None else None
 
 
@@ -152,7 +160,8 @@ def case_rows(session: Session, project: Project) -> list[CaseRow]:
 
     A fixed number of queries, reading columns rather than ORM objects (a project has thousands of cases)."""
     rows = _status_rows(session, project)
-    _add_reads(session, project, rows, every_case=True)
+    _add_slots(session, project, rows, every_case=True)
+    _add_dice(session, project, rows, every_case=True)
     return rows
 
 
@@ -168,17 +177,21 @@ class CasesPage:
 
 def cases_page(session: Session, project: Project, status: str | None, reader: str | None, sort: str,
                descending: bool, offset: int, limit: int) -> CasesPage:
-    """The cases page's rows: :func:`filter_and_sort`, then ``limit`` rows from ``offset``. Filtering by status and
-    sorting by case or status need no reads, so only the shown page's reads are fetched; a reader filter or a sort
-    by reader or agreement needs every case's."""
+    """The cases page's rows: :func:`filter_and_sort`, then ``limit`` rows from ``offset``. What the filter and the
+    sort do not need is read for the shown page only: every case's slots only for a reader filter or sort, every
+    case's Dice only for the agreement sort."""
     rows = _status_rows(session, project)
-    needs_reads = bool(reader) or sort in ("reader", "agreement")
-    if needs_reads:
-        _add_reads(session, project, rows, every_case=True)
+    by_slots, by_dice = bool(reader) or sort == "reader", sort == "agreement"
+    if by_slots:
+        _add_slots(session, project, rows, every_case=True)
+    if by_dice:
+        _add_dice(session, project, rows, every_case=True)
     shown = filter_and_sort(rows, status, reader, sort, descending)
     page = shown[offset:offset + limit]
-    if not needs_reads and page:
-        _add_reads(session, project, page, every_case=False)
+    if page and not by_slots:
+        _add_slots(session, project, page, every_case=False)
+    if page and not by_dice:
+        _add_dice(session, project, page, every_case=False)
     readers = sorted(session.scalars(select(User.username).distinct().join(Task, Task.reader_id == User.id)
                                      .where(Task.project_id == project.id)))
     return CasesPage(page, len(shown), len(rows), readers)
