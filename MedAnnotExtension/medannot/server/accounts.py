@@ -4,6 +4,8 @@ so a session already open ends at its next request."""
 
 from __future__ import annotations
 
+from datetime import date
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -88,6 +90,42 @@ def set_role(session: Session, username: str, role: str, actor: str) -> User:
     append_audit(session, actor, "user.role", f"user:{username}", {"role": old},
                  {"role": role, "tokens_revoked": revoked})
     return user
+
+
+ROSTER_FIELDS = ("printed_name", "qualification", "credentials", "trained_on")  # the package's reader roster
+
+
+def update_roster(session: Session, username: str, changes: dict[str, str | date | None], actor: str) -> list[str]:
+    """Set roster fields of a user (printed name, qualification, credentials, training date); a value of None or
+    "" clears the field. Audited with the old and new values of the fields that changed; returns their names
+    (none: nothing written)."""
+    unknown = set(changes) - set(ROSTER_FIELDS)
+    if unknown:
+        raise AccountError(f"not a roster field: {', '.join(sorted(unknown))} (use {', '.join(ROSTER_FIELDS)})")
+    user = get_user(session, username)
+    given = {key: (value.strip() or None) if isinstance(value, str) else value for key, value in changes.items()}
+    if isinstance(given.get("trained_on"), str):
+        raise AccountError("the training date must be a date (YYYY-MM-DD)")
+    changed = {key: value for key, value in given.items() if getattr(user, key) != value}
+    if not changed:
+        return []
+    old = {key: getattr(user, key) for key in changed}
+    for key, value in changed.items():
+        setattr(user, key, value)
+    append_audit(session, actor, "user.update", f"user:{username}", old, changed)
+    return sorted(changed)
+
+
+def user_details(session: Session, username: str) -> dict[str, object]:
+    """One user as the users page shows them (never a password hash or token)."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AccountError(f"no user {username!r}; `medannot admin user list` shows the users")
+    now = utcnow()
+    return {"user": user.username, "role": user.role, "disabled": user.disabled_at is not None,
+            "disabled_at": user.disabled_at, "throttled": user.locked_until is not None and user.locked_until > now,
+            "failed_logins": user.failed_logins, "created_at": user.created_at.isoformat() + "Z",
+            **{key: getattr(user, key) for key in ROSTER_FIELDS}}
 
 
 def list_users(session: Session) -> list[dict[str, object]]:

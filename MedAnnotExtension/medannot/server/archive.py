@@ -153,8 +153,9 @@ class SendResult:
 
 
 def send_due(factory: sessionmaker[Session], store: ObjectStore, credentials: ArchiveCredentials | None = None,
-             now: datetime | None = None, limit: int = 50) -> list[SendResult]:
-    """Send every outbox row that is due (at most ``limit``); returns what each attempt did.
+             now: datetime | None = None, limit: int = 50, only: list[int] | None = None) -> list[SendResult]:
+    """Send every outbox row that is due (at most ``limit``; of the rows ``only`` when given); returns what each
+    attempt did.
 
     Rows are claimed (their next attempt pushed ``IN_FLIGHT`` ahead) in one short transaction, sent outside any
     transaction, then recorded: sent, or pending with the error and a delay of 5 s doubling per attempt (at most
@@ -162,9 +163,10 @@ def send_due(factory: sessionmaker[Session], store: ObjectStore, credentials: Ar
     credentials = credentials or ArchiveCredentials.from_env()
     now = now or utcnow()
     with transaction(factory) as session:
-        rows = list(session.scalars(select(ArchiveSend).where(ArchiveSend.status == PENDING,
-                                                              ArchiveSend.next_attempt_at <= now)
-                                    .order_by(ArchiveSend.id).limit(limit).with_for_update(skip_locked=True)))
+        query = select(ArchiveSend).where(ArchiveSend.status == PENDING, ArchiveSend.next_attempt_at <= now)
+        if only is not None:
+            query = query.where(ArchiveSend.id.in_(only))
+        rows = list(session.scalars(query.order_by(ArchiveSend.id).limit(limit).with_for_update(skip_locked=True)))
         for row in rows:
             row.next_attempt_at = now + IN_FLIGHT
         claimed = [(r.id, r.sha256, r.sop_uid, r.study_uid, r.series_uid, r.archive_url) for r in rows]
@@ -255,6 +257,25 @@ def _first_part(answer: Any) -> bytes:
         head, _, body = part.partition(b"\r\n\r\n")
         return body[:-2] if body.endswith(b"\r\n") else body
     return b""
+
+
+def retry_now(session: Session, project_id: int, outbox_id: int, actor: str) -> ArchiveSend:
+    """Make a waiting file of the project's outbox due now (its next attempt was minutes away after failures), for
+    an immediate :func:`send_due` or the server's sender; audited. A file already sent is refused. (Were it being
+    sent at this moment, it may be sent twice: the archive keeps one instance per SOP Instance UID.)"""
+    row = session.scalar(select(ArchiveSend).where(ArchiveSend.id == outbox_id, ArchiveSend.project_id == project_id)
+                         .with_for_update())
+    if row is None:
+        raise MedAnnotError(f"project {project_id} has no outbox file {outbox_id}; "
+                            f"`medannot admin archive list --project {project_id}` lists them")
+    if row.status != PENDING:
+        raise MedAnnotError(f"outbox file {outbox_id} is {row.status}, not waiting: nothing to retry")
+    now = utcnow()
+    old = row.next_attempt_at
+    row.next_attempt_at = now
+    append_audit(session, actor, "archive.retry", f"outbox:{row.id}", {"next_attempt_at": old.isoformat() + "Z"},
+                 {"next_attempt_at": now.isoformat() + "Z"})
+    return row
 
 
 def outbox_rows(session: Session, project_id: int | None = None) -> list[dict[str, object]]:

@@ -232,11 +232,8 @@ def user_update(name: str, printed_name: str | None, qualification: str | None, 
     """Set the roster fields of user NAME (printed name, qualification, credentials, training date); audited."""
     from datetime import date
 
-    from sqlalchemy import select
-
-    from medannot.server.audit import append_audit
+    from medannot.server.accounts import update_roster
     from medannot.server.db import transaction
-    from medannot.server.models import User
 
     changes: dict[str, object] = {"printed_name": printed_name, "qualification": qualification,
                                   "credentials": credentials}
@@ -249,13 +246,7 @@ def user_update(name: str, printed_name: str | None, qualification: str | None, 
     if not changes:
         raise click.UsageError("nothing to update: give --printed-name, --qualification, --credentials or --trained-on")
     with transaction(_factory(db)) as session:
-        user = session.scalar(select(User).where(User.username == name))
-        if user is None:
-            raise MedAnnotError(f"user {name!r} does not exist; add it with 'medannot admin user add'")
-        old = {key: getattr(user, key) for key in changes}
-        for key, value in changes.items():
-            setattr(user, key, value)
-        append_audit(session, "cli", "user.update", f"user:{user.username}", old, changes)
+        update_roster(session, name, changes, "cli")  # type: ignore[arg-type]
     click.echo(f"user {name} updated: {', '.join(sorted(changes))}")
 
 

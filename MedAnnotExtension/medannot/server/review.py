@@ -567,9 +567,18 @@ def _signatures_of_guideline(sha256: str, yaml_text: str) -> tuple[str, ...]:
     return parse_guideline(yaml_text.encode("utf-8")).review.signatures
 
 
-def sign_offs(session: Session, reviews: Sequence[Review]) -> dict[int, SignOff]:
+# the columns of a review that decide its sign-off: rows of these serve as well as Review objects
+SIGN_OFF_COLUMNS = (Review.id, Review.project_id, Review.status, Review.submission_ids, Review.consensus_seg_sha256,
+                    Review.edited_seg_sha256, Review.edited_from_uid)
+
+
+def sign_offs(session: Session, reviews: Sequence[Review], project_id: int | None = None) -> dict[int, SignOff]:
     """The :class:`SignOff` of each review, by review id, in a fixed number of queries whatever their number (the
     dashboard asks it for every case of a project).
+
+    ``reviews`` are Review objects or rows of :data:`SIGN_OFF_COLUMNS`. With ``project_id`` (every review is of
+    that project) the queries select by project rather than by lists of thousands of ids, which the database
+    driver would otherwise bind one by one.
 
     The result is what the round's last decision chose: the consensus (also when it was decided automatically,
     with no decision row), the reviewer's edited SEG, or one reader's submission.
@@ -579,20 +588,32 @@ def sign_offs(session: Session, reviews: Sequence[Review]) -> dict[int, SignOff]
     ids = [r.id for r in reviews]
     if not ids:
         return {}
-    last = {d.review_id: d for d in session.execute(  # the last decision of each round (columns only)
-        select(ReviewDecision.review_id, ReviewDecision.action, ReviewDecision.submission_id)
-        .where(ReviewDecision.review_id.in_(ids)).order_by(ReviewDecision.id))}
     first_reads = {r.id: json.loads(r.submission_ids)[0] for r in reviews}
+    decisions = select(ReviewDecision.review_id, ReviewDecision.action, ReviewDecision.submission_id)
+    reads_query = select(Submission.id, Submission.seg_sha256, Submission.guideline_version)
+    sig_columns = (Signature.review_id, Signature.submission_id, Signature.subject, Signature.file_sha256,
+                   Signature.meaning)
+    if project_id is not None:  # joins on primary keys: a superset of what is needed, from a few fast queries
+        decisions = decisions.join(Review, Review.id == ReviewDecision.review_id).where(Review.project_id == project_id)
+        reads_query = reads_query.join(Task, Task.id == Submission.task_id).where(Task.project_id == project_id)
+    else:
+        decisions = decisions.where(ReviewDecision.review_id.in_(ids))
+    last = {d.review_id: d for d in session.execute(decisions.order_by(ReviewDecision.id))}  # each round's last
     wanted = set(first_reads.values()) | {d.submission_id for d in last.values() if d.action == "accept"}
-    reads = {row.id: row for row in session.execute(
-        select(Submission.id, Submission.seg_sha256, Submission.guideline_version)
-        .where(Submission.id.in_(wanted - {None})))}
+    if project_id is None:
+        reads_query = reads_query.where(Submission.id.in_(wanted - {None}))
+    reads = {row.id: row for row in session.execute(reads_query)}
     versions = {(v.project_id, v.version): v for v in session.scalars(
         select(GuidelineVersion).where(GuidelineVersion.project_id.in_({r.project_id for r in reviews})))}
     accepted = [d.submission_id for d in last.values() if d.action == "accept" and d.submission_id is not None]
-    signatures = session.execute(select(Signature.review_id, Signature.submission_id, Signature.subject,
-                                        Signature.file_sha256, Signature.meaning)
-                                 .where(or_(Signature.review_id.in_(ids), Signature.submission_id.in_(accepted or [-1]))))
+    if project_id is not None:
+        signatures = [*session.execute(select(*sig_columns).join(Review, Review.id == Signature.review_id)
+                                       .where(Review.project_id == project_id)),
+                      *session.execute(select(*sig_columns).join(Submission, Submission.id == Signature.submission_id)
+                                       .join(Task, Task.id == Submission.task_id).where(Task.project_id == project_id))]
+    else:
+        signatures = list(session.execute(select(*sig_columns).where(
+            or_(Signature.review_id.in_(ids), Signature.submission_id.in_(accepted or [-1])))))
     by_review: dict[int, list[tuple[str, str, str]]] = {}
     by_submission: dict[int, list[tuple[str, str]]] = {}
     for sig in signatures:

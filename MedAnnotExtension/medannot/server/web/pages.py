@@ -12,17 +12,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Annotated
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy.orm import Session, sessionmaker
 
 import medannot
 from medannot.errors import MedAnnotError
-from medannot.server import accounts, security
+from medannot.server import security
 from medannot.server import projects as project_service
 from medannot.server.config import ServerSettings
 from medannot.server.db import transaction
@@ -45,6 +49,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+CASES_PER_PAGE = 100
 STALE_FORM = ("This form has expired or was not sent from this site, so nothing was done. Open the page again "
               "and resend it.")
 
@@ -152,6 +157,38 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
         return render("error.html", exc.status, getattr(request.state, "visitor", None), message=str(exc),
                       status=exc.status)
 
+    def visitor_or_none(request: Request) -> Visitor | None:
+        with transaction(factory) as session:
+            try:
+                return signed_in(session, request)
+            except SignInRequired:
+                return None
+
+    def dashboard_path(request: Request) -> bool:
+        return not request.url.path.startswith(("/api/", "/static/", "/docs", "/openapi"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def not_found_page(request: Request, exc: StarletteHTTPException) -> Response:
+        # an unknown address is a page for a signed-in visitor; the API (and anyone else) keeps its JSON answer
+        if exc.status_code == 404 and dashboard_path(request):
+            visitor = await run_in_threadpool(visitor_or_none, request)
+            if visitor is not None:
+                return render("error.html", 404, visitor, status=404,
+                              message=f"There is no page {request.url.path}.")
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_address_page(request: Request, exc: RequestValidationError) -> Response:
+        # /projects/abc or ?page=x on a page: a 404 (a path) or 400 (a query) page, not the API's JSON
+        if dashboard_path(request) and request.method == "GET":
+            visitor = await run_in_threadpool(visitor_or_none, request)
+            if visitor is not None:
+                in_path = any(error.get("loc", ("",))[0] == "path" for error in exc.errors())
+                return render("error.html", 404 if in_path else 400, visitor, status=404 if in_path else 400,
+                              message=f"There is no page {request.url.path}." if in_path else
+                              f"The address {request.url.path}?{request.url.query} has a value this page cannot use.")
+        return await request_validation_exception_handler(request, exc)
+
     def signin_page(request: Request, next_path: str, status: int = 200, error: str | None = None,
                     username: str = "") -> HTMLResponse:
         nonce = request.cookies.get(SIGNIN_COOKIE) if status == 200 else None
@@ -228,7 +265,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
 
     @router.get("/projects/{project_id}", response_class=HTMLResponse)
     def cases_page(request: Request, project_id: int, status: str = "", reader: str = "", sort: str = "case",
-                   order: str = "asc") -> HTMLResponse:
+                   order: str = "asc", page: int = 1) -> HTMLResponse:
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             require_role(visitor, "reviewer", "admin")
@@ -238,12 +275,20 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
                                      f"{', '.join(progress.CASE_STATUSES)}.")
             if sort not in progress.SORTS:
                 raise PageError(400, f"Cases cannot be sorted by {sort!r}: use one of {', '.join(progress.SORTS)}.")
-            rows = progress.case_rows(session, project)
-            readers = sorted({name for row in rows for name in row.readers})
-            shown = progress.filter_and_sort(rows, status or None, reader or None, sort, order == "desc")
-            return render("cases.html", visitor=visitor, project=project, rows=shown, total=len(rows),
-                          readers=readers, statuses=progress.CASE_STATUSES, sorts=progress.SORTS,
-                          chosen={"status": status, "reader": reader, "sort": sort, "order": order})
+            first = (max(page, 1) - 1) * CASES_PER_PAGE
+            view = progress.cases_page(session, project, status or None, reader or None, sort, order == "desc",
+                                       first, CASES_PER_PAGE)
+            pages = max(1, -(-view.matching // CASES_PER_PAGE))
+            if not 1 <= page <= pages:
+                raise PageError(404, f"There is no page {page} of these cases: they fill {pages} page(s).")
+            chosen = {"status": status, "reader": reader, "sort": sort, "order": order}
+            # the page links keep the filter and sort (only what differs from the default, for short addresses)
+            query = {key: value for key, value in chosen.items() if value and value != {"sort": "case",
+                                                                                          "order": "asc"}.get(key)}
+            return render("cases.html", visitor=visitor, project=project, rows=view.rows, matching=view.matching,
+                          first=first, total=view.total, readers=view.readers,
+                          statuses=progress.CASE_STATUSES, sorts=progress.SORTS, chosen=chosen, page=page,
+                          pages=pages, page_link=lambda n: f"/projects/{project.id}?" + urlencode({**query, "page": n}))
 
     @router.get("/cases/{case_id}", response_class=HTMLResponse)
     def case_page(request: Request, case_id: int) -> HTMLResponse:
@@ -254,24 +299,43 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             if case is None:
                 raise PageError(404, f"There is no case {case_id}.")
             project = _project(session, case.project_id, visitor)
-            status = next(r.status for r in progress.case_rows(session, project) if r.case_id == case.id)
+            status = progress.case_status(session, project, case.id)
             viewer = session.get(User, visitor.user_id)
             assert viewer is not None
             return render("case.html", visitor=visitor, project=project, record=case_record(session, case, viewer),
                           status=status)
 
     @router.get("/projects/{project_id}/package", response_class=HTMLResponse)
-    def package_page(request: Request, project_id: int) -> HTMLResponse:
+    def package_page(request: Request, project_id: int, retried: int | None = None) -> HTMLResponse:
+        from medannot.server.archive import outbox_rows
+
         with transaction(factory) as session:
             visitor = signed_in(session, request)
             require_role(visitor, "admin")
             project = _project(session, project_id, visitor)
-            counts = progress.project_progress(session, project).counts
-            from medannot.server.archive import outbox_rows
-
+            counts = progress.status_counts(session, project)
+            outbox = outbox_rows(session, project.id)
             return render("package.html", visitor=visitor, project=project, counts=counts,
-                          packages=packages.built_packages(settings.data_dir, project.id),
-                          outbox=outbox_rows(session, project.id))
+                          packages=packages.built_packages(settings.data_dir, project.id), outbox=outbox,
+                          retried=next((r for r in outbox if r["id"] == retried), None))
+
+    @router.post("/projects/{project_id}/package/outbox/{outbox_id}/retry")
+    def retry_send(request: Request, project_id: int, outbox_id: int, csrf: Annotated[str, Form()] = "") -> Response:
+        """Send one waiting file of the outbox now (the sender's next try may be minutes away after failures); the
+        package page then shows whether the archive took it."""
+        from medannot.server.archive import retry_now, send_due
+
+        with transaction(factory) as session:
+            visitor = signed_in(session, request)
+            require_role(visitor, "admin")
+            check_form(visitor, csrf)
+            _project(session, project_id, visitor)
+            try:
+                retry_now(session, project_id, outbox_id, visitor.username)
+            except MedAnnotError as exc:
+                raise PageError(409, f"Not retried: {exc}.") from exc
+        send_due(factory, request.app.state.store, only=[outbox_id])  # the outcome is stored on the row
+        return RedirectResponse(f"/projects/{project_id}/package?retried={outbox_id}#outbox", status_code=303)
 
     @router.post("/projects/{project_id}/package")
     def build_package(request: Request, project_id: int, csrf: Annotated[str, Form()] = "",
@@ -302,24 +366,9 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
             raise PageError(404, f"Project {project_id} has no package {name!r}; build one on the package page.")
         return folder_zip(built.folder, f"project-{project_id}-package-{name}.zip")
 
-    @router.get("/users", response_class=HTMLResponse)
-    def users_page(request: Request) -> HTMLResponse:
-        with transaction(factory) as session:
-            visitor = signed_in(session, request)
-            require_role(visitor, "admin")
-            return render("users.html", visitor=visitor, users=accounts.list_users(session))
+    from medannot.server.web.users_pages import install_users_pages  # it builds on this module's helpers
 
-    @router.post("/users/{username}/unlock")
-    def unlock(request: Request, username: str, csrf: Annotated[str, Form()] = "") -> Response:
-        with transaction(factory) as session:
-            visitor = signed_in(session, request)
-            require_role(visitor, "admin")
-            check_form(visitor, csrf)
-            try:
-                accounts.unlock_user(session, username, visitor.username)
-            except MedAnnotError as exc:
-                raise PageError(404, str(exc)) from exc
-        return RedirectResponse("/users", status_code=303)
+    install_users_pages(router, factory)
 
     from medannot.server.web.insights import install_insights  # the chart, agreement and audit pages
 
