@@ -15,10 +15,10 @@ import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from medannot.server import review as review_service
 from medannot.server.models import (
     REVIEW_DECIDED, TASK_SUBMITTED, Project, Review, Signature, Task, utcnow,
 )
+from medannot.server.web.progress import final_sign_offs
 
 # pyplot keeps global state: one figure at a time per process (the routes run in a thread pool)
 PLOT_LOCK = threading.Lock()
@@ -95,15 +95,12 @@ class Activity:
 def final_times(session: Session, project: Project) -> dict[int, datetime]:
     """When each final case of the project became final, by case id: the later of its round's decision and the
     first signature of each meaning its guideline requires on the result's exact bytes (the review module's own
-    rule of "final", :func:`medannot.server.review.sign_offs`). Five queries whatever the number of cases."""
-    latest: dict[int, int] = {}  # case id -> review id of its highest round
-    for r in session.execute(select(Review.id, Review.case_id).where(Review.project_id == project.id)
-                             .order_by(Review.round)):
-        latest[r.case_id] = r.id
-    decided = session.scalars(select(Review).where(Review.id.in_(list(latest.values()) or [-1]),
-                                                   Review.status == REVIEW_DECIDED)).all()
-    offs = review_service.sign_offs(session, decided)
-    final = [r for r in decided if offs[r.id].final]
+    rule of "final", :func:`medannot.server.web.progress.final_sign_offs`, shared with the page's counts). A fixed
+    number of queries whatever the number of cases."""
+    offs = final_sign_offs(session, project.id)
+    final = [r for r in session.execute(select(Review.id, Review.case_id, Review.decided_at, Review.created_at)
+                                        .where(Review.project_id == project.id, Review.status == REVIEW_DECIDED))
+             if r.id in offs]
     if not final:
         return {}
     accepted = [int(offs[r.id].result["submission_id"]) for r in final  # type: ignore[index, arg-type]

@@ -87,12 +87,22 @@ def _status_column() -> ColumnElement[str]:
     return case((in_review, literal(CASE_REVIEW)), (claimed, literal(CASE_READING)), else_=literal(CASE_OPEN))
 
 
+def final_sign_offs(session: Session, project_id: int) -> dict[int, review_service.SignOff]:
+    """The sign-offs of the project's latest rounds that are final, by review id: decided, with the signatures
+    their guideline requires on the result's exact bytes (the review module's own rule, in bulk).
+
+    Worked out once per database session (one page view: the dashboard reads in a session of its own), because
+    the projects page needs them twice, for the counts and for when each case became final."""
+    cache: dict[int, dict[int, review_service.SignOff]] = session.info.setdefault("final_sign_offs", {})
+    if project_id not in cache:
+        decided = session.execute(_latest_rounds(project_id).where(Review.status == REVIEW_DECIDED)).all()
+        cache[project_id] = {review_id: sign_off for review_id, sign_off
+                             in review_service.sign_offs(session, decided, project_id).items() if sign_off.final}
+    return cache[project_id]
+
+
 def _final_reviews(session: Session, project_id: int) -> set[int]:
-    """The latest rounds that are final: decided, with the signatures their guideline requires on the result's
-    exact bytes (the review module's own rule, in bulk)."""
-    decided = session.execute(_latest_rounds(project_id).where(Review.status == REVIEW_DECIDED)).all()
-    return {review_id for review_id, sign_off in review_service.sign_offs(session, decided, project_id).items()
-            if sign_off.final}
+    return set(final_sign_offs(session, project_id))
 
 
 def _case_statuses(project_id: int) -> Select:  # type: ignore[type-arg]
