@@ -62,6 +62,8 @@ def main(out: Path) -> None:
                 with page.expect_navigation():
                     page.get_by_role("button", name="Build package").click()
                 page.screenshot(path=str(out / "dashboard-package.png"), full_page=True)
+                page.goto(f"{server.url}/users/r1")
+                page.screenshot(path=str(out / "dashboard-user.png"), full_page=True)
                 browser.close()
         finally:
             server.stop()

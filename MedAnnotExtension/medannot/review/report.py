@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -158,7 +159,8 @@ def build_report(rows: Iterable[Mapping[str, Any]], output: str | Path, title: s
             ax.plot([], [], "k--", label=f"95% limits {ba['loa_low']:.3g} .. {ba['loa_high']:.3g} ml")
         ax.set_xlabel("mean of reader and consensus volume (ml)")
         ax.set_ylabel("reader minus consensus (ml)")
-        ax.set_title(f"{title}: Bland-Altman, {segment}")
+        # wrapped: a 6 in wide figure cuts a long project name off otherwise
+        ax.set_title(textwrap.fill(f"{title}: Bland-Altman, {segment}", 60), fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         name = "bland_altman_" + "".join(c if c.isalnum() else "_" for c in segment) + ".png"

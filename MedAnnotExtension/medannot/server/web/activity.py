@@ -12,11 +12,11 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from medannot.server.models import (
-    REVIEW_DECIDED, TASK_SUBMITTED, Project, Review, Signature, Task, utcnow,
+    REVIEW_DECIDED, TASK_SUBMITTED, Project, Review, Signature, Submission, Task, utcnow,
 )
 from medannot.server.web.progress import final_sign_offs
 
@@ -103,13 +103,15 @@ def final_times(session: Session, project: Project) -> dict[int, datetime]:
              if r.id in offs]
     if not final:
         return {}
-    accepted = [int(offs[r.id].result["submission_id"]) for r in final  # type: ignore[index, arg-type]
-                if offs[r.id].result["kind"] == "submission"]  # type: ignore[index]
     signed: dict[tuple[str, int, str, str], datetime] = {}  # (on, id, sha256, meaning) -> its first signature
-    for sig in session.execute(select(Signature.review_id, Signature.submission_id, Signature.subject,
-                                      Signature.file_sha256, Signature.meaning, Signature.signed_at)
-                               .where(or_(Signature.review_id.in_([r.id for r in final]),
-                                          Signature.submission_id.in_(accepted or [-1])))):
+    columns = (Signature.review_id, Signature.submission_id, Signature.subject, Signature.file_sha256,
+               Signature.meaning, Signature.signed_at)
+    # every signature of the project, selected by joins (not by lists of thousands of ids); those not on a final
+    # result are simply never looked up
+    of_reviews = select(*columns).join(Review, Review.id == Signature.review_id).where(Review.project_id == project.id)
+    of_reads = (select(*columns).join(Submission, Submission.id == Signature.submission_id)
+                .join(Task, Task.id == Submission.task_id).where(Task.project_id == project.id))
+    for sig in [*session.execute(of_reviews), *session.execute(of_reads)]:
         key = (("submission", sig.submission_id) if sig.submission_id is not None
                else (sig.subject, sig.review_id)) + (sig.file_sha256, sig.meaning)
         if key not in signed or sig.signed_at < signed[key]:
