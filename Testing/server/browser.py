@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 CHROMIUM_ENV = "MEDANNOT_TEST_CHROMIUM"  # path of a Chromium executable, to use another build
@@ -35,3 +36,12 @@ def chromium_problem() -> str | None:
             return f"no Chromium executable at {CHROMIUM_ENV}={os.environ[CHROMIUM_ENV]}: {INSTALL_HINT} or fix the path"
         return f"Chromium is not installed (no /usr/bin/chromium): {INSTALL_HINT}"
     return None
+
+
+def new_page(browser) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A page in a browser context of its own (its own cookies), closed after the test."""
+    context = browser.new_context(viewport={"width": 1200, "height": 860})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import _pg_available  # noqa: E402
 from medannot_testing import require_tool, skip_unless_available  # noqa: E402
-from browser import chromium_binary, chromium_problem  # noqa: E402
+from browser import chromium_binary, chromium_problem, new_page  # noqa: E402
 from orthanc import OrthancServer, orthanc_problem, start_orthanc  # noqa: E402
 
 
@@ -62,3 +62,9 @@ def browser() -> Iterator[object]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    """A dashboard page in a fresh browser context."""
+    yield from new_page(browser)

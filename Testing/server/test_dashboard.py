@@ -33,15 +33,6 @@ def server(lab: Lab, tmp_path: Path) -> Iterator[ServerProcess]:
         process.stop()
 
 
-@pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1200, "height": 860})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
 def press(page, button) -> None:  # type: ignore[no-untyped-def]
     """Click a form's button and wait for the page the form's post leads to."""
     with page.expect_navigation():

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from browser import new_page
 from harness import PASSWORD, Lab, ServerProcess, db_url, make_final, make_lab, medannot, read_case  # noqa: F401
-from test_dashboard import fill_sign_in, lab, page, press, server, sign_in, sql  # noqa: F401
+from test_dashboard import fill_sign_in, lab, press, server, sign_in, sql  # noqa: F401
 
 NEW_PASSWORD = "violet harbour lantern seven"
 RESET_PASSWORD = "granite meadow cobalt eleven"
@@ -22,11 +23,7 @@ RESET_PASSWORD = "granite meadow cobalt eleven"
 @pytest.fixture
 def other(browser):  # type: ignore[no-untyped-def]
     """A second browser (its own cookies): the user the admin manages."""
-    context = browser.new_context(viewport={"width": 1200, "height": 860})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    yield from new_page(browser)
 
 
 def user_row(db: str, name: str) -> tuple | None:  # type: ignore[type-arg]

@@ -44,15 +44,6 @@ def server(lab: Lab, tmp_path: Path, anchors: Path) -> Iterator[ServerProcess]:
         process.stop()
 
 
-@pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1200, "height": 860})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
 def read_shifted(lab: Lab, server: ServerProcess, name: str, tmp_path: Path, shift: int) -> int:
     """``name`` claims the next slot and submits the phantom's labels moved ``shift`` columns (so readers
     disagree a little, and volumes differ at the image's edge); returns the submission id."""
