@@ -319,6 +319,14 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
                           packages=packages.built_packages(settings.data_dir, project.id), outbox=outbox,
                           retried=next((r for r in outbox if r["id"] == retried), None))
 
+    def admin_form_on(session: Session, request: Request, project_id: int, csrf: str) -> Visitor:
+        """The checks of an admin's form post on a project: signed in, admin, a valid CSRF token, the project."""
+        visitor = signed_in(session, request)
+        require_role(visitor, "admin")
+        check_form(visitor, csrf)
+        _project(session, project_id, visitor)
+        return visitor
+
     @router.post("/projects/{project_id}/package/outbox/{outbox_id}/retry")
     def retry_send(request: Request, project_id: int, outbox_id: int, csrf: Annotated[str, Form()] = "") -> Response:
         """Send one waiting file of the outbox now (the sender's next try may be minutes away after failures); the
@@ -326,10 +334,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
         from medannot.server.archive import retry_now, send_due
 
         with transaction(factory) as session:
-            visitor = signed_in(session, request)
-            require_role(visitor, "admin")
-            check_form(visitor, csrf)
-            _project(session, project_id, visitor)
+            visitor = admin_form_on(session, request, project_id, csrf)
             try:
                 retry_now(session, project_id, outbox_id, visitor.username)
             except MedAnnotError as exc:
@@ -341,10 +346,7 @@ def install_dashboard(app: FastAPI, settings: ServerSettings, factory: sessionma
     def build_package(request: Request, project_id: int, csrf: Annotated[str, Form()] = "",
                       require_final: Annotated[str, Form()] = "") -> Response:
         with transaction(factory) as session:
-            visitor = signed_in(session, request)
-            require_role(visitor, "admin")
-            check_form(visitor, csrf)
-            _project(session, project_id, visitor)
+            visitor = admin_form_on(session, request, project_id, csrf)
         from medannot.package import PackageBuildError
 
         try:
